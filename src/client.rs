@@ -1,0 +1,323 @@
+//! The KV client. Given a list of endpoints it finds the leader (following
+//! `not-leader` hints, caching the answer), retries what is safe to retry with
+//! backoff under one deadline per operation, and tells its caller which of
+//! three things happened: ok, definitely failed ([`ClientError::Failed`]), or
+//! unknown outcome ([`ClientError::Unknown`]: the write may have applied).
+//!
+//! One `Client` is one session: its operations run one at a time (`&mut
+//! self`), each mutation with the next sequence number, reused by its retries,
+//! so the cluster applies it at most once.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tonic::transport::Channel;
+use tonic::Status;
+use tracing::debug;
+
+use crate::proto::kv_client::KvClient;
+use crate::proto::{self};
+use crate::transport::service::KV_MESSAGE_BYTES_MAX;
+use crate::transport::{self, status_to_error, ChannelConfig, TcpTransport, Transport};
+use crate::Error;
+
+/// Endpoints learned from hints are capped, so garbage hints cannot grow the list.
+const ENDPOINTS_MAX: usize = 64;
+
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// The session id; `None` picks one from the clock and process id.
+    pub client_id: Option<u64>,
+    /// Everything one operation may take, retries included.
+    pub operation_timeout: Duration,
+    /// One attempt's deadline (longer than the server's request timeout, so a
+    /// server's answer arrives before the client gives up on it).
+    pub rpc_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            client_id: None,
+            operation_timeout: Duration::from_secs(10),
+            rpc_timeout: Duration::from_secs(4),
+            connect_timeout: Duration::from_millis(500),
+            backoff_min: Duration::from_millis(20),
+            backoff_max: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Why an operation did not succeed, in the terms a history needs.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    /// The operation certainly did not take effect (and never will).
+    #[error("failed: {0}")]
+    Failed(String),
+    /// The operation may have taken effect, or may still.
+    #[error("outcome unknown: {0}")]
+    Unknown(String),
+}
+
+impl ClientError {
+    pub fn is_definite(&self) -> bool {
+        matches!(self, ClientError::Failed(_))
+    }
+}
+
+/// The answer of a compare-and-swap.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompareAndSwapResult {
+    pub swapped: bool,
+    /// When not swapped: the value found (`None` if the key was absent).
+    pub current: Option<Vec<u8>>,
+}
+
+struct Endpoint {
+    addr: String,
+    client: KvClient<Channel>,
+}
+
+pub struct Client {
+    endpoints: Vec<Endpoint>,
+    transport: Arc<dyn Transport>,
+    channel_config: ChannelConfig,
+    config: ClientConfig,
+    /// The endpoint believed to lead, if any.
+    leader: Option<usize>,
+    /// Where to try next when no leader is known.
+    next_guess: usize,
+    client_id: u64,
+    sequence: u64,
+}
+
+fn normalize(addr: &str) -> String {
+    addr.trim()
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string()
+}
+
+impl Client {
+    /// A client over real TCP with default settings.
+    pub fn new(endpoints: &[impl AsRef<str>]) -> crate::Result<Client> {
+        Client::with_config(endpoints, ClientConfig::default(), Arc::new(TcpTransport))
+    }
+
+    pub fn with_config(
+        endpoints: &[impl AsRef<str>],
+        config: ClientConfig,
+        transport: Arc<dyn Transport>,
+    ) -> crate::Result<Client> {
+        if endpoints.is_empty() {
+            return Err(Error::Config("a client needs at least one endpoint".into()));
+        }
+        let channel_config = ChannelConfig {
+            connect_timeout: config.connect_timeout,
+            rpc_timeout: config.rpc_timeout,
+            keepalive_interval: Duration::from_secs(1),
+            keepalive_timeout: Duration::from_secs(2),
+        };
+        let client_id = config.client_id.unwrap_or_else(default_client_id);
+        if client_id == 0 {
+            return Err(Error::Config("client id 0 is reserved".into()));
+        }
+        let mut client = Client {
+            endpoints: Vec::new(),
+            transport,
+            channel_config,
+            config,
+            leader: None,
+            next_guess: 0,
+            client_id,
+            sequence: 0,
+        };
+        for endpoint in endpoints {
+            client.endpoint_index(endpoint.as_ref())?;
+        }
+        Ok(client)
+    }
+
+    pub fn client_id(&self) -> u64 {
+        self.client_id
+    }
+
+    /// The endpoint currently believed to lead.
+    pub fn leader(&self) -> Option<&str> {
+        self.leader.map(|i| self.endpoints[i].addr.as_str())
+    }
+
+    fn endpoint_index(&mut self, addr: &str) -> crate::Result<usize> {
+        let addr = normalize(addr);
+        if let Some(i) = self.endpoints.iter().position(|e| e.addr == addr) {
+            return Ok(i);
+        }
+        if self.endpoints.len() >= ENDPOINTS_MAX {
+            return Err(Error::Config("too many endpoints".into()));
+        }
+        let channel = transport::channel(self.transport.clone(), &addr, self.channel_config)?;
+        let client = KvClient::new(channel)
+            .max_decoding_message_size(KV_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(KV_MESSAGE_BYTES_MAX);
+        self.endpoints.push(Endpoint { addr, client });
+        Ok(self.endpoints.len() - 1)
+    }
+
+    pub async fn put(
+        &mut self,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+    ) -> Result<(), ClientError> {
+        let request = proto::PutRequest {
+            session: Some(self.next_session()),
+            key: key.into(),
+            value: value.into(),
+        };
+        self.call(true, |mut kv| {
+            let request = request.clone();
+            async move { kv.put(request).await.map(|_| ()) }
+        })
+        .await
+    }
+
+    /// A linearizable read: `None` if the key is absent.
+    pub async fn get(&mut self, key: impl Into<Vec<u8>>) -> Result<Option<Vec<u8>>, ClientError> {
+        let request = proto::GetRequest { key: key.into() };
+        self.call(false, |mut kv| {
+            let request = request.clone();
+            async move {
+                let response = kv.get(request).await?.into_inner();
+                Ok(response.found.then_some(response.value))
+            }
+        })
+        .await
+    }
+
+    /// Deletes a key; says whether it existed.
+    pub async fn delete(&mut self, key: impl Into<Vec<u8>>) -> Result<bool, ClientError> {
+        let request = proto::DeleteRequest {
+            session: Some(self.next_session()),
+            key: key.into(),
+        };
+        self.call(true, |mut kv| {
+            let request = request.clone();
+            async move { Ok(kv.delete(request).await?.into_inner().existed) }
+        })
+        .await
+    }
+
+    /// Sets `key` to `new_value` if its value is `expected` (`None`: absent).
+    pub async fn compare_and_swap(
+        &mut self,
+        key: impl Into<Vec<u8>>,
+        expected: Option<Vec<u8>>,
+        new_value: impl Into<Vec<u8>>,
+    ) -> Result<CompareAndSwapResult, ClientError> {
+        let request = proto::CompareAndSwapRequest {
+            session: Some(self.next_session()),
+            key: key.into(),
+            expected,
+            new_value: new_value.into(),
+        };
+        self.call(true, |mut kv| {
+            let request = request.clone();
+            async move {
+                let response = kv.compare_and_swap(request).await?.into_inner();
+                Ok(CompareAndSwapResult {
+                    swapped: response.swapped,
+                    current: response.current,
+                })
+            }
+        })
+        .await
+    }
+
+    fn next_session(&mut self) -> proto::Session {
+        self.sequence += 1;
+        proto::Session {
+            client_id: self.client_id,
+            sequence: self.sequence,
+        }
+    }
+
+    /// Runs `attempt` against the leader until it succeeds, fails for certain,
+    /// or the operation deadline passes.
+    async fn call<T, F, Fut>(&mut self, is_mutation: bool, mut attempt: F) -> Result<T, ClientError>
+    where
+        F: FnMut(KvClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let deadline = Instant::now() + self.config.operation_timeout;
+        let mut maybe_applied = false;
+        let mut backoff = self.config.backoff_min;
+        let mut hops_without_backoff = 0usize;
+        let mut last_error = String::from("no attempt was made");
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            let target = self
+                .leader
+                .unwrap_or(self.next_guess % self.endpoints.len());
+            let rpc_deadline = (now + self.config.rpc_timeout).min(deadline);
+            let client = self.endpoints[target].client.clone();
+            let error = match tokio::time::timeout_at(rpc_deadline, attempt(client)).await {
+                Ok(Ok(value)) => {
+                    self.leader = Some(target);
+                    return Ok(value);
+                }
+                Ok(Err(status)) => status_to_error(&status),
+                Err(_) => Error::Indeterminate("the attempt timed out".into()),
+            };
+            debug!(endpoint = %self.endpoints[target].addr, %error, "attempt failed");
+            last_error = format!("{}: {error}", self.endpoints[target].addr);
+            self.leader = None;
+            let mut is_hint = false;
+            match error {
+                Error::InvalidArgument(reason) => return Err(ClientError::Failed(reason)),
+                Error::NotLeader { leader: Some(hint) } => {
+                    if let Ok(i) = self.endpoint_index(&hint) {
+                        if i != target {
+                            self.leader = Some(i);
+                            is_hint = true;
+                        }
+                    }
+                }
+                Error::Indeterminate(_) => maybe_applied |= is_mutation,
+                _ => {}
+            }
+            if !is_hint {
+                self.next_guess = (target + 1) % self.endpoints.len();
+            }
+            hops_without_backoff += 1;
+            if is_hint && hops_without_backoff <= self.endpoints.len() {
+                continue;
+            }
+            hops_without_backoff = 0;
+            let pause = backoff.min(deadline.saturating_duration_since(Instant::now()));
+            tokio::time::sleep(pause).await;
+            backoff = (backoff * 2).min(self.config.backoff_max);
+        }
+        if maybe_applied {
+            Err(ClientError::Unknown(last_error))
+        } else {
+            Err(ClientError::Failed(last_error))
+        }
+    }
+}
+
+/// A session id for a client that was not given one: unique enough across
+/// processes and restarts (clock and process id). Never used by node logic.
+fn default_client_id() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mixed = (nanos ^ (u64::from(std::process::id()) << 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    mixed.max(1)
+}

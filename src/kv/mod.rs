@@ -1,0 +1,319 @@
+//! The replicated state machine: a sorted map of byte keys to byte values with
+//! put, get, delete and compare-and-swap, and the client session table that
+//! makes a retried command apply at most once.
+//!
+//! Every node applies the same committed entries in the same order, so every
+//! node computes the same map, the same session table and the same results.
+//! Nothing here may depend on anything but the entries (no clock, no RNG, no
+//! `HashMap` order).
+
+use std::collections::BTreeMap;
+
+use prost::Message as _;
+use tracing::warn;
+
+use crate::proto;
+use crate::raft::{Entry, LogIndex};
+use crate::{Error, Result};
+
+/// A key is 1 byte to 4 KiB.
+pub const KEY_BYTES_MAX: usize = 4 << 10;
+/// A value is at most 1 MiB.
+pub const VALUE_BYTES_MAX: usize = 1 << 20;
+/// Sessions remembered; past this the least recently used one is forgotten
+/// (deterministically, by the log index of its last command).
+pub const SESSIONS_MAX: usize = 100_000;
+
+/// What a command does to the map.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Operation {
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Delete {
+        key: Vec<u8>,
+    },
+    /// Swap in `new_value` if the current value equals `expected` (`None`: the
+    /// key must be absent).
+    CompareAndSwap {
+        key: Vec<u8>,
+        expected: Option<Vec<u8>>,
+        new_value: Vec<u8>,
+    },
+}
+
+/// One client command: the operation and the session that orders it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Command {
+    pub client_id: u64,
+    /// Grows by one per operation of this client; a retry reuses it.
+    pub sequence: u64,
+    pub operation: Operation,
+}
+
+/// The result of applying a command, remembered per session so that a retry
+/// gets the first answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Put,
+    Delete {
+        existed: bool,
+    },
+    CompareAndSwap {
+        swapped: bool,
+        current: Option<Vec<u8>>,
+    },
+    /// The command was not applied: an older sequence number of a session that
+    /// has moved on, or an entry that does not decode.
+    Rejected(String),
+}
+
+pub fn validate_key(key: &[u8]) -> Result<()> {
+    if key.is_empty() {
+        return Err(Error::InvalidArgument("the key is empty".into()));
+    }
+    if key.len() > KEY_BYTES_MAX {
+        return Err(Error::InvalidArgument(format!(
+            "the key is {} bytes; the limit is {KEY_BYTES_MAX}",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+pub fn validate_value(value: &[u8]) -> Result<()> {
+    if value.len() > VALUE_BYTES_MAX {
+        return Err(Error::InvalidArgument(format!(
+            "the value is {} bytes; the limit is {VALUE_BYTES_MAX}",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
+impl Command {
+    /// Checks the limits; nothing invalid is ever proposed.
+    pub fn validate(&self) -> Result<()> {
+        if self.client_id == 0 || self.sequence == 0 {
+            return Err(Error::InvalidArgument(
+                "a session needs a non-zero client id and sequence number".into(),
+            ));
+        }
+        match &self.operation {
+            Operation::Put { key, value } => {
+                validate_key(key)?;
+                validate_value(value)
+            }
+            Operation::Delete { key } => validate_key(key),
+            Operation::CompareAndSwap {
+                key,
+                expected,
+                new_value,
+            } => {
+                validate_key(key)?;
+                if let Some(expected) = expected {
+                    validate_value(expected)?;
+                }
+                validate_value(new_value)
+            }
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        use proto::command::Operation as Op;
+        let operation = match &self.operation {
+            Operation::Put { key, value } => Op::Put(proto::PutOperation {
+                key: key.clone(),
+                value: value.clone(),
+            }),
+            Operation::Delete { key } => Op::Delete(proto::DeleteOperation { key: key.clone() }),
+            Operation::CompareAndSwap {
+                key,
+                expected,
+                new_value,
+            } => Op::CompareAndSwap(proto::CompareAndSwapOperation {
+                key: key.clone(),
+                expected: expected.clone(),
+                new_value: new_value.clone(),
+            }),
+        };
+        proto::Command {
+            client_id: self.client_id,
+            sequence: self.sequence,
+            operation: Some(operation),
+        }
+        .encode_to_vec()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Command> {
+        use proto::command::Operation as Op;
+        let command = proto::Command::decode(bytes)
+            .map_err(|e| Error::InvalidArgument(format!("undecodable command: {e}")))?;
+        let operation = match command.operation {
+            Some(Op::Put(op)) => Operation::Put {
+                key: op.key,
+                value: op.value,
+            },
+            Some(Op::Delete(op)) => Operation::Delete { key: op.key },
+            Some(Op::CompareAndSwap(op)) => Operation::CompareAndSwap {
+                key: op.key,
+                expected: op.expected,
+                new_value: op.new_value,
+            },
+            None => {
+                return Err(Error::InvalidArgument(
+                    "command without an operation".into(),
+                ))
+            }
+        };
+        Ok(Command {
+            client_id: command.client_id,
+            sequence: command.sequence,
+            operation,
+        })
+    }
+}
+
+#[derive(Debug)]
+struct Session {
+    sequence: u64,
+    outcome: Outcome,
+    /// Log index of the session's last command (its recency, for eviction).
+    last_index: LogIndex,
+}
+
+/// The map, the sessions and how far the log has been applied.
+#[derive(Debug, Default)]
+pub struct KvStore {
+    data: BTreeMap<Vec<u8>, Vec<u8>>,
+    sessions: BTreeMap<u64, Session>,
+    /// Session client ids by the index of their last command, oldest first.
+    sessions_by_index: BTreeMap<LogIndex, u64>,
+    applied: LogIndex,
+}
+
+impl KvStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn applied(&self) -> LogIndex {
+        self.applied
+    }
+
+    pub fn get(&self, key: &[u8]) -> Option<&Vec<u8>> {
+        self.data.get(key)
+    }
+
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    /// A checksum of the whole map, equal on nodes that applied the same log.
+    pub fn digest(&self) -> u32 {
+        let mut hasher = crc32fast::Hasher::new();
+        for (key, value) in &self.data {
+            hasher.update(&(key.len() as u64).to_le_bytes());
+            hasher.update(key);
+            hasher.update(&(value.len() as u64).to_le_bytes());
+            hasher.update(value);
+        }
+        hasher.finalize()
+    }
+
+    /// Applies the next committed entry. Returns `None` for a no-op.
+    pub fn apply(&mut self, entry: &Entry) -> Option<Outcome> {
+        assert_eq!(
+            entry.index,
+            self.applied.next(),
+            "entries are applied in order, each exactly once"
+        );
+        self.applied = entry.index;
+        if entry.data.is_empty() {
+            return None;
+        }
+        let command = match Command::decode(&entry.data) {
+            Ok(command) => command,
+            Err(e) => {
+                warn!(index = entry.index.0, error = %e, "committed entry does not decode: skipped");
+                return Some(Outcome::Rejected(e.to_string()));
+            }
+        };
+        if let Some(session) = self.sessions.get(&command.client_id) {
+            if command.sequence == session.sequence {
+                return Some(session.outcome.clone());
+            }
+            if command.sequence < session.sequence {
+                return Some(Outcome::Rejected(format!(
+                    "sequence {} of client {} is older than its last ({})",
+                    command.sequence, command.client_id, session.sequence
+                )));
+            }
+        }
+        let outcome = self.execute(command.operation);
+        self.remember(
+            command.client_id,
+            command.sequence,
+            outcome.clone(),
+            entry.index,
+        );
+        Some(outcome)
+    }
+
+    fn execute(&mut self, operation: Operation) -> Outcome {
+        match operation {
+            Operation::Put { key, value } => {
+                self.data.insert(key, value);
+                Outcome::Put
+            }
+            Operation::Delete { key } => Outcome::Delete {
+                existed: self.data.remove(&key).is_some(),
+            },
+            Operation::CompareAndSwap {
+                key,
+                expected,
+                new_value,
+            } => {
+                let current = self.data.get(&key);
+                if current == expected.as_ref() {
+                    self.data.insert(key, new_value);
+                    Outcome::CompareAndSwap {
+                        swapped: true,
+                        current: None,
+                    }
+                } else {
+                    Outcome::CompareAndSwap {
+                        swapped: false,
+                        current: current.cloned(),
+                    }
+                }
+            }
+        }
+    }
+
+    fn remember(&mut self, client_id: u64, sequence: u64, outcome: Outcome, index: LogIndex) {
+        if let Some(old) = self.sessions.insert(
+            client_id,
+            Session {
+                sequence,
+                outcome,
+                last_index: index,
+            },
+        ) {
+            self.sessions_by_index.remove(&old.last_index);
+        }
+        self.sessions_by_index.insert(index, client_id);
+        while self.sessions.len() > SESSIONS_MAX {
+            let (_, oldest) = self
+                .sessions_by_index
+                .pop_first()
+                .expect("the index holds one row per session");
+            self.sessions.remove(&oldest);
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! Lattice: a Raft key-value store that proves itself.
+//!
+//! The crate map, from the bottom up:
+//! - [`raft`]: the consensus core, a deterministic state machine with no I/O,
+//!   no async and no clock (inputs in, [`raft::Ready`] out).
+//! - [`storage`]: durable hard state and log: the [`storage::Storage`] seam,
+//!   the CRC-checked file WAL, an in-memory store.
+//! - [`kv`]: the replicated state machine (put, get, delete, compare-and-swap)
+//!   and the client sessions that make retries apply at most once.
+//! - [`transport`]: the gRPC services (Raft peers, KV clients) on tonic, and the
+//!   [`transport::Transport`] seam (bind / accept / connect) that lets the same
+//!   code run over real TCP or a simulated network.
+//! - [`server`]: the driver: one task owns a raft core, ticks it, persists,
+//!   sends, applies and answers clients. [`server::Node`] starts one node.
+//! - [`client`]: the KV client: finds the leader, retries, and tells ok,
+//!   definitely failed and unknown outcome apart.
+//!
+//! Determinism: node logic uses only `tokio::time`, one seeded RNG per node,
+//! ordered maps and `biased` selects, so a simulation seed replays exactly.
+
+pub mod client;
+mod error;
+pub mod kv;
+pub mod raft;
+pub mod server;
+pub mod storage;
+pub mod transport;
+
+pub use client::{Client, ClientConfig, ClientError};
+pub use error::{Error, Result};
+pub use raft::{LogIndex, NodeId, Term};
+pub use server::{Node, NodeConfig, PeerConfig};
+
+/// The generated protobuf and gRPC code (`proto/lattice.proto`).
+pub mod proto {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("lattice");
+}

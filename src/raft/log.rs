@@ -1,0 +1,203 @@
+//! The in-memory view of the log: every entry (no compaction yet), the commit
+//! index and the persisted index.
+//!
+//! Invariants, asserted where they could break:
+//! - entries are contiguous: `entries[i].index == offset + 1 + i`;
+//! - terms never decrease along the log;
+//! - `commit` never goes backwards and never passes the last index;
+//! - a committed entry is never truncated or replaced.
+
+use super::{Entry, LogIndex, Term};
+
+#[derive(Debug, Default)]
+pub struct RaftLog {
+    /// The index just before `entries[0]`; 0 until snapshots exist.
+    offset: LogIndex,
+    entries: Vec<Entry>,
+    /// Highest index known committed (volatile; relearned after a restart).
+    commit: LogIndex,
+    /// Highest index durably stored by this node. Entries above it are handed to
+    /// storage by the next `Ready`.
+    persisted: LogIndex,
+}
+
+impl RaftLog {
+    /// A log recovered from storage: every entry given is already durable.
+    pub fn recovered(entries: Vec<Entry>) -> Self {
+        let mut log = RaftLog::default();
+        for entry in entries {
+            log.push(entry);
+        }
+        log.persisted = log.last_index();
+        log
+    }
+
+    pub fn last_index(&self) -> LogIndex {
+        LogIndex(self.offset.0 + self.entries.len() as u64)
+    }
+
+    pub fn last_term(&self) -> Term {
+        self.entries.last().map_or(Term(0), |e| e.term)
+    }
+
+    pub fn commit(&self) -> LogIndex {
+        self.commit
+    }
+
+    pub fn persisted(&self) -> LogIndex {
+        self.persisted
+    }
+
+    /// The term of the entry at `index`; `Term(0)` for index 0; `None` past the end.
+    pub fn term(&self, index: LogIndex) -> Option<Term> {
+        if index == self.offset {
+            return Some(Term(0));
+        }
+        self.get(index).map(|e| e.term)
+    }
+
+    pub fn get(&self, index: LogIndex) -> Option<&Entry> {
+        if index <= self.offset {
+            return None;
+        }
+        self.entries.get((index.0 - self.offset.0 - 1) as usize)
+    }
+
+    /// Entries in `[from, to]`, at most `count_max` of them and, past the first,
+    /// at most `bytes_max` of payload.
+    pub fn slice(
+        &self,
+        from: LogIndex,
+        to: LogIndex,
+        count_max: usize,
+        bytes_max: usize,
+    ) -> Vec<Entry> {
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let mut index = from;
+        while index <= to && out.len() < count_max {
+            let Some(entry) = self.get(index) else { break };
+            bytes += entry.data.len();
+            if !out.is_empty() && bytes > bytes_max {
+                break;
+            }
+            out.push(entry.clone());
+            index = index.next();
+        }
+        out
+    }
+
+    /// The first index of the run of entries with the same term as `index`
+    /// (the fast-backtracking hint a follower returns).
+    pub fn first_index_of_term_at(&self, index: LogIndex) -> LogIndex {
+        let Some(term) = self.term(index) else {
+            return self.last_index().next();
+        };
+        let mut first = index;
+        while first.0 > self.offset.0 + 1 && self.term(first.prev()) == Some(term) {
+            first = first.prev();
+        }
+        first
+    }
+
+    /// The last index holding an entry of `term`, if any (the leader's side of
+    /// fast backtracking). Terms are monotonic, so scan back from the end.
+    pub fn last_index_of_term(&self, term: Term) -> Option<LogIndex> {
+        self.entries
+            .iter()
+            .rev()
+            .find(|e| e.term <= term)
+            .filter(|e| e.term == term)
+            .map(|e| e.index)
+    }
+
+    /// Appends one entry at the end (leader path).
+    pub fn push(&mut self, entry: Entry) {
+        assert_eq!(
+            entry.index,
+            self.last_index().next(),
+            "log contiguity: appended entry index must follow the last index"
+        );
+        assert!(
+            entry.term >= self.last_term(),
+            "log terms are monotonic: entry {} has term {} below last term {}",
+            entry.index,
+            entry.term,
+            self.last_term()
+        );
+        self.entries.push(entry);
+    }
+
+    /// Follower path: merges `entries` (which follow a matching prev entry)
+    /// into the log. Skips entries already present with the same term, truncates
+    /// at the first real conflict, appends the rest. Returns the index of the
+    /// last entry given (the new match point).
+    pub fn merge(&mut self, entries: Vec<Entry>) -> Option<LogIndex> {
+        let last_given = entries.last().map(|e| e.index);
+        let mut new = entries.into_iter().peekable();
+        while let Some(entry) = new.peek() {
+            match self.term(entry.index) {
+                Some(term) if term == entry.term => {
+                    new.next();
+                }
+                Some(_) => {
+                    self.truncate_from(entry.index);
+                    break;
+                }
+                None => break,
+            }
+        }
+        for entry in new {
+            self.push(entry);
+        }
+        last_given
+    }
+
+    /// Removes every entry at `index` and after. Never below the commit index.
+    fn truncate_from(&mut self, index: LogIndex) {
+        assert!(
+            index > self.commit,
+            "committed entries are never truncated: truncating from {} with commit {}",
+            index,
+            self.commit
+        );
+        assert!(index > self.offset, "truncation below the log start");
+        self.entries
+            .truncate((index.0 - self.offset.0 - 1) as usize);
+        if self.persisted >= index {
+            self.persisted = index.prev();
+        }
+    }
+
+    /// Moves the commit index forward to `index` (never backwards).
+    pub fn commit_to(&mut self, index: LogIndex) -> bool {
+        if index <= self.commit {
+            return false;
+        }
+        assert!(
+            index <= self.last_index(),
+            "commit index {} past the last index {}",
+            index,
+            self.last_index()
+        );
+        self.commit = index;
+        true
+    }
+
+    /// Entries not yet handed to storage.
+    pub fn unpersisted(&self) -> Vec<Entry> {
+        self.slice(
+            self.persisted.next(),
+            self.last_index(),
+            usize::MAX,
+            usize::MAX,
+        )
+    }
+
+    /// Storage has made everything up to `index` durable.
+    pub fn persisted_to(&mut self, index: LogIndex) {
+        if index > self.persisted && index <= self.last_index() {
+            self.persisted = index;
+        }
+    }
+}

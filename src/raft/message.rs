@@ -1,0 +1,78 @@
+//! Every message between peers. Requests (`RequestVote`, `AppendEntries`) are
+//! answered by exactly one response of the paired type; the transport carries
+//! each pair as one unary RPC.
+
+use super::{LogIndex, NodeId, Term};
+
+/// One log entry. An empty `data` is the no-op a leader appends when elected.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub term: Term,
+    pub index: LogIndex,
+    pub data: Vec<u8>,
+}
+
+/// Candidate -> peer: "vote for me in `term`" (Raft 5.2).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestVote {
+    /// The candidate's term.
+    pub term: Term,
+    pub candidate: NodeId,
+    /// Index and term of the candidate's last entry: the up-to-date check (5.4.1).
+    pub last_log_index: LogIndex,
+    pub last_log_term: Term,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestVoteResponse {
+    /// The voter's current term, so a stale candidate steps down.
+    pub term: Term,
+    pub vote_granted: bool,
+}
+
+/// Leader -> follower: entries to append after (`prev_log_index`,
+/// `prev_log_term`), or none as a heartbeat (Raft 5.3).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppendEntries {
+    pub term: Term,
+    pub leader: NodeId,
+    pub prev_log_index: LogIndex,
+    pub prev_log_term: Term,
+    pub entries: Vec<Entry>,
+    pub leader_commit: LogIndex,
+    /// The leader's ReadIndex round when this was sent; echoed in the response.
+    pub read_round: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppendEntriesResponse {
+    /// The follower's current term.
+    pub term: Term,
+    pub success: bool,
+    /// On success: the last index known to match the leader's log.
+    pub match_index: LogIndex,
+    /// On rejection: the follower's term at `prev_log_index` (`Term(0)` if its
+    /// log is shorter) and the first index it holds of that term (or its last
+    /// index + 1 if shorter). Lets the leader skip a whole term per round trip.
+    pub conflict_term: Term,
+    pub conflict_index: LogIndex,
+    /// Echo of the request's `read_round`.
+    pub read_round: u64,
+}
+
+/// A request the core wants sent to a peer; the driver delivers it and feeds the
+/// response (or the failure) back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    RequestVote(RequestVote),
+    AppendEntries(AppendEntries),
+}
+
+impl Message {
+    pub fn term(&self) -> Term {
+        match self {
+            Message::RequestVote(m) => m.term,
+            Message::AppendEntries(m) => m.term,
+        }
+    }
+}

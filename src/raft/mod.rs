@@ -1,0 +1,106 @@
+//! The consensus core: a deterministic Raft state machine with no I/O, no
+//! async and no clock. The driver (`crate::server`) feeds it inputs and carries
+//! out what it asks for.
+//!
+//! # The protocol (Ongaro & Ousterhout, "In Search of an Understandable
+//! # Consensus Algorithm", 2014; section numbers refer to it)
+//!
+//! A cluster of voters agrees on one ordered log of commands. Time is cut into
+//! *terms*; each term has at most one leader (5.2, "election safety"). A
+//! follower that hears nothing from a leader for a randomized number of ticks
+//! becomes a candidate: it increments its term, votes for itself and asks every
+//! peer for a vote with `RequestVote`. A peer grants at most one vote per term,
+//! and only to a candidate whose log is at least as up to date as its own (5.4.1:
+//! a higher last term wins, equal last terms compare last indexes). A candidate
+//! with votes from a majority becomes leader and appends a no-op entry of its
+//! term, so that it can commit (below) and serve reads.
+//!
+//! The leader replicates with `AppendEntries`, which names the entry just before
+//! the new ones (`prev_log_index`, `prev_log_term`). A follower accepts only if
+//! it holds that entry (5.3, "log matching"): then every earlier entry matches
+//! too. It truncates its log only where an entry really conflicts (same index,
+//! other term) and never below its commit index. On a rejection it answers with
+//! a hint (the conflicting term and its first index) so the leader skips back a
+//! whole term at once instead of one entry per round trip.
+//!
+//! An entry is *committed* once the leader has stored it on a majority, but the
+//! leader counts replicas only for entries of its own term (5.4.2, figure 8): an
+//! old-term entry on a majority can still be overwritten, so it is committed
+//! only indirectly, by a later entry of the current term. Committed entries are
+//! applied in order, identically on every node ("state machine safety").
+//!
+//! Reads use ReadIndex (thesis 6.4): the leader notes its commit index, proves
+//! it is still leader by a round of heartbeats acknowledged by a majority, and
+//! the read is served once that index is applied. Reads that arrive together
+//! share one round. A leader answers reads only after committing an entry of its
+//! own term, so its commit index is the cluster's.
+//!
+//! Any message with a higher term makes a node a follower of that term. Term
+//! and vote are persisted before any message that depends on them leaves the
+//! node; log entries are persisted before they are acknowledged. The core states
+//! these duties on [`Ready`]; the driver honours them.
+//!
+//! # Not implemented (yet)
+//! - Log compaction, snapshots and InstallSnapshot (the log always starts at 1;
+//!   `RaftLog` keeps an offset so a snapshot index can slot in).
+//! - PreVote and CheckQuorum (a partitioned node that rejoins bumps the term).
+//! - Leadership transfer, membership changes, learners.
+
+mod log;
+mod message;
+mod node;
+mod progress;
+
+pub use log::RaftLog;
+pub use message::{
+    AppendEntries, AppendEntriesResponse, Entry, Message, RequestVote, RequestVoteResponse,
+};
+pub use node::{Config, NotLeader, Raft, ReadRejected, ReadState, Ready, Role};
+
+use std::fmt;
+
+/// A node's identity in the cluster. `0` is never a valid id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct NodeId(pub u64);
+
+/// A Raft term: a logical clock that only grows. `Term(0)` precedes every election.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Term(pub u64);
+
+/// A position in the log. The first entry has index 1; `LogIndex(0)` means "none".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct LogIndex(pub u64);
+
+impl LogIndex {
+    pub fn next(self) -> LogIndex {
+        LogIndex(self.0 + 1)
+    }
+    /// The index before this one (saturating at 0).
+    pub fn prev(self) -> LogIndex {
+        LogIndex(self.0.saturating_sub(1))
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+impl fmt::Display for Term {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+impl fmt::Display for LogIndex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// The state that must survive a crash before any message depending on it is
+/// sent: the current term and whom this node voted for in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct HardState {
+    pub term: Term,
+    pub vote: Option<NodeId>,
+}

@@ -1,0 +1,808 @@
+//! Roles and transitions: `tick`, the four `handle_*` inputs, `propose`,
+//! `read_index`; then `ready` hands the driver what to persist, send and apply,
+//! and `advance` tells the core it was done.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tracing::{debug, info, warn};
+
+use super::progress::{Progress, ProgressState};
+use super::{
+    AppendEntries, AppendEntriesResponse, Entry, HardState, LogIndex, Message, NodeId, RaftLog,
+    RequestVote, RequestVoteResponse, Term,
+};
+
+/// Everything the core needs to know about its cluster and its pace.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub id: NodeId,
+    /// Every voter, this node included.
+    pub voters: Vec<NodeId>,
+    /// A follower or candidate starts an election after a random number of
+    /// ticks without hearing from a leader, drawn from this inclusive range.
+    pub election_timeout_ticks_min: u32,
+    pub election_timeout_ticks_max: u32,
+    /// A leader sends heartbeats every this many ticks.
+    pub heartbeat_interval_ticks: u32,
+    /// AppendEntries that may be in flight to one follower while replicating.
+    pub inflight_appends_max: usize,
+    /// Entries and payload bytes per AppendEntries (the first entry always goes).
+    pub append_entries_max: usize,
+    pub append_bytes_max: usize,
+    /// Seeds this node's RNG (election timeouts): the run replays from it.
+    pub seed: u64,
+}
+
+impl Config {
+    /// Checks what the core would otherwise assert.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.id.0 == 0 {
+            return Err("node id 0 is reserved".into());
+        }
+        if !self.voters.contains(&self.id) {
+            return Err(format!(
+                "node {} is not among the voters {:?}",
+                self.id, self.voters
+            ));
+        }
+        let unique: BTreeSet<_> = self.voters.iter().collect();
+        if unique.len() != self.voters.len() || self.voters.iter().any(|v| v.0 == 0) {
+            return Err(format!(
+                "voter ids must be unique and non-zero: {:?}",
+                self.voters
+            ));
+        }
+        if self.election_timeout_ticks_min == 0
+            || self.election_timeout_ticks_min > self.election_timeout_ticks_max
+        {
+            return Err("election timeout range must be non-empty and above 0".into());
+        }
+        if self.heartbeat_interval_ticks == 0
+            || self.heartbeat_interval_ticks >= self.election_timeout_ticks_min
+        {
+            return Err("the heartbeat interval must be shorter than the election timeout".into());
+        }
+        if self.inflight_appends_max == 0 || self.append_entries_max == 0 {
+            return Err("in-flight and batch limits must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Follower,
+    Candidate,
+    Leader,
+}
+
+/// Returned when only a leader could have done what was asked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NotLeader {
+    /// The leader this node knows of in its current term, if any.
+    pub leader: Option<NodeId>,
+}
+
+/// Why a read could not be started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadRejected {
+    NotLeader(NotLeader),
+    /// A new leader has not yet committed an entry of its term, so it does not
+    /// know the cluster's commit index. Retry shortly.
+    NotReady,
+}
+
+/// A read that may be served once the state machine has applied `index`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadState {
+    pub context: u64,
+    pub index: LogIndex,
+}
+
+#[derive(Debug)]
+struct PendingRead {
+    context: u64,
+    index: LogIndex,
+    /// The heartbeat round whose majority acknowledgement confirms this read.
+    round: u64,
+}
+
+/// What the driver must do, in this order:
+/// 1. persist `hard_state` (if any) and `entries` (truncating any stored suffix
+///    from `entries[0].index`), and sync;
+/// 2. only then send `messages` and the responses held for peers;
+/// 3. apply `committed` in order; serve `read_states` once applied; fail the
+///    reads in `reads_dropped`;
+/// 4. call [`Raft::advance`].
+#[derive(Debug, Default)]
+pub struct Ready {
+    pub hard_state: Option<HardState>,
+    pub entries: Vec<Entry>,
+    pub messages: Vec<(NodeId, Message)>,
+    pub committed: Vec<Entry>,
+    pub read_states: Vec<ReadState>,
+    pub reads_dropped: Vec<u64>,
+}
+
+/// One Raft node's consensus state. See the module documentation.
+pub struct Raft {
+    config: Config,
+    /// The other voters, sorted.
+    peers: Vec<NodeId>,
+    term: Term,
+    vote: Option<NodeId>,
+    role: Role,
+    leader: Option<NodeId>,
+    log: RaftLog,
+    /// Highest index handed to the driver for application.
+    applied: LogIndex,
+    rng: StdRng,
+    election_elapsed_ticks: u32,
+    election_timeout_ticks: u32,
+    heartbeat_elapsed_ticks: u32,
+    /// Candidate: who granted its vote this term (self included).
+    votes_granted: BTreeSet<NodeId>,
+    /// Leader: each follower's replication state.
+    progress: BTreeMap<NodeId, Progress>,
+    /// Leader: the current ReadIndex round, carried by every AppendEntries.
+    read_round: u64,
+    is_read_round_wanted: bool,
+    pending_reads: VecDeque<PendingRead>,
+    /// Leader: new entries were proposed; send them at the next `ready`.
+    is_broadcast_wanted: bool,
+    messages: Vec<(NodeId, Message)>,
+    read_states: Vec<ReadState>,
+    reads_dropped: Vec<u64>,
+    /// The hard state as last persisted (or handed out by `ready`).
+    hard_state_persisted: HardState,
+    /// Set by `ready`, consumed by `advance`: what was handed out.
+    ready_outstanding: Option<(HardState, LogIndex)>,
+}
+
+impl Raft {
+    /// A node restored from its durable state (empty for a new node).
+    pub fn new(config: Config, hard_state: HardState, entries: Vec<Entry>) -> Self {
+        if let Err(reason) = config.validate() {
+            panic!("invalid raft config (validate before constructing): {reason}");
+        }
+        let mut peers: Vec<NodeId> = config
+            .voters
+            .iter()
+            .copied()
+            .filter(|&v| v != config.id)
+            .collect();
+        peers.sort();
+        let rng =
+            StdRng::seed_from_u64(config.seed ^ config.id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut raft = Raft {
+            peers,
+            term: hard_state.term,
+            vote: hard_state.vote,
+            role: Role::Follower,
+            leader: None,
+            log: RaftLog::recovered(entries),
+            applied: LogIndex(0),
+            rng,
+            election_elapsed_ticks: 0,
+            election_timeout_ticks: 0,
+            heartbeat_elapsed_ticks: 0,
+            votes_granted: BTreeSet::new(),
+            progress: BTreeMap::new(),
+            read_round: 0,
+            is_read_round_wanted: false,
+            pending_reads: VecDeque::new(),
+            is_broadcast_wanted: false,
+            messages: Vec::new(),
+            read_states: Vec::new(),
+            reads_dropped: Vec::new(),
+            hard_state_persisted: hard_state,
+            ready_outstanding: None,
+            config,
+        };
+        assert!(
+            raft.log.last_term() <= raft.term,
+            "recovered log has entries of term {} beyond the recovered term {}",
+            raft.log.last_term(),
+            raft.term
+        );
+        raft.reset_election_timer();
+        raft
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.config.id
+    }
+    pub fn term(&self) -> Term {
+        self.term
+    }
+    pub fn role(&self) -> Role {
+        self.role
+    }
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leader
+    }
+    pub fn log(&self) -> &RaftLog {
+        &self.log
+    }
+    pub fn hard_state(&self) -> HardState {
+        HardState {
+            term: self.term,
+            vote: self.vote,
+        }
+    }
+
+    fn quorum(&self) -> usize {
+        self.config.voters.len() / 2 + 1
+    }
+
+    fn reset_election_timer(&mut self) {
+        self.election_elapsed_ticks = 0;
+        self.election_timeout_ticks = self.rng.random_range(
+            self.config.election_timeout_ticks_min..=self.config.election_timeout_ticks_max,
+        );
+    }
+
+    // ------------------------------------------------------------ time
+
+    /// One unit of logical time passed.
+    pub fn tick(&mut self) {
+        match self.role {
+            Role::Leader => {
+                self.heartbeat_elapsed_ticks += 1;
+                if self.heartbeat_elapsed_ticks >= self.config.heartbeat_interval_ticks {
+                    self.heartbeat_elapsed_ticks = 0;
+                    self.broadcast_heartbeat();
+                }
+            }
+            Role::Follower | Role::Candidate => {
+                self.election_elapsed_ticks += 1;
+                if self.election_elapsed_ticks >= self.election_timeout_ticks {
+                    self.campaign();
+                }
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ roles
+
+    fn campaign(&mut self) {
+        self.term = Term(self.term.0 + 1);
+        self.vote = Some(self.config.id);
+        self.role = Role::Candidate;
+        self.leader = None;
+        self.drop_leader_state();
+        self.votes_granted = BTreeSet::from([self.config.id]);
+        self.reset_election_timer();
+        info!(term = self.term.0, "election timeout: campaigning");
+        if self.votes_granted.len() >= self.quorum() {
+            self.become_leader();
+            return;
+        }
+        let request = RequestVote {
+            term: self.term,
+            candidate: self.config.id,
+            last_log_index: self.log.last_index(),
+            last_log_term: self.log.last_term(),
+        };
+        for &peer in &self.peers {
+            self.messages
+                .push((peer, Message::RequestVote(request.clone())));
+        }
+    }
+
+    fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
+        assert!(term >= self.term, "terms never go backwards");
+        if term > self.term {
+            self.term = term;
+            self.vote = None;
+        }
+        if self.role != Role::Follower || self.leader != leader {
+            info!(
+                term = term.0,
+                leader = %leader.map_or("unknown".to_string(), |l| l.to_string()),
+                "following"
+            );
+        }
+        self.role = Role::Follower;
+        self.leader = leader;
+        self.drop_leader_state();
+        self.reset_election_timer();
+    }
+
+    fn become_leader(&mut self) {
+        assert!(
+            self.role == Role::Candidate && self.vote == Some(self.config.id),
+            "election safety: only a candidate that voted for itself in term {} may lead",
+            self.term
+        );
+        self.role = Role::Leader;
+        self.leader = Some(self.config.id);
+        self.heartbeat_elapsed_ticks = 0;
+        let next = self.log.last_index().next();
+        let inflight_max = self.config.inflight_appends_max;
+        self.progress = self
+            .peers
+            .iter()
+            .map(|&peer| (peer, Progress::new(next, inflight_max)))
+            .collect();
+        info!(
+            term = self.term.0,
+            last_index = self.log.last_index().0,
+            "became leader"
+        );
+        // The no-op of this term: lets the leader commit (figure 8) and serve reads.
+        self.log.push(Entry {
+            term: self.term,
+            index: next,
+            data: Vec::new(),
+        });
+        self.is_broadcast_wanted = true;
+        self.maybe_commit();
+    }
+
+    /// Forgets what only a leader keeps; reads waiting on a round are dropped.
+    fn drop_leader_state(&mut self) {
+        self.progress.clear();
+        self.is_broadcast_wanted = false;
+        self.is_read_round_wanted = false;
+        self.reads_dropped
+            .extend(self.pending_reads.drain(..).map(|r| r.context));
+    }
+
+    // ------------------------------------------------------------ voting
+
+    /// A candidate asks for our vote. The response must be sent only after the
+    /// next `Ready` is persisted (it may carry a new term and vote).
+    pub fn handle_request_vote(&mut self, request: RequestVote) -> RequestVoteResponse {
+        if request.term > self.term {
+            self.become_follower(request.term, None);
+        }
+        let is_up_to_date = (request.last_log_term, request.last_log_index)
+            >= (self.log.last_term(), self.log.last_index());
+        let vote_granted = request.term == self.term
+            && self.vote.is_none_or(|v| v == request.candidate)
+            && is_up_to_date;
+        if vote_granted {
+            self.vote = Some(request.candidate);
+            self.reset_election_timer();
+        }
+        debug!(
+            candidate = request.candidate.0,
+            term = request.term.0,
+            vote_granted,
+            "vote requested"
+        );
+        RequestVoteResponse {
+            term: self.term,
+            vote_granted,
+        }
+    }
+
+    pub fn handle_request_vote_response(&mut self, from: NodeId, response: RequestVoteResponse) {
+        if response.term > self.term {
+            self.become_follower(response.term, None);
+            return;
+        }
+        if self.role != Role::Candidate || response.term != self.term || !response.vote_granted {
+            return;
+        }
+        if !self.peers.contains(&from) {
+            warn!(
+                from = from.0,
+                "vote from a node that is not a voter: ignored"
+            );
+            return;
+        }
+        self.votes_granted.insert(from);
+        if self.votes_granted.len() >= self.quorum() {
+            self.become_leader();
+        }
+    }
+
+    // ------------------------------------------------------------ replication
+
+    /// A leader's AppendEntries. The response must be sent only after the next
+    /// `Ready` is persisted (it acknowledges entries and may carry a new term).
+    pub fn handle_append_entries(&mut self, request: AppendEntries) -> AppendEntriesResponse {
+        let mut response = AppendEntriesResponse {
+            term: self.term,
+            success: false,
+            match_index: LogIndex(0),
+            conflict_term: Term(0),
+            conflict_index: LogIndex(0),
+            read_round: request.read_round,
+        };
+        if request.term < self.term {
+            return response;
+        }
+        if request.term == self.term && self.role == Role::Leader {
+            warn!(
+                other = request.leader.0,
+                term = self.term.0,
+                "AppendEntries from another leader of my own term: rejected (misconfigured ids?)"
+            );
+            return response;
+        }
+        if request.term > self.term
+            || self.role != Role::Follower
+            || self.leader != Some(request.leader)
+        {
+            self.become_follower(request.term, Some(request.leader));
+        }
+        self.election_elapsed_ticks = 0;
+        response.term = self.term;
+
+        let prev = request.prev_log_index;
+        match self.log.term(prev) {
+            None => {
+                response.conflict_index = self.log.last_index().next();
+                return response;
+            }
+            Some(term) if term != request.prev_log_term => {
+                response.conflict_term = term;
+                response.conflict_index = self.log.first_index_of_term_at(prev);
+                return response;
+            }
+            Some(_) => {}
+        }
+        if let Err(reason) = self.validate_entries(&request) {
+            warn!(leader = request.leader.0, %reason, "malformed AppendEntries: rejected");
+            response.conflict_index = self.log.commit().next();
+            return response;
+        }
+        let last_given = self.log.merge(request.entries).unwrap_or(prev);
+        self.log.commit_to(request.leader_commit.min(last_given));
+        response.success = true;
+        response.match_index = last_given;
+        response
+    }
+
+    /// Bad input never reaches the log: entries must follow `prev` one by one,
+    /// with terms that never decrease and never pass the leader's, and must not
+    /// contradict a committed entry.
+    fn validate_entries(&self, request: &AppendEntries) -> Result<(), String> {
+        let mut expected_index = request.prev_log_index.next();
+        let mut term_min = request.prev_log_term;
+        for entry in &request.entries {
+            if entry.index != expected_index {
+                return Err(format!(
+                    "entry index {} where {} was expected",
+                    entry.index, expected_index
+                ));
+            }
+            if entry.term < term_min || entry.term > request.term {
+                return Err(format!(
+                    "entry {} has out-of-order term {}",
+                    entry.index, entry.term
+                ));
+            }
+            if entry.index <= self.log.commit() && self.log.term(entry.index) != Some(entry.term) {
+                return Err(format!(
+                    "entry {} of term {} contradicts a committed entry",
+                    entry.index, entry.term
+                ));
+            }
+            term_min = entry.term;
+            expected_index = expected_index.next();
+        }
+        Ok(())
+    }
+
+    pub fn handle_append_entries_response(
+        &mut self,
+        from: NodeId,
+        response: AppendEntriesResponse,
+    ) {
+        if response.term > self.term {
+            self.become_follower(response.term, None);
+            return;
+        }
+        if self.role != Role::Leader || response.term != self.term {
+            return;
+        }
+        let last_index = self.log.last_index();
+        let Some(progress) = self.progress.get_mut(&from) else {
+            warn!(
+                from = from.0,
+                "AppendEntries response from a node that is not a peer: ignored"
+            );
+            return;
+        };
+        // Any answer in our term proves `from` accepted us as leader then.
+        progress.read_round_acked = progress
+            .read_round_acked
+            .max(response.read_round.min(self.read_round));
+        if response.success {
+            if response.match_index > last_index {
+                warn!(
+                    from = from.0,
+                    match_index = response.match_index.0,
+                    "match index beyond my log: ignored"
+                );
+                return;
+            }
+            if progress.acknowledge(response.match_index) {
+                self.maybe_commit();
+            }
+        } else {
+            let next = if response.conflict_term.0 > 0 {
+                self.log
+                    .last_index_of_term(response.conflict_term)
+                    .map_or(response.conflict_index, |i| i.next())
+            } else {
+                response.conflict_index
+            };
+            let next = next.min(last_index.next()).max(LogIndex(1));
+            debug!(
+                from = from.0,
+                next_index = next.0,
+                "AppendEntries rejected: probing back"
+            );
+            progress.probe_from(next);
+        }
+        self.send_append(from);
+        self.release_reads();
+    }
+
+    /// The driver could not deliver a message to `peer` (or got no answer).
+    pub fn report_unreachable(&mut self, peer: NodeId) {
+        if let Some(progress) = self.progress.get_mut(&peer) {
+            if progress.state == ProgressState::Replicate {
+                let next = progress.match_index.next();
+                progress.probe_from(next);
+            }
+        }
+    }
+
+    /// Sends entries to `peer` if there are any and it is not paused. Returns
+    /// whether a message was queued.
+    fn send_append(&mut self, peer: NodeId) -> bool {
+        let last_index = self.log.last_index();
+        let Some(progress) = self.progress.get_mut(&peer) else {
+            return false;
+        };
+        if progress.is_paused() {
+            return false;
+        }
+        let next = progress.next_index;
+        if progress.state == ProgressState::Replicate && next > last_index {
+            return false;
+        }
+        let prev = next.prev();
+        let prev_term = self
+            .log
+            .term(prev)
+            .expect("next index is at most last index + 1, so prev is in the log");
+        let entries = self.log.slice(
+            next,
+            last_index,
+            self.config.append_entries_max,
+            self.config.append_bytes_max,
+        );
+        let last_sent = entries.last().map_or(prev, |e| e.index);
+        progress.sent(last_sent);
+        self.messages.push((
+            peer,
+            Message::AppendEntries(AppendEntries {
+                term: self.term,
+                leader: self.config.id,
+                prev_log_index: prev,
+                prev_log_term: prev_term,
+                entries,
+                leader_commit: self.log.commit(),
+                read_round: self.read_round,
+            }),
+        ));
+        true
+    }
+
+    /// An empty AppendEntries anchored at what `peer` is known to hold, so it
+    /// always succeeds on a healthy follower.
+    fn send_heartbeat(&mut self, peer: NodeId) {
+        let Some(progress) = self.progress.get(&peer) else {
+            return;
+        };
+        let prev = progress.match_index;
+        let prev_term = self
+            .log
+            .term(prev)
+            .expect("a follower's match index is in the leader's log");
+        self.messages.push((
+            peer,
+            Message::AppendEntries(AppendEntries {
+                term: self.term,
+                leader: self.config.id,
+                prev_log_index: prev,
+                prev_log_term: prev_term,
+                entries: Vec::new(),
+                leader_commit: self.log.commit(),
+                read_round: self.read_round,
+            }),
+        ));
+    }
+
+    fn broadcast_heartbeat(&mut self) {
+        for peer in self.peers.clone() {
+            if let Some(progress) = self.progress.get_mut(&peer) {
+                progress.heartbeat();
+            }
+            if !self.send_append(peer) {
+                self.send_heartbeat(peer);
+            }
+        }
+    }
+
+    /// Commits the highest index stored on a majority, if it is of our term
+    /// (Raft figure 8: older entries commit only indirectly).
+    fn maybe_commit(&mut self) -> bool {
+        let mut matched: Vec<LogIndex> = self
+            .progress
+            .values()
+            .map(|p| p.match_index)
+            .chain([self.log.persisted()])
+            .collect();
+        matched.sort_unstable_by(|a, b| b.cmp(a));
+        let candidate = matched[self.quorum() - 1];
+        if candidate > self.log.commit() && self.log.term(candidate) == Some(self.term) {
+            self.log.commit_to(candidate);
+            return true;
+        }
+        false
+    }
+
+    // ------------------------------------------------------------ clients
+
+    /// Appends a command to the log (leader only). It is sent with the next
+    /// `Ready`, so many proposals share one append, one sync and one message.
+    pub fn propose(&mut self, data: Vec<u8>) -> Result<LogIndex, NotLeader> {
+        if self.role != Role::Leader {
+            return Err(NotLeader {
+                leader: self.leader,
+            });
+        }
+        let index = self.log.last_index().next();
+        self.log.push(Entry {
+            term: self.term,
+            index,
+            data,
+        });
+        self.is_broadcast_wanted = true;
+        if self.peers.is_empty() {
+            // A single node commits once its own disk has the entry (advance).
+        }
+        Ok(index)
+    }
+
+    /// Starts a linearizable read identified by `context`. It comes back in a
+    /// `Ready`'s `read_states` once a majority confirmed this node still leads,
+    /// or in `reads_dropped` if it stops leading first.
+    pub fn read_index(&mut self, context: u64) -> Result<(), ReadRejected> {
+        if self.role != Role::Leader {
+            return Err(ReadRejected::NotLeader(NotLeader {
+                leader: self.leader,
+            }));
+        }
+        if self.log.term(self.log.commit()) != Some(self.term) {
+            return Err(ReadRejected::NotReady);
+        }
+        let index = self.log.commit();
+        if self.peers.is_empty() {
+            self.read_states.push(ReadState { context, index });
+            return Ok(());
+        }
+        self.pending_reads.push_back(PendingRead {
+            context,
+            index,
+            round: self.read_round + 1,
+        });
+        self.is_read_round_wanted = true;
+        Ok(())
+    }
+
+    /// Releases every read whose round a majority (counting us) acknowledged.
+    fn release_reads(&mut self) {
+        let Some(front) = self.pending_reads.front() else {
+            return;
+        };
+        let mut acked: Vec<u64> = self
+            .progress
+            .values()
+            .map(|p| p.read_round_acked)
+            .chain([u64::MAX])
+            .collect();
+        acked.sort_unstable_by(|a, b| b.cmp(a));
+        let confirmed = acked[self.quorum() - 1];
+        if front.round > confirmed {
+            return;
+        }
+        while let Some(read) = self.pending_reads.front() {
+            if read.round > confirmed {
+                break;
+            }
+            let read = self.pending_reads.pop_front().expect("front exists");
+            self.read_states.push(ReadState {
+                context: read.context,
+                index: read.index,
+            });
+        }
+    }
+
+    // ------------------------------------------------------------ ready / advance
+
+    pub fn has_ready(&self) -> bool {
+        self.hard_state() != self.hard_state_persisted
+            || self.log.persisted() < self.log.last_index()
+            || self.applied < self.log.commit()
+            || !self.messages.is_empty()
+            || !self.read_states.is_empty()
+            || !self.reads_dropped.is_empty()
+            || self.is_broadcast_wanted
+            || self.is_read_round_wanted
+    }
+
+    /// Hands out what to persist, send and apply. Call [`Raft::advance`] once
+    /// it is done, before the next `ready`.
+    pub fn ready(&mut self) -> Ready {
+        assert!(
+            self.ready_outstanding.is_none(),
+            "ready() called twice without advance()"
+        );
+        if self.role == Role::Leader {
+            let mut is_sent = BTreeSet::new();
+            if self.is_read_round_wanted {
+                self.read_round += 1;
+            }
+            if self.is_broadcast_wanted {
+                for peer in self.peers.clone() {
+                    if self.send_append(peer) {
+                        is_sent.insert(peer);
+                    }
+                }
+            }
+            if self.is_read_round_wanted {
+                for peer in self.peers.clone() {
+                    if !is_sent.contains(&peer) {
+                        self.send_heartbeat(peer);
+                    }
+                }
+            }
+        }
+        self.is_broadcast_wanted = false;
+        self.is_read_round_wanted = false;
+
+        let hard_state = self.hard_state();
+        let commit = self.log.commit();
+        assert!(
+            commit >= self.applied,
+            "applied index never passes the commit index"
+        );
+        let committed = self
+            .log
+            .slice(self.applied.next(), commit, usize::MAX, usize::MAX);
+        self.applied = commit;
+        self.ready_outstanding = Some((hard_state, self.log.last_index()));
+        Ready {
+            hard_state: (hard_state != self.hard_state_persisted).then_some(hard_state),
+            entries: self.log.unpersisted(),
+            messages: std::mem::take(&mut self.messages),
+            committed,
+            read_states: std::mem::take(&mut self.read_states),
+            reads_dropped: std::mem::take(&mut self.reads_dropped),
+        }
+    }
+
+    /// The last `Ready` was persisted (and its messages sent).
+    pub fn advance(&mut self) {
+        let (hard_state, persisted) = self
+            .ready_outstanding
+            .take()
+            .expect("advance() without a preceding ready()");
+        self.hard_state_persisted = hard_state;
+        self.log.persisted_to(persisted);
+        if self.role == Role::Leader {
+            self.maybe_commit();
+        }
+    }
+}

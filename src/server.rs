@@ -1,0 +1,614 @@
+//! The driver: one task owns a raft core and its storage. It ticks the core,
+//! feeds it peer messages and client requests, and carries out each `Ready` in
+//! the order the core demands: persist (one append, one sync for the whole
+//! batch), then send and answer peers, then apply and answer clients.
+//!
+//! [`Node::start`] wires a node together: storage, the two gRPC servers, one
+//! sender task per peer, and the driver.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tracing::{error, info, info_span, warn, Instrument};
+
+use crate::kv::{Command, KvStore, Outcome};
+use crate::raft::{
+    self, AppendEntries, AppendEntriesResponse, LogIndex, Message, NodeId, Raft, Ready,
+    RequestVote, RequestVoteResponse, Role, Term,
+};
+use crate::storage::{FileStorage, Storage};
+use crate::transport::{self, peer, service, ChannelConfig, TcpTransport, Transport};
+use crate::{Error, Result};
+
+/// Inputs the driver handles; the services and peer senders produce them.
+pub(crate) enum Input {
+    RequestVote {
+        request: RequestVote,
+        reply: oneshot::Sender<RequestVoteResponse>,
+    },
+    AppendEntries {
+        request: AppendEntries,
+        reply: oneshot::Sender<AppendEntriesResponse>,
+    },
+    RequestVoteResponse {
+        from: NodeId,
+        response: RequestVoteResponse,
+    },
+    AppendEntriesResponse {
+        from: NodeId,
+        response: AppendEntriesResponse,
+    },
+    /// A message to `peer` was dropped or its RPC failed.
+    Unreachable { peer: NodeId },
+    Propose {
+        command: Command,
+        reply: oneshot::Sender<Result<Outcome>>,
+    },
+    Read {
+        key: Vec<u8>,
+        reply: oneshot::Sender<Result<Option<Vec<u8>>>>,
+    },
+    /// Asks for a digest of the applied state (for checks and the example).
+    Inspect {
+        reply: oneshot::Sender<StateSummary>,
+    },
+}
+
+/// Another node of the cluster.
+#[derive(Clone, Debug)]
+pub struct PeerConfig {
+    pub id: NodeId,
+    /// Where its Raft service listens.
+    pub raft_addr: String,
+    /// Where its KV service listens (handed to clients as the leader hint).
+    pub kv_addr: String,
+}
+
+/// How to run one node. [`NodeConfig::new`] fills in sane defaults.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub id: NodeId,
+    /// Address the Raft peer service binds to (`host:port`).
+    pub raft_addr: String,
+    /// Address the KV client service binds to.
+    pub kv_addr: String,
+    /// The other voters.
+    pub peers: Vec<PeerConfig>,
+    /// Where the WAL and hard state live.
+    pub data_dir: PathBuf,
+    /// One raft tick.
+    pub tick_interval: Duration,
+    pub election_timeout_ticks_min: u32,
+    pub election_timeout_ticks_max: u32,
+    pub heartbeat_interval_ticks: u32,
+    /// AppendEntries in flight per follower.
+    pub inflight_appends_max: usize,
+    pub append_entries_max: usize,
+    pub append_bytes_max: usize,
+    /// How long a KV request may wait for its command to commit.
+    pub request_timeout: Duration,
+    /// Deadline and keepalive of peer RPCs.
+    pub peer_channel: ChannelConfig,
+    /// Inputs queued for the driver before callers wait.
+    pub inbox_capacity: usize,
+    /// Seeds the node's RNG (election timeouts).
+    pub seed: u64,
+}
+
+impl NodeConfig {
+    pub fn new(
+        id: NodeId,
+        raft_addr: impl Into<String>,
+        kv_addr: impl Into<String>,
+        peers: Vec<PeerConfig>,
+        data_dir: impl Into<PathBuf>,
+    ) -> Self {
+        NodeConfig {
+            id,
+            raft_addr: raft_addr.into(),
+            kv_addr: kv_addr.into(),
+            peers,
+            data_dir: data_dir.into(),
+            tick_interval: Duration::from_millis(50),
+            election_timeout_ticks_min: 10,
+            election_timeout_ticks_max: 20,
+            heartbeat_interval_ticks: 2,
+            inflight_appends_max: 4,
+            append_entries_max: 4096,
+            append_bytes_max: 4 << 20,
+            request_timeout: Duration::from_secs(3),
+            peer_channel: ChannelConfig {
+                connect_timeout: Duration::from_millis(500),
+                rpc_timeout: Duration::from_secs(2),
+                keepalive_interval: Duration::from_secs(1),
+                keepalive_timeout: Duration::from_secs(2),
+            },
+            inbox_capacity: 16 << 10,
+            seed: id.0,
+        }
+    }
+
+    fn raft_config(&self) -> raft::Config {
+        let mut voters: Vec<NodeId> = self.peers.iter().map(|p| p.id).collect();
+        voters.push(self.id);
+        voters.sort();
+        raft::Config {
+            id: self.id,
+            voters,
+            election_timeout_ticks_min: self.election_timeout_ticks_min,
+            election_timeout_ticks_max: self.election_timeout_ticks_max,
+            heartbeat_interval_ticks: self.heartbeat_interval_ticks,
+            inflight_appends_max: self.inflight_appends_max,
+            append_entries_max: self.append_entries_max,
+            append_bytes_max: self.append_bytes_max,
+            seed: self.seed,
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        self.raft_config().validate().map_err(Error::Config)?;
+        if self.peers.iter().any(|p| p.id == self.id) {
+            return Err(Error::Config(format!(
+                "node {} lists itself as a peer",
+                self.id
+            )));
+        }
+        if self.tick_interval.is_zero() || self.inbox_capacity == 0 {
+            return Err(Error::Config(
+                "tick interval and inbox capacity must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What a node reports about itself, updated as it changes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    pub id: NodeId,
+    pub role: Role,
+    pub term: Term,
+    pub leader: Option<NodeId>,
+    pub commit_index: LogIndex,
+    pub applied_index: LogIndex,
+    pub last_index: LogIndex,
+    /// Set when the node stopped on a fatal error (a storage failure).
+    pub failure: Option<String>,
+}
+
+/// A summary of the applied state machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StateSummary {
+    pub applied_index: LogIndex,
+    pub keys: usize,
+    /// Equal on nodes that applied the same commands.
+    pub digest: u32,
+}
+
+/// A running node. Dropping it stops it (without waiting).
+pub struct Node {
+    id: NodeId,
+    status: watch::Receiver<Status>,
+    inbox: mpsc::Sender<Input>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Node {
+    /// Starts a node on real TCP with its WAL under `config.data_dir`.
+    pub async fn start(config: NodeConfig) -> Result<Node> {
+        config.validate()?;
+        let span = info_span!("node", id = config.id.0, addr = %config.raft_addr);
+        let storage = span.in_scope(|| FileStorage::open(&config.data_dir))?;
+        Node::start_with(config, Box::new(storage), Arc::new(TcpTransport)).await
+    }
+
+    /// Starts a node on the given storage and transport (the simulation seams).
+    pub async fn start_with(
+        config: NodeConfig,
+        mut storage: Box<dyn Storage>,
+        transport: Arc<dyn Transport>,
+    ) -> Result<Node> {
+        config.validate()?;
+        let span = info_span!("node", id = config.id.0, addr = %config.raft_addr);
+        let (hard_state, entries) = storage.recovered();
+        let raft = Raft::new(config.raft_config(), hard_state, entries);
+
+        let raft_listener = transport.bind(&config.raft_addr).await.map_err(|e| {
+            Error::io(
+                format!("binding the Raft service to {}", config.raft_addr),
+                e,
+            )
+        })?;
+        let kv_listener = transport
+            .bind(&config.kv_addr)
+            .await
+            .map_err(|e| Error::io(format!("binding the KV service to {}", config.kv_addr), e))?;
+
+        let (inbox_tx, inbox_rx) = mpsc::channel(config.inbox_capacity);
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        let mut peers = BTreeMap::new();
+        for peer_config in &config.peers {
+            let channel = transport::channel(
+                transport.clone(),
+                &peer_config.raft_addr,
+                config.peer_channel,
+            )?;
+            let (sender, task) = peer::spawn(
+                config.id,
+                peer_config.clone(),
+                channel,
+                inbox_tx.clone(),
+                config.inflight_appends_max,
+                shutdown_rx.clone(),
+                span.clone(),
+            );
+            tasks.push(task);
+            peers.insert(peer_config.id, (sender, peer_config.kv_addr.clone()));
+        }
+
+        let initial_status = Status {
+            id: config.id,
+            role: raft.role(),
+            term: raft.term(),
+            leader: raft.leader(),
+            commit_index: raft.log().commit(),
+            applied_index: LogIndex(0),
+            last_index: raft.log().last_index(),
+            failure: None,
+        };
+        let (status_tx, status_rx) = watch::channel(initial_status);
+
+        let peer_ids: BTreeSet<NodeId> = config.peers.iter().map(|p| p.id).collect();
+        tasks.push(service::spawn_raft_server(
+            config.id,
+            peer_ids,
+            raft_listener,
+            inbox_tx.clone(),
+            shutdown_rx.clone(),
+            span.clone(),
+        ));
+        tasks.push(service::spawn_kv_server(
+            kv_listener,
+            inbox_tx.clone(),
+            config.request_timeout,
+            shutdown_rx.clone(),
+            span.clone(),
+        ));
+        span.in_scope(|| {
+            info!("Raft server listening on {}", config.raft_addr);
+            info!("KV server listening on {}", config.kv_addr);
+        });
+
+        let driver = Driver {
+            raft,
+            storage,
+            kv: KvStore::new(),
+            own_kv_addr: config.kv_addr.clone(),
+            peers,
+            held_votes: Vec::new(),
+            held_appends: Vec::new(),
+            proposals: BTreeMap::new(),
+            reads: BTreeMap::new(),
+            reads_waiting: BTreeMap::new(),
+            read_context_next: 1,
+            status: status_tx,
+        };
+        tasks.push(tokio::spawn(
+            driver
+                .run(inbox_rx, config.tick_interval, shutdown_rx)
+                .instrument(span),
+        ));
+        Ok(Node {
+            id: config.id,
+            status: status_rx,
+            inbox: inbox_tx,
+            shutdown: shutdown_tx,
+            tasks,
+        })
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    pub fn status(&self) -> Status {
+        self.status.borrow().clone()
+    }
+
+    /// A watch on the node's status (to await changes instead of polling).
+    pub fn watch_status(&self) -> watch::Receiver<Status> {
+        self.status.clone()
+    }
+
+    /// A digest of the applied state machine.
+    pub async fn state_summary(&self) -> Result<StateSummary> {
+        let (reply, answer) = oneshot::channel();
+        self.inbox
+            .send(Input::Inspect { reply })
+            .await
+            .map_err(|_| Error::Unavailable("node stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| Error::Unavailable("node stopped".into()))
+    }
+
+    /// Stops every task of the node and waits for them (storage is released).
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        for task in std::mem::take(&mut self.tasks) {
+            let abort = task.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(2), task)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Inputs handled per batch before the driver persists and sends.
+const INPUT_BATCH_MAX: usize = 1024;
+
+struct Proposal {
+    term: Term,
+    reply: oneshot::Sender<Result<Outcome>>,
+}
+
+struct PendingRead {
+    key: Vec<u8>,
+    reply: oneshot::Sender<Result<Option<Vec<u8>>>>,
+}
+
+struct Driver {
+    raft: Raft,
+    storage: Box<dyn Storage>,
+    kv: KvStore,
+    own_kv_addr: String,
+    /// Each peer's outgoing queue and KV address.
+    peers: BTreeMap<NodeId, (mpsc::Sender<Message>, String)>,
+    /// Answers to peer requests, held until the next persist completes.
+    held_votes: Vec<(oneshot::Sender<RequestVoteResponse>, RequestVoteResponse)>,
+    held_appends: Vec<(
+        oneshot::Sender<AppendEntriesResponse>,
+        AppendEntriesResponse,
+    )>,
+    /// Proposals waiting to be applied, by log index.
+    proposals: BTreeMap<LogIndex, Proposal>,
+    /// Reads waiting for their ReadIndex round, by context.
+    reads: BTreeMap<u64, PendingRead>,
+    /// Reads confirmed, waiting for the state machine to reach their index.
+    reads_waiting: BTreeMap<LogIndex, Vec<PendingRead>>,
+    read_context_next: u64,
+    status: watch::Sender<Status>,
+}
+
+impl Driver {
+    async fn run(
+        mut self,
+        mut inbox: mpsc::Receiver<Input>,
+        tick_interval: Duration,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        info!("Starting Raft loop");
+        let mut ticker = tokio::time::interval(tick_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => break,
+                _ = ticker.tick() => self.raft.tick(),
+                input = inbox.recv() => match input {
+                    Some(input) => self.handle(input),
+                    None => break,
+                },
+            }
+            for _ in 0..INPUT_BATCH_MAX {
+                match inbox.try_recv() {
+                    Ok(input) => self.handle(input),
+                    Err(_) => break,
+                }
+            }
+            while self.raft.has_ready()
+                || !self.held_votes.is_empty()
+                || !self.held_appends.is_empty()
+            {
+                if let Err(e) = self.process_ready() {
+                    error!(error = %e, "storage failed: stopping this node");
+                    self.status.send_modify(|s| s.failure = Some(e.to_string()));
+                    return;
+                }
+            }
+            self.publish_status();
+        }
+        info!("Raft loop stopped");
+    }
+
+    fn handle(&mut self, input: Input) {
+        match input {
+            Input::RequestVote { request, reply } => {
+                let response = self.raft.handle_request_vote(request);
+                self.held_votes.push((reply, response));
+            }
+            Input::AppendEntries { request, reply } => {
+                let response = self.raft.handle_append_entries(request);
+                self.held_appends.push((reply, response));
+            }
+            Input::RequestVoteResponse { from, response } => {
+                self.raft.handle_request_vote_response(from, response)
+            }
+            Input::AppendEntriesResponse { from, response } => {
+                self.raft.handle_append_entries_response(from, response)
+            }
+            Input::Unreachable { peer } => self.raft.report_unreachable(peer),
+            Input::Propose { command, reply } => self.propose(command, reply),
+            Input::Read { key, reply } => self.read(key, reply),
+            Input::Inspect { reply } => {
+                let _ = reply.send(StateSummary {
+                    applied_index: self.kv.applied(),
+                    keys: self.kv.len(),
+                    digest: self.kv.digest(),
+                });
+            }
+        }
+    }
+
+    fn leader_kv_addr(&self) -> Option<String> {
+        let leader = self.raft.leader()?;
+        if leader == self.raft.id() {
+            return Some(self.own_kv_addr.clone());
+        }
+        self.peers.get(&leader).map(|(_, addr)| addr.clone())
+    }
+
+    fn not_leader(&self) -> Error {
+        Error::NotLeader {
+            leader: self.leader_kv_addr(),
+        }
+    }
+
+    fn propose(&mut self, command: Command, reply: oneshot::Sender<Result<Outcome>>) {
+        match self.raft.propose(command.encode()) {
+            Ok(index) => {
+                let proposal = Proposal {
+                    term: self.raft.term(),
+                    reply,
+                };
+                if let Some(old) = self.proposals.insert(index, proposal) {
+                    // An older proposal at this index was truncated away here,
+                    // but another node may still commit it.
+                    let _ = old.reply.send(Err(Error::Indeterminate(
+                        "leadership changed while the command was in flight".into(),
+                    )));
+                }
+            }
+            Err(_) => {
+                let _ = reply.send(Err(self.not_leader()));
+            }
+        }
+    }
+
+    fn read(&mut self, key: Vec<u8>, reply: oneshot::Sender<Result<Option<Vec<u8>>>>) {
+        let context = self.read_context_next;
+        self.read_context_next += 1;
+        match self.raft.read_index(context) {
+            Ok(()) => {
+                self.reads.insert(context, PendingRead { key, reply });
+            }
+            Err(raft::ReadRejected::NotLeader(_)) => {
+                let _ = reply.send(Err(self.not_leader()));
+            }
+            Err(raft::ReadRejected::NotReady) => {
+                let _ = reply.send(Err(Error::Unavailable(
+                    "new leader has not committed an entry of its term yet".into(),
+                )));
+            }
+        }
+    }
+
+    /// Carries out one `Ready`: persist, then send, then apply.
+    fn process_ready(&mut self) -> Result<()> {
+        let ready: Ready = self.raft.ready();
+        if let Some(hard_state) = ready.hard_state {
+            self.storage.save_hard_state(hard_state)?;
+        }
+        if !ready.entries.is_empty() {
+            self.storage.append(&ready.entries)?;
+            self.storage.sync()?;
+        }
+        // Durable now: answers and messages that depend on it may leave.
+        for (reply, response) in self.held_votes.drain(..) {
+            let _ = reply.send(response);
+        }
+        for (reply, response) in self.held_appends.drain(..) {
+            let _ = reply.send(response);
+        }
+        for (to, message) in ready.messages {
+            let Some((sender, _)) = self.peers.get(&to) else {
+                warn!(to = to.0, "message for an unknown peer dropped");
+                continue;
+            };
+            if sender.try_send(message).is_err() {
+                // The peer's queue is full (it is slow or down): drop, and let
+                // the core fall back to probing rather than block the loop.
+                self.raft.report_unreachable(to);
+            }
+        }
+
+        for entry in ready.committed {
+            let outcome = self.kv.apply(&entry);
+            if let Some(proposal) = self.proposals.remove(&entry.index) {
+                let answer = if proposal.term == entry.term {
+                    outcome
+                        .ok_or_else(|| Error::Indeterminate("no-op in place of a command".into()))
+                } else {
+                    Err(Error::Unavailable(format!(
+                        "the command was overwritten at index {} by a new leader and will never apply",
+                        entry.index
+                    )))
+                };
+                let _ = proposal.reply.send(answer);
+            }
+        }
+        for context in ready.reads_dropped {
+            if let Some(read) = self.reads.remove(&context) {
+                let _ = read.reply.send(Err(self.not_leader()));
+            }
+        }
+        for read_state in ready.read_states {
+            if let Some(read) = self.reads.remove(&read_state.context) {
+                self.reads_waiting
+                    .entry(read_state.index)
+                    .or_default()
+                    .push(read);
+            }
+        }
+        let applied = self.kv.applied();
+        while let Some(entry) = self.reads_waiting.first_entry() {
+            if *entry.key() > applied {
+                break;
+            }
+            for read in entry.remove() {
+                let value = self.kv.get(&read.key).cloned();
+                let _ = read.reply.send(Ok(value));
+            }
+        }
+        self.raft.advance();
+        Ok(())
+    }
+
+    fn publish_status(&self) {
+        let status = Status {
+            id: self.raft.id(),
+            role: self.raft.role(),
+            term: self.raft.term(),
+            leader: self.raft.leader(),
+            commit_index: self.raft.log().commit(),
+            applied_index: self.kv.applied(),
+            last_index: self.raft.log().last_index(),
+            failure: None,
+        };
+        self.status.send_if_modified(|current| {
+            if *current == status {
+                return false;
+            }
+            *current = status;
+            true
+        });
+    }
+}

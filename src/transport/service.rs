@@ -1,0 +1,327 @@
+//! The two gRPC services. They validate what arrives, hand it to the driver
+//! and wait for its answer; they hold no state of their own.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tonic::{Request, Response, Status};
+use tracing::{warn, Instrument, Span};
+
+use super::convert::*;
+use super::{error_to_status, Listener};
+use crate::kv::{self, Command, Operation, Outcome};
+use crate::proto::kv_server::{Kv, KvServer};
+use crate::proto::raft_server::{Raft, RaftServer};
+use crate::proto::{self};
+use crate::raft::NodeId;
+use crate::server::Input;
+use crate::{Error, Result};
+
+/// Largest peer message: a batch of entries (`append_bytes_max`) plus one
+/// maximal entry and framing.
+pub const RAFT_MESSAGE_BYTES_MAX: usize = 16 << 20;
+/// Largest client message: a compare-and-swap with two maximal values.
+pub const KV_MESSAGE_BYTES_MAX: usize =
+    2 * kv::VALUE_BYTES_MAX + 2 * kv::KEY_BYTES_MAX + (64 << 10);
+
+fn keepalive_server() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(1)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(2)))
+}
+
+async fn until_shutdown(mut shutdown: watch::Receiver<bool>) {
+    while !*shutdown.borrow() {
+        if shutdown.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+pub(crate) fn spawn_raft_server(
+    id: NodeId,
+    peers: BTreeSet<NodeId>,
+    listener: Listener,
+    inbox: mpsc::Sender<Input>,
+    shutdown: watch::Receiver<bool>,
+    span: Span,
+) -> JoinHandle<()> {
+    let service = RaftServer::new(RaftService { id, peers, inbox })
+        .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
+    tokio::spawn(
+        async move {
+            if let Err(e) = keepalive_server()
+                .add_service(service)
+                .serve_with_incoming_shutdown(listener, until_shutdown(shutdown))
+                .await
+            {
+                warn!(error = %e, "Raft server stopped with an error");
+            }
+        }
+        .instrument(span),
+    )
+}
+
+pub(crate) fn spawn_kv_server(
+    listener: Listener,
+    inbox: mpsc::Sender<Input>,
+    request_timeout: Duration,
+    shutdown: watch::Receiver<bool>,
+    span: Span,
+) -> JoinHandle<()> {
+    let service = KvServer::new(KvService {
+        inbox,
+        request_timeout,
+    })
+    .max_decoding_message_size(KV_MESSAGE_BYTES_MAX)
+    .max_encoding_message_size(KV_MESSAGE_BYTES_MAX);
+    tokio::spawn(
+        async move {
+            if let Err(e) = keepalive_server()
+                .add_service(service)
+                .serve_with_incoming_shutdown(listener, until_shutdown(shutdown))
+                .await
+            {
+                warn!(error = %e, "KV server stopped with an error");
+            }
+        }
+        .instrument(span),
+    )
+}
+
+struct RaftService {
+    id: NodeId,
+    peers: BTreeSet<NodeId>,
+    inbox: mpsc::Sender<Input>,
+}
+
+impl RaftService {
+    /// Only known peers may speak, and only to this node.
+    fn check_route(&self, from: u64, to: u64) -> Result<(), Status> {
+        if !self.peers.contains(&NodeId(from)) {
+            warn!(from, "Raft message from an unknown node: rejected");
+            return Err(Status::permission_denied(format!(
+                "node {from} is not a peer of node {}",
+                self.id
+            )));
+        }
+        if to != self.id.0 {
+            warn!(from, to, "Raft message addressed to another node: rejected");
+            return Err(Status::invalid_argument(format!(
+                "this is node {}, not node {to}",
+                self.id
+            )));
+        }
+        Ok(())
+    }
+
+    async fn ask<T>(&self, input: Input, answer: oneshot::Receiver<T>) -> Result<T, Status> {
+        self.inbox
+            .send(input)
+            .await
+            .map_err(|_| Status::unavailable("node stopped"))?;
+        answer
+            .await
+            .map_err(|_| Status::unavailable("node stopped"))
+    }
+}
+
+#[tonic::async_trait]
+impl Raft for RaftService {
+    async fn request_vote(
+        &self,
+        request: Request<proto::RequestVoteRequest>,
+    ) -> Result<Response<proto::RequestVoteResponse>, Status> {
+        let message = request.into_inner();
+        self.check_route(message.from, message.to)?;
+        let (reply, answer) = oneshot::channel();
+        let input = Input::RequestVote {
+            request: request_vote_from_proto(&message),
+            reply,
+        };
+        let response = self.ask(input, answer).await?;
+        Ok(Response::new(request_vote_response_to_proto(
+            self.id, response,
+        )))
+    }
+
+    async fn append_entries(
+        &self,
+        request: Request<proto::AppendEntriesRequest>,
+    ) -> Result<Response<proto::AppendEntriesResponse>, Status> {
+        let message = request.into_inner();
+        self.check_route(message.from, message.to)?;
+        if let Some(entry) = message.entries.iter().find(|e| e.term == 0 || e.index == 0) {
+            warn!(
+                from = message.from,
+                index = entry.index,
+                "AppendEntries with a zero term or index: rejected"
+            );
+            return Err(Status::invalid_argument(
+                "entries need a non-zero term and index",
+            ));
+        }
+        let (reply, answer) = oneshot::channel();
+        let input = Input::AppendEntries {
+            request: append_entries_from_proto(message),
+            reply,
+        };
+        let response = self.ask(input, answer).await?;
+        Ok(Response::new(append_entries_response_to_proto(
+            self.id, response,
+        )))
+    }
+}
+
+struct KvService {
+    inbox: mpsc::Sender<Input>,
+    request_timeout: Duration,
+}
+
+fn session_of(session: Option<proto::Session>) -> Result<(u64, u64), Status> {
+    let session = session.ok_or_else(|| {
+        error_to_status(&Error::InvalidArgument(
+            "a mutating request needs a session".into(),
+        ))
+    })?;
+    Ok((session.client_id, session.sequence))
+}
+
+impl KvService {
+    /// Proposes a command and waits for its outcome, within the request timeout.
+    async fn propose(&self, command: Command) -> Result<Outcome, Status> {
+        command.validate().map_err(|e| error_to_status(&e))?;
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        let (reply, answer) = oneshot::channel();
+        match tokio::time::timeout_at(deadline, self.inbox.send(Input::Propose { command, reply }))
+            .await
+        {
+            Err(_) => {
+                return Err(error_to_status(&Error::Unavailable(
+                    "node overloaded".into(),
+                )))
+            }
+            Ok(Err(_)) => return Err(error_to_status(&Error::Unavailable("node stopped".into()))),
+            Ok(Ok(())) => {}
+        }
+        let outcome = match tokio::time::timeout_at(deadline, answer).await {
+            Err(_) => Err(Error::Indeterminate(
+                "timed out waiting for the command to commit".into(),
+            )),
+            Ok(Err(_)) => Err(Error::Indeterminate(
+                "node stopped with the command in flight".into(),
+            )),
+            Ok(Ok(outcome)) => outcome,
+        };
+        match outcome {
+            Ok(Outcome::Rejected(reason)) => Err(error_to_status(&Error::Indeterminate(reason))),
+            Ok(outcome) => Ok(outcome),
+            Err(e) => Err(error_to_status(&e)),
+        }
+    }
+}
+
+fn mismatch(outcome: Outcome) -> Status {
+    error_to_status(&Error::Indeterminate(format!(
+        "the session's sequence number was already used for another operation ({outcome:?})"
+    )))
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn put(
+        &self,
+        request: Request<proto::PutRequest>,
+    ) -> Result<Response<proto::PutResponse>, Status> {
+        let message = request.into_inner();
+        let (client_id, sequence) = session_of(message.session)?;
+        let command = Command {
+            client_id,
+            sequence,
+            operation: Operation::Put {
+                key: message.key,
+                value: message.value,
+            },
+        };
+        match self.propose(command).await? {
+            Outcome::Put => Ok(Response::new(proto::PutResponse {})),
+            other => Err(mismatch(other)),
+        }
+    }
+
+    async fn get(
+        &self,
+        request: Request<proto::GetRequest>,
+    ) -> Result<Response<proto::GetResponse>, Status> {
+        let message = request.into_inner();
+        kv::validate_key(&message.key).map_err(|e| error_to_status(&e))?;
+        let (reply, answer) = oneshot::channel();
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        let input = Input::Read {
+            key: message.key,
+            reply,
+        };
+        let value = match tokio::time::timeout_at(deadline, self.inbox.send(input)).await {
+            Err(_) => Err(Error::Unavailable("node overloaded".into())),
+            Ok(Err(_)) => Err(Error::Unavailable("node stopped".into())),
+            Ok(Ok(())) => match tokio::time::timeout_at(deadline, answer).await {
+                Err(_) => Err(Error::Unavailable(
+                    "timed out confirming leadership for the read".into(),
+                )),
+                Ok(Err(_)) => Err(Error::Unavailable("node stopped".into())),
+                Ok(Ok(value)) => value,
+            },
+        }
+        .map_err(|e| error_to_status(&e))?;
+        Ok(Response::new(proto::GetResponse {
+            found: value.is_some(),
+            value: value.unwrap_or_default(),
+        }))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<proto::DeleteRequest>,
+    ) -> Result<Response<proto::DeleteResponse>, Status> {
+        let message = request.into_inner();
+        let (client_id, sequence) = session_of(message.session)?;
+        let command = Command {
+            client_id,
+            sequence,
+            operation: Operation::Delete { key: message.key },
+        };
+        match self.propose(command).await? {
+            Outcome::Delete { existed } => Ok(Response::new(proto::DeleteResponse { existed })),
+            other => Err(mismatch(other)),
+        }
+    }
+
+    async fn compare_and_swap(
+        &self,
+        request: Request<proto::CompareAndSwapRequest>,
+    ) -> Result<Response<proto::CompareAndSwapResponse>, Status> {
+        let message = request.into_inner();
+        let (client_id, sequence) = session_of(message.session)?;
+        let command = Command {
+            client_id,
+            sequence,
+            operation: Operation::CompareAndSwap {
+                key: message.key,
+                expected: message.expected,
+                new_value: message.new_value,
+            },
+        };
+        match self.propose(command).await? {
+            Outcome::CompareAndSwap { swapped, current } => {
+                Ok(Response::new(proto::CompareAndSwapResponse {
+                    swapped,
+                    current,
+                }))
+            }
+            other => Err(mismatch(other)),
+        }
+    }
+}
