@@ -104,3 +104,6 @@ pub struct HardState {
     pub term: Term,
     pub vote: Option<NodeId>,
 }
+
+#[cfg(test)]
+mod tests;

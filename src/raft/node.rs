@@ -214,6 +214,9 @@ impl Raft {
     pub fn id(&self) -> NodeId {
         self.config.id
     }
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
     pub fn term(&self) -> Term {
         self.term
     }

@@ -1,0 +1,1012 @@
+//! Tests of each Raft rule on an in-memory network the test controls message by
+//! message, plus a randomized run that checks the safety invariants after every
+//! step. The harness asserts the cross-node invariants (one leader per term,
+//! the same entry applied at each index everywhere) on every delivery.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::*;
+
+fn config(id: u64, n: u64) -> Config {
+    Config {
+        id: NodeId(id),
+        voters: (1..=n).map(NodeId).collect(),
+        election_timeout_ticks_min: 10,
+        election_timeout_ticks_max: 20,
+        heartbeat_interval_ticks: 3,
+        inflight_appends_max: 4,
+        append_entries_max: 64,
+        append_bytes_max: 1 << 20,
+        seed: 7,
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Envelope {
+    Request(NodeId, NodeId, Message),
+    VoteResponse(NodeId, NodeId, RequestVoteResponse),
+    AppendResponse(NodeId, NodeId, AppendEntriesResponse),
+}
+
+impl Envelope {
+    fn route(&self) -> (NodeId, NodeId) {
+        match self {
+            Envelope::Request(f, t, _)
+            | Envelope::VoteResponse(f, t, _)
+            | Envelope::AppendResponse(f, t, _) => (*f, *t),
+        }
+    }
+}
+
+/// Durable state of a node, as its storage would hold it.
+#[derive(Default, Clone)]
+struct Disk {
+    hard_state: HardState,
+    entries: Vec<Entry>,
+}
+
+struct Cluster {
+    n: u64,
+    nodes: BTreeMap<NodeId, Raft>,
+    disks: BTreeMap<NodeId, Disk>,
+    queue: VecDeque<Envelope>,
+    /// Links that drop messages, both ways.
+    cut: BTreeSet<(NodeId, NodeId)>,
+    /// Every entry each node applied, in order.
+    applied: BTreeMap<NodeId, Vec<Entry>>,
+    /// Term -> the leader seen in it (election safety).
+    leaders: BTreeMap<Term, NodeId>,
+    /// Index -> the entry first applied there by any node (state machine safety).
+    applied_at: BTreeMap<LogIndex, Entry>,
+    /// Reads released (context) and dropped, per node.
+    reads_released: BTreeMap<NodeId, Vec<u64>>,
+    reads_dropped: BTreeMap<NodeId, Vec<u64>>,
+    delivered: usize,
+}
+
+impl Cluster {
+    fn new(n: u64) -> Self {
+        Self::with(n, |_| {})
+    }
+
+    fn with(n: u64, tune: impl Fn(&mut Config)) -> Self {
+        let mut cluster = Cluster {
+            n,
+            nodes: BTreeMap::new(),
+            disks: BTreeMap::new(),
+            queue: VecDeque::new(),
+            cut: BTreeSet::new(),
+            applied: BTreeMap::new(),
+            leaders: BTreeMap::new(),
+            applied_at: BTreeMap::new(),
+            reads_released: BTreeMap::new(),
+            reads_dropped: BTreeMap::new(),
+            delivered: 0,
+        };
+        for id in 1..=n {
+            let mut c = config(id, n);
+            tune(&mut c);
+            cluster
+                .nodes
+                .insert(NodeId(id), Raft::new(c, HardState::default(), Vec::new()));
+            cluster.disks.insert(NodeId(id), Disk::default());
+            cluster.applied.insert(NodeId(id), Vec::new());
+        }
+        cluster
+    }
+
+    fn node(&self, id: u64) -> &Raft {
+        &self.nodes[&NodeId(id)]
+    }
+
+    fn node_mut(&mut self, id: u64) -> &mut Raft {
+        self.nodes.get_mut(&NodeId(id)).expect("node exists")
+    }
+
+    /// Cuts every link of `id` (as if it crashed, but keeping its memory).
+    fn isolate(&mut self, id: u64) {
+        for other in 1..=self.n {
+            if other != id {
+                self.cut_link(id, other);
+            }
+        }
+    }
+
+    fn cut_link(&mut self, a: u64, b: u64) {
+        self.cut.insert((NodeId(a), NodeId(b)));
+        self.cut.insert((NodeId(b), NodeId(a)));
+    }
+
+    fn heal(&mut self) {
+        self.cut.clear();
+    }
+
+    /// Carries out a node's ready like the driver: persist, queue, apply, advance.
+    fn process(&mut self, id: NodeId) {
+        let raft = self.nodes.get_mut(&id).expect("node exists");
+        if !raft.has_ready() {
+            return;
+        }
+        let ready = raft.ready();
+        let disk = self.disks.get_mut(&id).expect("disk exists");
+        if let Some(hs) = ready.hard_state {
+            disk.hard_state = hs;
+        }
+        if let Some(first) = ready.entries.first() {
+            disk.entries.truncate(first.index.0 as usize - 1);
+            disk.entries.extend(ready.entries.iter().cloned());
+        }
+        for (to, message) in ready.messages {
+            self.queue.push_back(Envelope::Request(id, to, message));
+        }
+        for entry in ready.committed {
+            let applied = self.applied.get_mut(&id).expect("applied exists");
+            assert_eq!(entry.index.0, applied.len() as u64 + 1, "applied in order");
+            match self.applied_at.get(&entry.index) {
+                Some(first) => assert_eq!(
+                    first, &entry,
+                    "state machine safety: node {id} applied a different entry at {}",
+                    entry.index
+                ),
+                None => {
+                    self.applied_at.insert(entry.index, entry.clone());
+                }
+            }
+            applied.push(entry);
+        }
+        self.reads_released
+            .entry(id)
+            .or_default()
+            .extend(ready.read_states.iter().map(|r| r.context));
+        self.reads_dropped
+            .entry(id)
+            .or_default()
+            .extend(ready.reads_dropped);
+        raft.advance();
+        self.check_leaders();
+    }
+
+    fn check_leaders(&mut self) {
+        for (id, raft) in &self.nodes {
+            if raft.role() == Role::Leader {
+                let leader = *self.leaders.entry(raft.term()).or_insert(*id);
+                assert_eq!(
+                    leader,
+                    *id,
+                    "election safety: two leaders in term {}",
+                    raft.term()
+                );
+            }
+        }
+    }
+
+    fn process_all(&mut self) {
+        for id in self.nodes.keys().copied().collect::<Vec<_>>() {
+            self.process(id);
+        }
+    }
+
+    /// Delivers one envelope, or drops it if its link is cut.
+    fn deliver(&mut self, envelope: Envelope) {
+        let (from, to) = envelope.route();
+        if self.cut.contains(&(from, to)) {
+            self.drop_envelope(envelope);
+            return;
+        }
+        self.delivered += 1;
+        let raft = self.nodes.get_mut(&to).expect("node exists");
+        match envelope {
+            Envelope::Request(_, _, Message::RequestVote(m)) => {
+                let response = raft.handle_request_vote(m);
+                self.process(to);
+                self.queue
+                    .push_back(Envelope::VoteResponse(to, from, response));
+            }
+            Envelope::Request(_, _, Message::AppendEntries(m)) => {
+                let response = raft.handle_append_entries(m);
+                self.process(to);
+                self.queue
+                    .push_back(Envelope::AppendResponse(to, from, response));
+            }
+            Envelope::VoteResponse(_, _, r) => {
+                raft.handle_request_vote_response(from, r);
+                self.process(to);
+            }
+            Envelope::AppendResponse(_, _, r) => {
+                raft.handle_append_entries_response(from, r);
+                self.process(to);
+            }
+        }
+    }
+
+    /// A lost request or response fails the RPC: the driver reports the peer
+    /// unreachable to the requester, and so does the harness.
+    fn drop_envelope(&mut self, envelope: Envelope) {
+        let (requester, peer) = match envelope {
+            Envelope::Request(from, to, _) => (from, to),
+            Envelope::VoteResponse(from, to, _) | Envelope::AppendResponse(from, to, _) => {
+                (to, from)
+            }
+        };
+        self.nodes
+            .get_mut(&requester)
+            .expect("node exists")
+            .report_unreachable(peer);
+        self.process(requester);
+    }
+
+    /// Delivers until quiet, dropping what `keep` refuses. Returns how many went.
+    fn deliver_filtered(&mut self, keep: impl Fn(&Envelope) -> bool) -> usize {
+        self.deliver_where(|_, e| keep(e))
+    }
+
+    /// Like `deliver_filtered`, with the cluster's state visible to the filter.
+    fn deliver_where(&mut self, keep: impl Fn(&Cluster, &Envelope) -> bool) -> usize {
+        self.process_all();
+        let before = self.delivered;
+        let mut steps = 0;
+        while let Some(envelope) = self.queue.pop_front() {
+            steps += 1;
+            assert!(steps < 100_000, "the network never went quiet");
+            if keep(self, &envelope) {
+                self.deliver(envelope);
+            } else {
+                self.drop_envelope(envelope);
+            }
+        }
+        self.delivered - before
+    }
+
+    fn deliver_all(&mut self) -> usize {
+        self.deliver_filtered(|_| true)
+    }
+
+    /// Ticks `id` alone until it campaigns, then delivers everything.
+    fn campaign(&mut self, id: u64) {
+        let raft = self.node_mut(id);
+        let term = raft.term();
+        for _ in 0..100 {
+            raft.tick();
+            if raft.term() > term {
+                break;
+            }
+        }
+        assert!(self.node(id).term() > term, "node {id} never campaigned");
+    }
+
+    fn elect(&mut self, id: u64) {
+        self.campaign(id);
+        self.deliver_all();
+        assert_eq!(
+            self.node(id).role(),
+            Role::Leader,
+            "node {id} was not elected"
+        );
+    }
+
+    /// Ticks the leader `id` through one heartbeat interval and delivers.
+    fn heartbeat(&mut self, id: u64) {
+        self.heartbeat_filtered(id, |_| true);
+    }
+
+    fn heartbeat_filtered(&mut self, id: u64, keep: impl Fn(&Envelope) -> bool) {
+        for _ in 0..3 {
+            self.node_mut(id).tick();
+        }
+        self.deliver_filtered(keep);
+    }
+
+    /// Campaigns until `id` leads (a few terms at most), delivering what `keep` allows.
+    fn win(&mut self, id: u64, keep: impl Fn(&Envelope) -> bool) {
+        for _ in 0..5 {
+            self.campaign(id);
+            self.deliver_filtered(&keep);
+            if self.node(id).role() == Role::Leader {
+                return;
+            }
+        }
+        panic!("node {id} could not win an election");
+    }
+
+    /// Crashes `id` and restarts it from its disk: memory (commit index, role,
+    /// state machine) is lost; term, vote and log survive.
+    fn restart(&mut self, id: u64) {
+        let id = NodeId(id);
+        let disk = self.disks[&id].clone();
+        let mut cfg = config(id.0, self.n);
+        cfg.append_entries_max = self.nodes[&id].config().append_entries_max;
+        cfg.seed = self.nodes[&id].config().seed.wrapping_add(1);
+        self.nodes
+            .insert(id, Raft::new(cfg, disk.hard_state, disk.entries));
+        self.applied.insert(id, Vec::new());
+        self.queue.retain(|e| e.route().1 != id);
+    }
+
+    fn propose(&mut self, id: u64, data: &str) -> LogIndex {
+        let index = self
+            .node_mut(id)
+            .propose(data.as_bytes().to_vec())
+            .expect("leader");
+        self.process(NodeId(id));
+        index
+    }
+
+    fn log_terms(&self, id: u64) -> Vec<u64> {
+        let log = self.node(id).log();
+        (1..=log.last_index().0)
+            .map(|i| log.term(LogIndex(i)).expect("in log").0)
+            .collect()
+    }
+}
+
+#[test]
+fn a_candidate_with_a_majority_becomes_the_only_leader() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    assert_eq!(c.node(1).term(), Term(1));
+    for id in [2, 3] {
+        assert_eq!(c.node(id).role(), Role::Follower);
+        assert_eq!(c.node(id).leader(), Some(NodeId(1)));
+        assert_eq!(
+            c.disks[&NodeId(id)].hard_state.vote,
+            Some(NodeId(1)),
+            "vote durable"
+        );
+    }
+    // The leader's no-op of term 1 is committed, and applied everywhere once
+    // a heartbeat carries the commit index.
+    assert_eq!(c.applied[&NodeId(1)].len(), 1);
+    c.heartbeat(1);
+    for id in 1..=3 {
+        assert_eq!(c.applied[&NodeId(id)].len(), 1, "node {id}");
+    }
+}
+
+#[test]
+fn a_candidate_without_a_majority_does_not_lead() {
+    let mut c = Cluster::new(5);
+    c.isolate(1);
+    c.cut.remove(&(NodeId(1), NodeId(2)));
+    c.cut.remove(&(NodeId(2), NodeId(1)));
+    c.campaign(1);
+    c.deliver_all();
+    assert_eq!(
+        c.node(1).role(),
+        Role::Candidate,
+        "2 votes of 5 are not a majority"
+    );
+}
+
+#[test]
+fn a_node_votes_at_most_once_per_term() {
+    let mut raft = Raft::new(config(1, 3), HardState::default(), Vec::new());
+    let ask = |candidate| RequestVote {
+        term: Term(5),
+        candidate: NodeId(candidate),
+        last_log_index: LogIndex(0),
+        last_log_term: Term(0),
+    };
+    assert!(raft.handle_request_vote(ask(2)).vote_granted);
+    assert!(
+        !raft.handle_request_vote(ask(3)).vote_granted,
+        "second candidate, same term"
+    );
+    assert!(
+        raft.handle_request_vote(ask(2)).vote_granted,
+        "the same candidate again is fine"
+    );
+    assert_eq!(
+        raft.hard_state(),
+        HardState {
+            term: Term(5),
+            vote: Some(NodeId(2))
+        }
+    );
+}
+
+#[test]
+fn votes_go_only_to_candidates_with_up_to_date_logs() {
+    let entries = vec![
+        Entry {
+            term: Term(1),
+            index: LogIndex(1),
+            data: vec![],
+        },
+        Entry {
+            term: Term(3),
+            index: LogIndex(2),
+            data: vec![],
+        },
+    ];
+    let state = HardState {
+        term: Term(3),
+        vote: None,
+    };
+    let ask = |last_log_term, last_log_index| RequestVote {
+        term: Term(4),
+        candidate: NodeId(2),
+        last_log_index: LogIndex(last_log_index),
+        last_log_term: Term(last_log_term),
+    };
+    let cases = [
+        ((2, 9), false, "older last term loses whatever its length"),
+        ((3, 1), false, "same last term, shorter log"),
+        ((3, 2), true, "same last term, same length"),
+        ((3, 3), true, "same last term, longer log"),
+        ((4, 1), true, "newer last term wins whatever its length"),
+    ];
+    for ((term, index), granted, why) in cases {
+        let mut raft = Raft::new(config(1, 3), state, entries.clone());
+        assert_eq!(
+            raft.handle_request_vote(ask(term, index)).vote_granted,
+            granted,
+            "{why}"
+        );
+    }
+}
+
+#[test]
+fn a_stale_log_cannot_win_an_election() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.cut_link(1, 3);
+    c.propose(1, "a");
+    c.propose(1, "b");
+    c.deliver_all();
+    assert_eq!(c.node(2).log().last_index(), LogIndex(3));
+    assert_eq!(c.node(3).log().last_index(), LogIndex(1));
+    c.heal();
+    c.isolate(1);
+    c.campaign(3);
+    c.deliver_all();
+    assert_ne!(
+        c.node(3).role(),
+        Role::Leader,
+        "node 2 has entries node 3 lacks"
+    );
+    c.elect(2);
+    assert_eq!(
+        c.node(2).log().commit(),
+        LogIndex(4),
+        "the new leader commits its no-op"
+    );
+}
+
+#[test]
+fn any_message_with_a_higher_term_makes_a_leader_step_down() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    let leader = c.node_mut(1);
+    leader.handle_append_entries_response(
+        NodeId(2),
+        AppendEntriesResponse {
+            term: Term(9),
+            success: false,
+            match_index: LogIndex(0),
+            conflict_term: Term(0),
+            conflict_index: LogIndex(0),
+            read_round: 0,
+        },
+    );
+    assert_eq!(leader.role(), Role::Follower);
+    assert_eq!(leader.term(), Term(9));
+    assert_eq!(
+        leader.hard_state().vote,
+        None,
+        "a new term starts without a vote"
+    );
+}
+
+#[test]
+fn append_entries_from_a_stale_term_is_rejected_with_the_current_term() {
+    let mut raft = Raft::new(
+        config(2, 3),
+        HardState {
+            term: Term(5),
+            vote: None,
+        },
+        Vec::new(),
+    );
+    let response = raft.handle_append_entries(AppendEntries {
+        term: Term(4),
+        leader: NodeId(1),
+        prev_log_index: LogIndex(0),
+        prev_log_term: Term(0),
+        entries: vec![Entry {
+            term: Term(4),
+            index: LogIndex(1),
+            data: vec![],
+        }],
+        leader_commit: LogIndex(1),
+        read_round: 0,
+    });
+    assert!(!response.success);
+    assert_eq!(response.term, Term(5));
+    assert_eq!(raft.log().last_index(), LogIndex(0));
+}
+
+fn follower_with_terms(terms: &[u64], current: u64) -> Raft {
+    let entries = terms
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| Entry {
+            term: Term(t),
+            index: LogIndex(i as u64 + 1),
+            data: vec![t as u8],
+        })
+        .collect();
+    Raft::new(
+        config(2, 3),
+        HardState {
+            term: Term(current),
+            vote: None,
+        },
+        entries,
+    )
+}
+
+fn append(term: u64, prev: (u64, u64), entries: &[(u64, u64)], commit: u64) -> AppendEntries {
+    AppendEntries {
+        term: Term(term),
+        leader: NodeId(1),
+        prev_log_index: LogIndex(prev.0),
+        prev_log_term: Term(prev.1),
+        entries: entries
+            .iter()
+            .map(|&(index, t)| Entry {
+                term: Term(t),
+                index: LogIndex(index),
+                data: vec![t as u8],
+            })
+            .collect(),
+        leader_commit: LogIndex(commit),
+        read_round: 0,
+    }
+}
+
+#[test]
+fn the_consistency_check_rejects_with_a_conflict_hint() {
+    // Log too short: hint is last index + 1, no term.
+    let mut raft = follower_with_terms(&[1, 1], 3);
+    let r = raft.handle_append_entries(append(3, (5, 3), &[], 0));
+    assert!(!r.success);
+    assert_eq!((r.conflict_term, r.conflict_index), (Term(0), LogIndex(3)));
+    // Term mismatch at prev: hint is that term and its first index.
+    let mut raft = follower_with_terms(&[1, 2, 2, 2], 3);
+    let r = raft.handle_append_entries(append(3, (4, 3), &[], 0));
+    assert!(!r.success);
+    assert_eq!((r.conflict_term, r.conflict_index), (Term(2), LogIndex(2)));
+    assert_eq!(
+        raft.log().last_index(),
+        LogIndex(4),
+        "a rejection changes nothing"
+    );
+}
+
+#[test]
+fn truncation_happens_only_on_a_real_conflict() {
+    let mut raft = follower_with_terms(&[1, 1, 1, 1], 1);
+    // A delayed, shorter copy of entries already held: nothing is cut.
+    let r = raft.handle_append_entries(append(1, (1, 1), &[(2, 1)], 0));
+    assert!(r.success);
+    assert_eq!(
+        r.match_index,
+        LogIndex(2),
+        "matches only what the message covered"
+    );
+    assert_eq!(raft.log().last_index(), LogIndex(4), "entries 3 and 4 kept");
+    // A different term at index 3: cut from 3, append.
+    let r = raft.handle_append_entries(append(2, (2, 1), &[(3, 2)], 0));
+    assert!(r.success);
+    assert_eq!(raft.log().last_index(), LogIndex(3));
+    assert_eq!(raft.log().term(LogIndex(3)), Some(Term(2)));
+}
+
+#[test]
+fn a_committed_entry_is_never_overwritten() {
+    let mut raft = follower_with_terms(&[1, 1, 1], 1);
+    assert!(
+        raft.handle_append_entries(append(1, (3, 1), &[], 3))
+            .success
+    );
+    assert_eq!(raft.log().commit(), LogIndex(3));
+    // A (buggy or forged) leader tries to replace committed entry 2.
+    let r = raft.handle_append_entries(append(2, (1, 1), &[(2, 2)], 3));
+    assert!(!r.success, "rejected, not applied");
+    assert_eq!(raft.log().term(LogIndex(2)), Some(Term(1)));
+    assert_eq!(raft.log().last_index(), LogIndex(3));
+}
+
+#[test]
+fn malformed_entries_are_rejected_without_harm() {
+    let mut raft = follower_with_terms(&[1], 2);
+    for bad in [
+        append(2, (1, 1), &[(3, 2)], 0),         // gap
+        append(2, (1, 1), &[(2, 2), (2, 2)], 0), // repeated index
+        append(2, (1, 1), &[(2, 5)], 0),         // term beyond the leader's
+        append(2, (1, 1), &[(2, 2), (3, 1)], 0), // term going backwards
+    ] {
+        assert!(!raft.handle_append_entries(bad).success);
+        assert_eq!(raft.log().last_index(), LogIndex(1));
+    }
+}
+
+#[test]
+fn the_leader_skips_a_whole_conflicting_term_per_round_trip() {
+    // Node 3 holds 30 entries of a term nobody else has; the leader's log
+    // diverges from it at index 2. Backtracking one entry per round trip would
+    // take ~30 rejections; the hint makes it one or two.
+    let mut c = Cluster::new(3);
+    c.elect(1); // index 1, term 1 everywhere
+    c.isolate(3);
+    c.elect(2); // term 2: index 2 is node 2's no-op
+    c.deliver_all();
+    let c3 = c.node_mut(3);
+    let stray: Vec<Entry> = (2..=31)
+        .map(|i| Entry {
+            term: Term(1),
+            index: LogIndex(i),
+            data: vec![9],
+        })
+        .collect();
+    let r = c3.handle_append_entries(AppendEntries {
+        term: Term(1),
+        leader: NodeId(1),
+        prev_log_index: LogIndex(1),
+        prev_log_term: Term(1),
+        entries: stray,
+        leader_commit: LogIndex(1),
+        read_round: 0,
+    });
+    assert!(r.success || c.node(3).term() > Term(1));
+    c.process(NodeId(3));
+    c.queue.clear();
+    let diverged = c.node(3).log().last_index();
+    c.heal();
+    let rejections = std::cell::Cell::new(0);
+    for _ in 0..3 {
+        c.node_mut(2).tick();
+        c.node_mut(2).tick();
+        c.node_mut(2).tick();
+        c.deliver_filtered(|e| {
+            if let Envelope::AppendResponse(_, _, r) = e {
+                if !r.success {
+                    rejections.set(rejections.get() + 1);
+                }
+            }
+            true
+        });
+    }
+    assert_eq!(
+        c.log_terms(3),
+        c.log_terms(2),
+        "node 3 converged (it had {diverged} entries)"
+    );
+    assert!(rejections.get() <= 2, "{} rejections", rejections.get());
+}
+
+#[test]
+fn figure_8_an_old_term_entry_on_a_majority_is_not_committed() {
+    // Raft paper figure 8, with no-ops as the entries and crashes as restarts
+    // from disk. One entry per message so replication can be stopped exactly.
+    let mut c = Cluster::with(5, |c| c.append_entries_max = 1);
+    let no_appends =
+        |e: &Envelope| !matches!(e, Envelope::Request(_, _, Message::AppendEntries(_)));
+    c.elect(1); // term 1: index 1 committed everywhere
+                // (a) S1 crashes, restarts and leads term 2; its index 2 reaches only S2.
+    c.restart(1);
+    c.win(1, |e| !matches!(e, Envelope::Request(_, to, Message::AppendEntries(m)) if to.0 != 2 && !m.entries.is_empty()));
+    assert_eq!(c.node(1).term(), Term(2));
+    assert_eq!(c.log_terms(2), vec![1, 2]);
+    // (b) S1 crashes; S5 leads term 3 with S3 and S4; its index 2 stays on S5.
+    c.restart(1);
+    c.isolate(1);
+    c.win(5, no_appends);
+    assert_eq!(c.node(5).term(), Term(3));
+    assert_eq!(c.log_terms(5), vec![1, 3]);
+    // (c) S5 crashes; S1 comes back and leads term 4.
+    c.restart(5);
+    c.heal();
+    c.isolate(5);
+    c.win(1, no_appends);
+    assert_eq!(c.node(1).term(), Term(4));
+    // S1 replicates its term-2 entry to a majority, but not its term-4 no-op.
+    for _ in 0..3 {
+        c.node_mut(1).tick();
+    }
+    c.deliver_where(|c, e| match e {
+        // Entry 3 may go only where it would be rejected (prev entry missing).
+        Envelope::Request(_, to, Message::AppendEntries(m))
+            if m.entries.iter().any(|x| x.index.0 >= 3) =>
+        {
+            c.nodes[to].log().term(m.prev_log_index) != Some(m.prev_log_term)
+        }
+        _ => true,
+    });
+    let holders = (1..=5)
+        .filter(|&id| c.log_terms(id).get(1) == Some(&2))
+        .count();
+    assert!(
+        holders >= 3,
+        "index 2 (term 2) is on a majority: {holders} nodes"
+    );
+    assert!(
+        c.node(1).log().commit() < LogIndex(2),
+        "but it is not committed: it is not of term 4 (commit {})",
+        c.node(1).log().commit()
+    );
+    // (d) S1 crashes; S5 wins term 5 and overwrites index 2 everywhere. Safe,
+    // because nobody committed or applied the term-2 entry.
+    c.restart(1);
+    c.heal();
+    c.isolate(1);
+    c.win(5, |_| true);
+    assert_eq!(c.node(5).term(), Term(5));
+    c.heartbeat(5);
+    c.heartbeat(5);
+    for id in 2..=5 {
+        assert_eq!(c.log_terms(id), vec![1, 3, 5], "node {id}");
+    }
+    assert!(c.node(5).log().commit() >= LogIndex(3));
+    assert!(c
+        .applied_at
+        .get(&LogIndex(2))
+        .is_some_and(|e| e.term == Term(3)));
+}
+
+#[test]
+fn heartbeats_keep_followers_from_campaigning() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    for _ in 0..200 {
+        for id in 1..=3 {
+            c.node_mut(id).tick();
+        }
+        c.deliver_all();
+    }
+    assert_eq!(c.node(1).role(), Role::Leader);
+    assert_eq!(c.node(1).term(), Term(1), "no election happened");
+}
+
+#[test]
+fn an_isolated_follower_campaigns_after_its_timeout() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.isolate(3);
+    for _ in 0..21 {
+        for id in 1..=3 {
+            c.node_mut(id).tick();
+        }
+        c.deliver_all();
+    }
+    assert_eq!(c.node(3).role(), Role::Candidate);
+    assert!(c.node(3).term() > Term(1));
+}
+
+#[test]
+fn entries_commit_once_on_a_majority_and_apply_in_order_everywhere() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.cut_link(1, 3);
+    let index = c.propose(1, "x");
+    c.deliver_all();
+    assert_eq!(
+        c.node(1).log().commit(),
+        index,
+        "leader + node 2 is a majority"
+    );
+    c.heal();
+    c.heartbeat(1);
+    c.heartbeat(1);
+    for id in 1..=3 {
+        let data: Vec<_> = c.applied[&NodeId(id)]
+            .iter()
+            .map(|e| e.data.clone())
+            .collect();
+        assert_eq!(data, vec![vec![], b"x".to_vec()], "node {id}");
+    }
+}
+
+#[test]
+fn many_proposals_share_one_message() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    for i in 0..100 {
+        c.node_mut(1).propose(vec![i]).expect("leader");
+    }
+    c.process(NodeId(1));
+    let appends = c
+        .queue
+        .iter()
+        .filter(|e| matches!(e, Envelope::Request(_, _, Message::AppendEntries(m)) if !m.entries.is_empty()))
+        .count();
+    assert_eq!(
+        appends, 2,
+        "one AppendEntries per follower for 100 proposals"
+    );
+    c.deliver_all();
+    assert_eq!(c.node(1).log().commit(), LogIndex(101));
+}
+
+#[test]
+fn a_read_is_released_only_after_a_majority_confirms_the_leader() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.isolate(1);
+    c.node_mut(1).read_index(7).expect("leader");
+    c.deliver_all();
+    assert_eq!(
+        c.reads_released[&NodeId(1)],
+        Vec::<u64>::new(),
+        "no majority answered"
+    );
+    c.heal();
+    c.node_mut(1).read_index(8).expect("leader");
+    c.deliver_all();
+    assert_eq!(
+        c.reads_released[&NodeId(1)],
+        vec![7, 8],
+        "a later round confirms both"
+    );
+    // With one follower cut, the other still makes a majority.
+    c.cut_link(1, 3);
+    c.node_mut(1).read_index(9).expect("leader");
+    c.deliver_all();
+    assert_eq!(c.reads_released[&NodeId(1)], vec![7, 8, 9]);
+}
+
+#[test]
+fn a_deposed_leader_drops_its_pending_reads() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.isolate(1);
+    c.node_mut(1).read_index(1).expect("leader");
+    c.deliver_all();
+    c.elect(2);
+    c.heal();
+    c.heartbeat(2);
+    assert_eq!(c.node(1).role(), Role::Follower);
+    assert_eq!(c.reads_dropped[&NodeId(1)], vec![1]);
+    assert!(
+        c.reads_released[&NodeId(1)].is_empty(),
+        "a deposed leader never answers the read"
+    );
+    assert_eq!(
+        c.node_mut(1).read_index(2),
+        Err(ReadRejected::NotLeader(NotLeader {
+            leader: Some(NodeId(2))
+        }))
+    );
+}
+
+#[test]
+fn a_new_leader_serves_reads_only_after_committing_in_its_term() {
+    let mut c = Cluster::new(3);
+    c.campaign(1);
+    c.deliver_filtered(|e| !matches!(e, Envelope::Request(_, _, Message::AppendEntries(_))));
+    assert_eq!(c.node(1).role(), Role::Leader);
+    assert_eq!(c.node_mut(1).read_index(1), Err(ReadRejected::NotReady));
+    c.node_mut(1).tick();
+    c.node_mut(1).tick();
+    c.node_mut(1).tick();
+    c.deliver_all();
+    assert_eq!(c.node_mut(1).read_index(2), Ok(()));
+}
+
+#[test]
+fn restart_from_durable_state_keeps_term_vote_and_log() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.propose(1, "a");
+    c.deliver_all();
+    let disk = c.disks[&NodeId(2)].clone();
+    let restarted = Raft::new(config(2, 3), disk.hard_state, disk.entries.clone());
+    assert_eq!(restarted.term(), Term(1));
+    assert_eq!(restarted.hard_state().vote, Some(NodeId(1)));
+    assert_eq!(restarted.log().last_index(), LogIndex(2));
+    assert_eq!(
+        restarted.log().commit(),
+        LogIndex(0),
+        "commit is relearned from the leader"
+    );
+}
+
+/// Random elections, proposals, partitions, drops, reorderings and restarts
+/// from durable state; the harness checks election and state machine safety on
+/// every step, and this checks log matching and leader completeness at the end.
+#[test]
+fn randomized_runs_keep_the_safety_invariants() {
+    for seed in 0..40u64 {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let n = if seed % 2 == 0 { 3 } else { 5 };
+        let mut c = Cluster::with(n, |cfg| {
+            cfg.seed = seed;
+            cfg.append_entries_max = 3;
+        });
+        let mut proposed = 0u32;
+        for _step in 0..3000 {
+            match rng.random_range(0..100) {
+                0..=39 => {
+                    let id = rng.random_range(1..=n);
+                    c.node_mut(id).tick();
+                    c.process(NodeId(id));
+                }
+                40..=54 => {
+                    for id in 1..=n {
+                        if c.node(id).role() == Role::Leader {
+                            proposed += 1;
+                            let _ = c.node_mut(id).propose(proposed.to_le_bytes().to_vec());
+                            c.process(NodeId(id));
+                        }
+                    }
+                }
+                55..=84 => {
+                    if !c.queue.is_empty() {
+                        // Reordering: take any queued envelope, not just the oldest.
+                        let i = rng.random_range(0..c.queue.len());
+                        let envelope = c.queue.remove(i).expect("in range");
+                        if rng.random_range(0..10) > 0 {
+                            c.deliver(envelope);
+                        } else {
+                            c.drop_envelope(envelope);
+                        }
+                    }
+                }
+                85..=91 => {
+                    let (a, b) = (rng.random_range(1..=n), rng.random_range(1..=n));
+                    if a != b {
+                        c.cut_link(a, b);
+                    }
+                }
+                92..=96 => c.heal(),
+                _ => {
+                    // Crash and restart a node from its disk.
+                    c.restart(rng.random_range(1..=n));
+                }
+            }
+        }
+        // Log matching: same index and term => identical prefixes.
+        let ids: Vec<u64> = (1..=n).collect();
+        for &a in &ids {
+            for &b in &ids {
+                let (la, lb) = (c.node(a).log(), c.node(b).log());
+                let last = la.last_index().min(lb.last_index());
+                let mut is_matched = false;
+                for i in (1..=last.0).rev() {
+                    let i = LogIndex(i);
+                    if is_matched {
+                        assert_eq!(
+                            la.get(i),
+                            lb.get(i),
+                            "seed {seed}: log matching at {i} ({a} vs {b})"
+                        );
+                    } else if la.term(i) == lb.term(i) {
+                        is_matched = true;
+                        assert_eq!(
+                            la.get(i),
+                            lb.get(i),
+                            "seed {seed}: same index+term, same entry"
+                        );
+                    }
+                }
+            }
+        }
+        // Leader completeness: a leader holds every entry anyone applied.
+        for id in 1..=n {
+            if c.node(id).role() == Role::Leader {
+                for (index, entry) in &c.applied_at {
+                    assert_eq!(
+                        c.node(id).log().get(*index),
+                        Some(entry),
+                        "seed {seed}: leader {id} lacks {index}"
+                    );
+                }
+            }
+        }
+        assert!(c.delivered > 100, "seed {seed}: the run did something");
+        assert!(!c.applied_at.is_empty(), "seed {seed}: something committed");
+    }
+}
