@@ -317,3 +317,194 @@ impl KvStore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::Term;
+
+    struct Log {
+        store: KvStore,
+        next: u64,
+    }
+
+    impl Log {
+        fn new() -> Self {
+            Log {
+                store: KvStore::new(),
+                next: 1,
+            }
+        }
+        fn apply(
+            &mut self,
+            client_id: u64,
+            sequence: u64,
+            operation: Operation,
+        ) -> Option<Outcome> {
+            let data = Command {
+                client_id,
+                sequence,
+                operation,
+            }
+            .encode();
+            let entry = Entry {
+                term: Term(1),
+                index: LogIndex(self.next),
+                data,
+            };
+            self.next += 1;
+            self.store.apply(&entry)
+        }
+    }
+
+    fn put(key: &str, value: &str) -> Operation {
+        Operation::Put {
+            key: key.into(),
+            value: value.into(),
+        }
+    }
+
+    fn cas(key: &str, expected: Option<&str>, new_value: &str) -> Operation {
+        Operation::CompareAndSwap {
+            key: key.into(),
+            expected: expected.map(Into::into),
+            new_value: new_value.into(),
+        }
+    }
+
+    #[test]
+    fn a_retried_command_applies_once_and_answers_its_first_result() {
+        let mut log = Log::new();
+        let first = log.apply(7, 1, cas("k", None, "a"));
+        assert_eq!(
+            first,
+            Some(Outcome::CompareAndSwap {
+                swapped: true,
+                current: None
+            })
+        );
+        // The retry (same client, same sequence) is committed again: it must
+        // not apply a second time (it would now fail) but answer as the first.
+        assert_eq!(log.apply(7, 1, cas("k", None, "a")), first);
+        assert_eq!(log.store.get(b"k"), Some(&b"a".to_vec()));
+        // Another client changes the key; a late duplicate of 7/1 must not undo it.
+        log.apply(8, 1, put("k", "b"));
+        assert_eq!(log.apply(7, 1, cas("k", None, "a")), first);
+        assert_eq!(log.store.get(b"k"), Some(&b"b".to_vec()));
+        // The session moves on; an older sequence is refused, not applied.
+        log.apply(7, 2, put("k", "c"));
+        assert!(matches!(
+            log.apply(7, 1, put("k", "zzz")),
+            Some(Outcome::Rejected(_))
+        ));
+        assert_eq!(log.store.get(b"k"), Some(&b"c".to_vec()));
+    }
+
+    #[test]
+    fn delete_and_compare_and_swap_report_what_they_found() {
+        let mut log = Log::new();
+        assert_eq!(
+            log.apply(1, 1, Operation::Delete { key: "k".into() }),
+            Some(Outcome::Delete { existed: false })
+        );
+        log.apply(1, 2, put("k", "v"));
+        assert_eq!(
+            log.apply(1, 3, cas("k", Some("x"), "w")),
+            Some(Outcome::CompareAndSwap {
+                swapped: false,
+                current: Some(b"v".to_vec())
+            })
+        );
+        assert_eq!(
+            log.apply(1, 4, cas("k", None, "w")),
+            Some(Outcome::CompareAndSwap {
+                swapped: false,
+                current: Some(b"v".to_vec())
+            }),
+            "expected-absent fails on a present key"
+        );
+        assert_eq!(
+            log.apply(1, 5, cas("k", Some("v"), "w")),
+            Some(Outcome::CompareAndSwap {
+                swapped: true,
+                current: None
+            })
+        );
+        assert_eq!(
+            log.apply(1, 6, Operation::Delete { key: "k".into() }),
+            Some(Outcome::Delete { existed: true })
+        );
+        assert_eq!(log.store.len(), 0);
+    }
+
+    #[test]
+    fn limits_are_enforced_before_proposing() {
+        let ok = |operation| {
+            Command {
+                client_id: 1,
+                sequence: 1,
+                operation,
+            }
+            .validate()
+        };
+        assert!(ok(put("k", "v")).is_ok());
+        assert!(ok(put("", "v")).is_err(), "empty key");
+        assert!(ok(Operation::Put {
+            key: vec![b'k'; KEY_BYTES_MAX],
+            value: vec![]
+        })
+        .is_ok());
+        assert!(ok(Operation::Put {
+            key: vec![b'k'; KEY_BYTES_MAX + 1],
+            value: vec![]
+        })
+        .is_err());
+        assert!(ok(Operation::Put {
+            key: b"k".to_vec(),
+            value: vec![0; VALUE_BYTES_MAX]
+        })
+        .is_ok());
+        assert!(ok(Operation::Put {
+            key: b"k".to_vec(),
+            value: vec![0; VALUE_BYTES_MAX + 1]
+        })
+        .is_err());
+        let bad_session = Command {
+            client_id: 0,
+            sequence: 1,
+            operation: put("k", "v"),
+        };
+        assert!(matches!(
+            bad_session.validate(),
+            Err(Error::InvalidArgument(_))
+        ));
+    }
+
+    #[test]
+    fn an_undecodable_entry_is_skipped_identically_everywhere() {
+        let mut store = KvStore::new();
+        let entry = Entry {
+            term: Term(1),
+            index: LogIndex(1),
+            data: vec![0xff, 0xff, 0xff],
+        };
+        assert!(matches!(store.apply(&entry), Some(Outcome::Rejected(_))));
+        assert_eq!(store.applied(), LogIndex(1));
+        assert!(store.is_empty());
+    }
+
+    #[test]
+    fn sessions_are_bounded_and_evicted_oldest_first() {
+        let mut log = Log::new();
+        for client in 1..=(SESSIONS_MAX as u64 + 10) {
+            log.apply(client, 1, put("k", "v"));
+        }
+        assert_eq!(log.store.sessions.len(), SESSIONS_MAX);
+        assert!(
+            !log.store.sessions.contains_key(&1),
+            "the oldest session was evicted"
+        );
+        assert!(log.store.sessions.contains_key(&(SESSIONS_MAX as u64 + 10)));
+        assert_eq!(log.store.sessions_by_index.len(), SESSIONS_MAX);
+    }
+}

@@ -59,10 +59,13 @@ impl FileStorage {
             .write(true)
             .open(&lock_path)
             .map_err(|e| Error::io(format!("opening {}", lock_path.display()), e))?;
-        lock.try_lock().map_err(|_| Error::Storage {
-            path: dir.display().to_string(),
-            offset: None,
-            reason: "the data directory is in use by another process".into(),
+        lock.try_lock().map_err(|e| match e {
+            fs::TryLockError::WouldBlock => Error::Storage {
+                path: dir.display().to_string(),
+                offset: None,
+                reason: "the data directory is in use by another process".into(),
+            },
+            fs::TryLockError::Error(e) => Error::io(format!("locking {}", lock_path.display()), e),
         })?;
 
         let hard_state = read_hard_state(&dir.join("hardstate"))?;
@@ -366,4 +369,184 @@ fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::io(format!("syncing directory {}", dir.display()), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(count: u64) -> Vec<Entry> {
+        (1..=count)
+            .map(|i| Entry {
+                term: Term(1 + i / 3),
+                index: LogIndex(i),
+                data: format!("value-{i}").into_bytes(),
+            })
+            .collect()
+    }
+
+    /// A small log on disk: its bytes and each record's start offset.
+    fn small_log(dir: &Path, count: u64) -> (Vec<u8>, Vec<u64>) {
+        let mut storage = FileStorage::open(dir).expect("open");
+        storage
+            .save_hard_state(HardState {
+                term: Term(9),
+                vote: Some(NodeId(2)),
+            })
+            .expect("hard state");
+        storage.append(&entries(count)).expect("append");
+        storage.sync().expect("sync");
+        let offsets = storage.offsets.clone();
+        drop(storage);
+        (fs::read(dir.join("wal")).expect("read"), offsets)
+    }
+
+    fn reopen_with(dir: &Path, bytes: &[u8]) -> Result<Vec<Entry>> {
+        fs::write(dir.join("wal"), bytes).expect("write");
+        let mut storage = FileStorage::open(dir)?;
+        Ok(storage.recovered().1)
+    }
+
+    #[test]
+    fn entries_and_hard_state_survive_a_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        small_log(dir.path(), 10);
+        let mut storage = FileStorage::open(dir.path()).expect("reopen");
+        let (hard_state, recovered) = storage.recovered();
+        assert_eq!(
+            hard_state,
+            HardState {
+                term: Term(9),
+                vote: Some(NodeId(2))
+            }
+        );
+        assert_eq!(recovered, entries(10));
+        // Overwriting a suffix (a follower's truncation) then appending.
+        let replacement = vec![Entry {
+            term: Term(9),
+            index: LogIndex(4),
+            data: b"new".to_vec(),
+        }];
+        storage.append(&replacement).expect("append");
+        storage.sync().expect("sync");
+        drop(storage);
+        let mut storage = FileStorage::open(dir.path()).expect("reopen");
+        let recovered = storage.recovered().1;
+        assert_eq!(recovered.len(), 4);
+        assert_eq!(recovered[3], replacement[0]);
+        assert_eq!(recovered[..3], entries(3)[..]);
+    }
+
+    #[test]
+    fn truncation_at_every_offset_recovers_exactly_the_complete_records() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (bytes, offsets) = small_log(dir.path(), 6);
+        let all = entries(6);
+        for cut in 0..bytes.len() {
+            let recovered = reopen_with(dir.path(), &bytes[..cut])
+                .unwrap_or_else(|e| panic!("cut at {cut}: a torn tail must recover, got {e}"));
+            // Records that end at or before the cut survive; nothing else does.
+            let complete = (0..offsets.len())
+                .filter(|&i| offsets.get(i + 1).map_or(bytes.len() as u64, |&o| o) <= cut as u64)
+                .count();
+            assert_eq!(recovered, all[..complete], "cut at {cut}");
+            // The torn bytes are gone from the file: new appends land cleanly.
+            let mut storage = FileStorage::open(dir.path()).expect("reopen after repair");
+            let next = Entry {
+                term: Term(5),
+                index: LogIndex(complete as u64 + 1),
+                data: b"next".to_vec(),
+            };
+            storage.append(std::slice::from_ref(&next)).expect("append");
+            storage.sync().expect("sync");
+            drop(storage);
+            let mut storage = FileStorage::open(dir.path()).expect("reopen after append");
+            let mut expected = all[..complete].to_vec();
+            expected.push(next);
+            assert_eq!(storage.recovered().1, expected, "append after cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn a_flipped_bit_anywhere_is_caught() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (bytes, offsets) = small_log(dir.path(), 6);
+        let last_record = *offsets.last().expect("records") as usize;
+        let all = entries(6);
+        let (mut errors, mut tails) = (0, 0);
+        for offset in 0..bytes.len() {
+            for bit in 0..8 {
+                let mut damaged = bytes.clone();
+                damaged[offset] ^= 1 << bit;
+                let result = reopen_with(dir.path(), &damaged);
+                if offset >= last_record {
+                    // Damage in the last record looks like a torn write: it is
+                    // cut off, and everything before it is intact.
+                    let recovered =
+                        result.unwrap_or_else(|e| panic!("offset {offset} bit {bit}: {e}"));
+                    assert_eq!(recovered, all[..5], "offset {offset} bit {bit}");
+                    tails += 1;
+                } else {
+                    // Damage before the tail is an error naming file and offset.
+                    let error = result.expect_err("corruption before the tail must not be skipped");
+                    let text = error.to_string();
+                    assert!(text.contains("wal"), "names the file: {text}");
+                    let record_start = if offset < WAL_MAGIC.len() {
+                        0
+                    } else {
+                        *offsets
+                            .iter()
+                            .filter(|&&o| o as usize <= offset)
+                            .max()
+                            .expect("a record") as usize
+                    };
+                    assert!(
+                        text.contains(&format!("offset {record_start}")),
+                        "names offset {record_start}: {text}"
+                    );
+                    errors += 1;
+                }
+            }
+        }
+        assert_eq!(errors + tails, bytes.len() * 8);
+        assert!(errors > 0 && tails > 0);
+    }
+
+    #[test]
+    fn a_damaged_hard_state_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        small_log(dir.path(), 1);
+        let path = dir.path().join("hardstate");
+        let good = fs::read(&path).expect("read");
+        for offset in 0..good.len() {
+            let mut bad = good.clone();
+            bad[offset] ^= 0x10;
+            fs::write(&path, &bad).expect("write");
+            let error = FileStorage::open(dir.path())
+                .err()
+                .expect("damaged hard state must fail");
+            assert!(error.to_string().contains("hardstate"), "{error}");
+        }
+        fs::write(&path, &good[..10]).expect("write");
+        assert!(
+            FileStorage::open(dir.path()).is_err(),
+            "a short hard state file fails"
+        );
+    }
+
+    #[test]
+    fn a_second_process_cannot_open_the_same_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let _first = FileStorage::open(dir.path()).expect("open");
+        let error = FileStorage::open(dir.path()).err().expect("locked");
+        assert!(error.to_string().contains("in use"), "{error}");
+    }
+
+    #[test]
+    fn garbage_instead_of_a_wal_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::write(dir.path().join("wal"), b"this is not a write-ahead log").expect("write");
+        let error = FileStorage::open(dir.path()).err().expect("bad magic");
+        assert!(error.to_string().contains("bad magic"), "{error}");
+    }
 }

@@ -1,0 +1,397 @@
+//! In-process clusters over real loopback TCP: the node library end to end.
+//! Leader failure mid-writes, restart of every node from its data directory,
+//! leader discovery, and bad input at both services.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use lattice::raft::Role;
+use lattice::{Client, ClientConfig, ClientError, Node, NodeConfig, NodeId, PeerConfig};
+use tokio::sync::Mutex;
+
+struct Addrs {
+    raft: String,
+    kv: String,
+}
+
+/// Free loopback ports for `n` nodes (bound, read, released).
+fn free_addrs(n: usize) -> Vec<Addrs> {
+    let listeners: Vec<_> = (0..2 * n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    let ports: Vec<u16> = listeners
+        .iter()
+        .map(|l| l.local_addr().expect("addr").port())
+        .collect();
+    (0..n)
+        .map(|i| Addrs {
+            raft: format!("127.0.0.1:{}", ports[2 * i]),
+            kv: format!("127.0.0.1:{}", ports[2 * i + 1]),
+        })
+        .collect()
+}
+
+fn node_config(id: u64, addrs: &[Addrs], data: &Path) -> NodeConfig {
+    let peers = addrs
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i as u64 + 1 != id)
+        .map(|(i, a)| PeerConfig {
+            id: NodeId(i as u64 + 1),
+            raft_addr: a.raft.clone(),
+            kv_addr: a.kv.clone(),
+        })
+        .collect();
+    let me = &addrs[id as usize - 1];
+    let mut config = NodeConfig::new(
+        NodeId(id),
+        &me.raft,
+        &me.kv,
+        peers,
+        data.join(format!("node-{id}")),
+    );
+    // Faster than the defaults so the test spends its time on work, not waiting.
+    config.tick_interval = Duration::from_millis(10);
+    config.election_timeout_ticks_min = 15;
+    config.election_timeout_ticks_max = 30;
+    config.heartbeat_interval_ticks = 3;
+    config
+}
+
+struct TestCluster {
+    addrs: Vec<Addrs>,
+    data: PathBuf,
+    nodes: BTreeMap<u64, Node>,
+}
+
+impl TestCluster {
+    async fn start(data: &Path) -> Result<TestCluster> {
+        let mut cluster = TestCluster {
+            addrs: free_addrs(3),
+            data: data.to_path_buf(),
+            nodes: BTreeMap::new(),
+        };
+        for id in 1..=3 {
+            cluster.start_node(id).await?;
+        }
+        Ok(cluster)
+    }
+
+    async fn start_node(&mut self, id: u64) -> Result<()> {
+        let node = Node::start(node_config(id, &self.addrs, &self.data))
+            .await
+            .with_context(|| format!("starting node {id}"))?;
+        self.nodes.insert(id, node);
+        Ok(())
+    }
+
+    async fn stop_node(&mut self, id: u64) {
+        if let Some(node) = self.nodes.remove(&id) {
+            node.shutdown().await;
+        }
+    }
+
+    fn endpoints(&self) -> Vec<String> {
+        self.addrs.iter().map(|a| a.kv.clone()).collect()
+    }
+
+    fn client(&self, client_id: u64) -> Client {
+        let config = ClientConfig {
+            client_id: Some(client_id),
+            operation_timeout: Duration::from_secs(5),
+            rpc_timeout: Duration::from_secs(2),
+            ..ClientConfig::default()
+        };
+        Client::with_config(
+            &self.endpoints(),
+            config,
+            Arc::new(lattice::transport::TcpTransport),
+        )
+        .expect("client")
+    }
+
+    /// The leader a majority of running nodes agree on, within `timeout`.
+    async fn leader(&self, timeout: Duration) -> Result<u64> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let statuses: Vec<_> = self.nodes.values().map(Node::status).collect();
+            if let Some(leader) = statuses
+                .iter()
+                .filter(|s| s.role == Role::Leader)
+                .max_by_key(|s| s.term)
+            {
+                let agree = statuses
+                    .iter()
+                    .filter(|s| s.term == leader.term && s.leader == Some(leader.id))
+                    .count();
+                if agree >= 2 {
+                    return Ok(leader.id.0);
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!("no leader within {timeout:?}: {statuses:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn shutdown(mut self) {
+        for id in self.nodes.keys().copied().collect::<Vec<_>>() {
+            self.stop_node(id).await;
+        }
+    }
+}
+
+#[derive(Default)]
+struct Ledger {
+    /// Writes the cluster acknowledged: key -> value.
+    acknowledged: BTreeMap<String, String>,
+    unknown: usize,
+    failed: usize,
+}
+
+/// Checks that every acknowledged write reads back with its value.
+async fn verify_acknowledged(client: &mut Client, ledger: &Ledger) -> Result<()> {
+    for (key, value) in &ledger.acknowledged {
+        let read = client
+            .get(key.as_bytes())
+            .await
+            .with_context(|| format!("reading {key}"))?;
+        if read.as_deref() != Some(value.as_bytes()) {
+            bail!("acknowledged write {key}={value} lost: read {read:?}");
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_leader_failure_and_full_restart() -> Result<()> {
+    let data = tempfile::tempdir()?;
+    let mut cluster = TestCluster::start(data.path()).await?;
+    let first_leader = cluster.leader(Duration::from_secs(10)).await?;
+
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let is_stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for writer in 0..4u64 {
+        let mut client = cluster.client(100 + writer);
+        let ledger = ledger.clone();
+        let is_stopping = is_stopping.clone();
+        writers.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            while !is_stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                let key = format!("w{writer}-{i}");
+                let value = format!("value-{writer}-{i}");
+                let result = client.put(key.as_bytes(), value.as_bytes()).await;
+                let mut ledger = ledger.lock().await;
+                match result {
+                    Ok(()) => {
+                        ledger.acknowledged.insert(key, value);
+                    }
+                    Err(ClientError::Unknown(_)) => ledger.unknown += 1,
+                    Err(ClientError::Failed(_)) => ledger.failed += 1,
+                }
+                i += 1;
+            }
+        }));
+    }
+
+    let acked = |ledger: &Arc<Mutex<Ledger>>| {
+        let ledger = ledger.clone();
+        async move { ledger.lock().await.acknowledged.len() }
+    };
+    wait_until(Duration::from_secs(10), || acked(&ledger), |n| n >= 100).await?;
+
+    // Stop the leader in the middle of the writes.
+    let before_failover = acked(&ledger).await;
+    cluster.stop_node(first_leader).await;
+    let new_leader = cluster.leader(Duration::from_secs(10)).await?;
+    assert_ne!(
+        new_leader, first_leader,
+        "a new leader is elected among the survivors"
+    );
+    wait_until(
+        Duration::from_secs(15),
+        || acked(&ledger),
+        |n| n >= before_failover + 100,
+    )
+    .await?;
+
+    is_stopping.store(true, std::sync::atomic::Ordering::Relaxed);
+    for writer in writers {
+        writer.await?;
+    }
+    let ledger = Arc::try_unwrap(ledger)
+        .ok()
+        .expect("writers done")
+        .into_inner();
+    println!(
+        "acknowledged {} writes ({} unknown, {} failed); leader {first_leader} stopped, {new_leader} took over",
+        ledger.acknowledged.len(),
+        ledger.unknown,
+        ledger.failed
+    );
+    assert!(ledger.acknowledged.len() >= 200);
+
+    let mut reader = cluster.client(900);
+    verify_acknowledged(&mut reader, &ledger)
+        .await
+        .context("after leader failure")?;
+
+    // Restart everything from the data directories, the old leader included.
+    let addrs_kept = cluster.shutdown_keep_addrs().await;
+    let mut cluster = TestCluster {
+        addrs: addrs_kept,
+        data: data.path().to_path_buf(),
+        nodes: BTreeMap::new(),
+    };
+    for id in 1..=3 {
+        cluster.start_node(id).await?;
+    }
+    cluster.leader(Duration::from_secs(10)).await?;
+    let mut reader = cluster.client(901);
+    verify_acknowledged(&mut reader, &ledger)
+        .await
+        .context("after restarting every node")?;
+    cluster.shutdown().await;
+    Ok(())
+}
+
+impl TestCluster {
+    async fn shutdown_keep_addrs(mut self) -> Vec<Addrs> {
+        for id in self.nodes.keys().copied().collect::<Vec<_>>() {
+            self.stop_node(id).await;
+        }
+        std::mem::take(&mut self.addrs)
+    }
+}
+
+async fn wait_until<F, Fut>(
+    timeout: Duration,
+    mut probe: F,
+    done: impl Fn(usize) -> bool,
+) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = usize>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let value = probe().await;
+        if done(value) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("condition not reached within {timeout:?} (last value {value})");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_find_the_leader_and_bad_requests_fail_cleanly() -> Result<()> {
+    let data = tempfile::tempdir()?;
+    let cluster = TestCluster::start(data.path()).await?;
+    let leader = cluster.leader(Duration::from_secs(10)).await?;
+    let follower = (1..=3).find(|&id| id != leader).expect("a follower");
+
+    // A client that knows only a follower is redirected by its hint.
+    let config = ClientConfig {
+        client_id: Some(5),
+        ..ClientConfig::default()
+    };
+    let only_follower = vec![cluster.addrs[follower as usize - 1].kv.clone()];
+    let mut client = Client::with_config(
+        &only_follower,
+        config,
+        Arc::new(lattice::transport::TcpTransport),
+    )?;
+    client.put("k", "v").await?;
+    assert_eq!(
+        client.leader(),
+        Some(cluster.addrs[leader as usize - 1].kv.as_str())
+    );
+    assert_eq!(client.get("k").await?, Some(b"v".to_vec()));
+
+    // Compare-and-swap and delete say what happened.
+    let swapped = client
+        .compare_and_swap("k", Some(b"v".to_vec()), "w")
+        .await?;
+    assert!(swapped.swapped);
+    let refused = client
+        .compare_and_swap("k", Some(b"v".to_vec()), "x")
+        .await?;
+    assert!(!refused.swapped);
+    assert_eq!(refused.current, Some(b"w".to_vec()));
+    assert!(client.delete("k").await?);
+    assert!(!client.delete("k").await?);
+    assert_eq!(client.get("k").await?, None);
+
+    // Over-limit and empty keys are definite failures; nothing is proposed.
+    let commit_before = cluster.nodes[&leader].status().commit_index;
+    for (key, value) in [
+        (vec![], vec![1]),
+        (vec![b'k'; 4097], vec![1]),
+        (b"k".to_vec(), vec![0; (1 << 20) + 1]),
+    ] {
+        match client.put(key, value).await {
+            Err(ClientError::Failed(reason)) => assert!(
+                reason.contains("key") || reason.contains("value"),
+                "{reason}"
+            ),
+            other => panic!("expected a definite failure, got {other:?}"),
+        }
+    }
+    assert!(matches!(
+        client.get(vec![]).await,
+        Err(ClientError::Failed(_))
+    ));
+    assert_eq!(
+        cluster.nodes[&leader].status().commit_index,
+        commit_before,
+        "nothing proposed"
+    );
+
+    // Garbage on the wire at both ports: the node shrugs it off.
+    for addr in [
+        &cluster.addrs[leader as usize - 1].raft,
+        &cluster.addrs[leader as usize - 1].kv,
+    ] {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream
+            .write_all(b"GET / HTTP/1.1\r\n\r\n\x00\xff garbage \xde\xad\xbe\xef")
+            .await?;
+        drop(stream);
+    }
+    // A peer message from an unknown node id is rejected, not obeyed.
+    let channel = tonic::transport::Endpoint::from_shared(format!(
+        "http://{}",
+        cluster.addrs[leader as usize - 1].raft
+    ))?
+    .connect()
+    .await?;
+    let mut raft = lattice::proto::raft_client::RaftClient::new(channel);
+    let forged = lattice::proto::AppendEntriesRequest {
+        from: 77,
+        to: leader,
+        term: 1000,
+        ..Default::default()
+    };
+    let status = raft.append_entries(forged).await.expect_err("unknown node");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    let status = cluster.nodes[&leader].status();
+    assert_eq!(
+        status.role,
+        Role::Leader,
+        "the forged higher term did not depose the leader"
+    );
+
+    client.put("after", "garbage").await?;
+    assert_eq!(client.get("after").await?, Some(b"garbage".to_vec()));
+    cluster.shutdown().await;
+    Ok(())
+}
