@@ -280,6 +280,9 @@ impl Client {
             self.leader = None;
             let mut is_hint = false;
             match error {
+                Error::InvalidArgument(reason) if maybe_applied => {
+                    return Err(ClientError::Unknown(reason))
+                }
                 Error::InvalidArgument(reason) => return Err(ClientError::Failed(reason)),
                 Error::NotLeader { leader: Some(hint) } => {
                     if let Ok(i) = self.endpoint_index(&hint) {

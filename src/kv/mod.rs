@@ -178,6 +178,10 @@ impl Command {
 #[derive(Debug)]
 struct Session {
     sequence: u64,
+    /// Checksum of the command that used `sequence`: a different command
+    /// under the same number (a client that restarted with a fixed id) is
+    /// refused instead of being answered with someone else's result.
+    command_crc: u32,
     outcome: Outcome,
     /// Log index of the session's last command (its recency, for eviction).
     last_index: LogIndex,
@@ -246,6 +250,12 @@ impl KvStore {
         };
         if let Some(session) = self.sessions.get(&command.client_id) {
             if command.sequence == session.sequence {
+                if session.command_crc != crc32fast::hash(&entry.data) {
+                    return Some(Outcome::Rejected(format!(
+                        "client {} reused sequence {} for a different command",
+                        command.client_id, command.sequence
+                    )));
+                }
                 return Some(session.outcome.clone());
             }
             if command.sequence < session.sequence {
@@ -259,6 +269,7 @@ impl KvStore {
         self.remember(
             command.client_id,
             command.sequence,
+            crc32fast::hash(&entry.data),
             outcome.clone(),
             entry.index,
         );
@@ -296,11 +307,19 @@ impl KvStore {
         }
     }
 
-    fn remember(&mut self, client_id: u64, sequence: u64, outcome: Outcome, index: LogIndex) {
+    fn remember(
+        &mut self,
+        client_id: u64,
+        sequence: u64,
+        command_crc: u32,
+        outcome: Outcome,
+        index: LogIndex,
+    ) {
         if let Some(old) = self.sessions.insert(
             client_id,
             Session {
                 sequence,
+                command_crc,
                 outcome,
                 last_index: index,
             },
@@ -395,6 +414,13 @@ mod tests {
         log.apply(7, 2, put("k", "c"));
         assert!(matches!(
             log.apply(7, 1, put("k", "zzz")),
+            Some(Outcome::Rejected(_))
+        ));
+        assert_eq!(log.store.get(b"k"), Some(&b"c".to_vec()));
+        // A restarted client reusing an id and number for another command is
+        // refused, not told "ok" with the old command's result.
+        assert!(matches!(
+            log.apply(7, 2, put("k", "other")),
             Some(Outcome::Rejected(_))
         ));
         assert_eq!(log.store.get(b"k"), Some(&b"c".to_vec()));

@@ -58,6 +58,9 @@ pub struct AppendEntriesResponse {
     pub conflict_index: LogIndex,
     /// Echo of the request's `read_round`.
     pub read_round: u64,
+    /// On rejection: the request's `prev_log_index`, so the leader can tell a
+    /// stale rejection (of an old, reordered message) from a current one.
+    pub rejected_index: LogIndex,
 }
 
 /// A request the core wants sent to a peer; the driver delivers it and feeds the

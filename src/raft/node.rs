@@ -271,7 +271,12 @@ impl Raft {
     // ------------------------------------------------------------ roles
 
     fn campaign(&mut self) {
-        self.term = Term(self.term.0 + 1);
+        self.term = Term(
+            self.term
+                .0
+                .checked_add(1)
+                .expect("terms stay far below u64::MAX: the transport refuses larger ones"),
+        );
         self.vote = Some(self.config.id);
         self.role = Role::Candidate;
         self.leader = None;
@@ -416,6 +421,7 @@ impl Raft {
             conflict_term: Term(0),
             conflict_index: LogIndex(0),
             read_round: request.read_round,
+            rejected_index: request.prev_log_index,
         };
         if request.term < self.term {
             return response;
@@ -529,7 +535,20 @@ impl Raft {
             if progress.acknowledge(response.match_index) {
                 self.maybe_commit();
             }
+        } else if response.rejected_index < progress.match_index {
+            // A rejection of an old message overtaken by later successes.
+            return;
         } else {
+            if response.rejected_index == progress.match_index && progress.match_index.0 > 0 {
+                // It refused the very entry it had acknowledged: it lost
+                // durable data (a replaced disk) or a message was reordered.
+                warn!(
+                    from = from.0,
+                    match_index = progress.match_index.0,
+                    "follower rejected entries it had acknowledged: probing back below its match index"
+                );
+                progress.forget_match();
+            }
             let next = if response.conflict_term.0 > 0 {
                 self.log
                     .last_index_of_term(response.conflict_term)

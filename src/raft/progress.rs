@@ -79,19 +79,26 @@ impl Progress {
         {
             self.inflight_last_index.pop_front();
         }
-        if match_index <= self.match_index {
-            return false;
+        if match_index < self.match_index {
+            return false; // stale
         }
+        let is_forward = match_index > self.match_index;
         self.match_index = match_index;
         if self.next_index <= match_index {
             self.next_index = match_index.next();
         }
         if self.state == ProgressState::Probe {
+            // The match point is found (even if it did not move): replicate.
             self.state = ProgressState::Replicate;
             self.is_probe_sent = false;
             self.next_index = match_index.next();
         }
-        true
+        is_forward
+    }
+
+    /// The follower no longer holds what it acknowledged: start over.
+    pub fn forget_match(&mut self) {
+        self.match_index = LogIndex(0);
     }
 
     /// A rejection or a lost message: fall back to probing from `next_index`,

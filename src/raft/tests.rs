@@ -489,6 +489,7 @@ fn any_message_with_a_higher_term_makes_a_leader_step_down() {
             conflict_term: Term(0),
             conflict_index: LogIndex(0),
             read_round: 0,
+            rejected_index: LogIndex(0),
         },
     );
     assert_eq!(leader.role(), Role::Follower);

@@ -175,8 +175,11 @@ impl Storage for FileStorage {
         );
         if first.index.0 <= last_index {
             let cut = self.offsets[first.index.0 as usize - 1];
+            // Sync the cut before overwriting: otherwise, after a power loss,
+            // new bytes could land while old records past them survive.
             self.wal
                 .set_len(cut)
+                .and_then(|()| self.wal.sync_data())
                 .map_err(|e| Error::io(format!("truncating {}", self.wal_path.display()), e))?;
             self.offsets.truncate(first.index.0 as usize - 1);
             self.end = cut;
@@ -314,7 +317,8 @@ fn recover(bytes: &[u8], path: &Path) -> Result<Recovery> {
                 offset = next;
             }
             Err(reason) => {
-                if let Some(later) = find_valid_record_after(bytes, offset) {
+                let expected = recovery.entries.len() as u64 + 1;
+                if let Some(later) = find_valid_record_after(bytes, offset, expected) {
                     return Err(corruption(
                         path,
                         offset,
@@ -331,12 +335,16 @@ fn recover(bytes: &[u8], path: &Path) -> Result<Recovery> {
 }
 
 /// Whether any later position holds a record that parses and checks out.
-fn find_valid_record_after(bytes: &[u8], offset: usize) -> Option<usize> {
+fn find_valid_record_after(bytes: &[u8], offset: usize, expected_index: u64) -> Option<usize> {
+    // Only a record that could follow the damaged one counts, so a client's
+    // value that happens to contain an encoded record does not.
     (offset + 1
         ..bytes
             .len()
             .saturating_sub(RECORD_HEADER_BYTES + PAYLOAD_PREFIX_BYTES - 1))
-        .find(|&candidate| decode_record(bytes, candidate).is_ok())
+        .find(|&candidate| {
+            decode_record(bytes, candidate).is_ok_and(|(entry, _)| entry.index.0 >= expected_index)
+        })
 }
 
 fn read_hard_state(path: &Path) -> Result<HardState> {

@@ -184,6 +184,7 @@ pub(crate) fn append_entries_response_to_proto(
         conflict_term: m.conflict_term.0,
         conflict_index: m.conflict_index.0,
         read_round: m.read_round,
+        rejected_index: m.rejected_index.0,
     }
 }
 
@@ -197,5 +198,6 @@ pub(crate) fn append_entries_response_from_proto(
         conflict_term: Term(m.conflict_term),
         conflict_index: LogIndex(m.conflict_index),
         read_round: m.read_round,
+        rejected_index: LogIndex(m.rejected_index),
     }
 }

@@ -22,6 +22,10 @@ use crate::{Error, Result};
 /// Largest peer message: a batch of entries (`append_bytes_max`) plus one
 /// maximal entry and framing.
 pub const RAFT_MESSAGE_BYTES_MAX: usize = 16 << 20;
+/// Terms beyond this are refused: no real cluster gets near it, and a forged
+/// one could otherwise overflow the term counter.
+pub const TERM_MAX: u64 = 1 << 62;
+
 /// Largest client message: a compare-and-swap with two maximal values.
 pub const KV_MESSAGE_BYTES_MAX: usize =
     2 * kv::VALUE_BYTES_MAX + 2 * kv::KEY_BYTES_MAX + (64 << 10);
@@ -100,7 +104,13 @@ struct RaftService {
 
 impl RaftService {
     /// Only known peers may speak, and only to this node.
-    fn check_route(&self, from: u64, to: u64) -> Result<(), Status> {
+    fn check_route(&self, from: u64, to: u64, term: u64) -> Result<(), Status> {
+        if term > TERM_MAX {
+            warn!(from, term, "Raft message with an impossible term: rejected");
+            return Err(Status::invalid_argument(format!(
+                "term {term} is beyond {TERM_MAX}"
+            )));
+        }
         if !self.peers.contains(&NodeId(from)) {
             warn!(from, "Raft message from an unknown node: rejected");
             return Err(Status::permission_denied(format!(
@@ -136,7 +146,7 @@ impl Raft for RaftService {
         request: Request<proto::RequestVoteRequest>,
     ) -> Result<Response<proto::RequestVoteResponse>, Status> {
         let message = request.into_inner();
-        self.check_route(message.from, message.to)?;
+        self.check_route(message.from, message.to, message.term)?;
         let (reply, answer) = oneshot::channel();
         let input = Input::RequestVote {
             request: request_vote_from_proto(&message),
@@ -153,7 +163,7 @@ impl Raft for RaftService {
         request: Request<proto::AppendEntriesRequest>,
     ) -> Result<Response<proto::AppendEntriesResponse>, Status> {
         let message = request.into_inner();
-        self.check_route(message.from, message.to)?;
+        self.check_route(message.from, message.to, message.term)?;
         if let Some(entry) = message.entries.iter().find(|e| e.term == 0 || e.index == 0) {
             warn!(
                 from = message.from,
