@@ -1,0 +1,363 @@
+//! `checker`: decides whether a recorded history is linearizable.
+//! Exit status: 0 linearizable, 1 not linearizable, 2 unknown, 3 bad input.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use checker::generate::{self, Shape};
+use checker::history::{self, History};
+use checker::search::{check, CheckOptions, Outcome, Verdict};
+use checker::{jepsen, report, KvModel};
+
+const USAGE: &str = "\
+checker: decide whether a recorded history is linearizable
+
+USAGE:
+    checker [--format jsonl|jepsen-etcd|jepsen-kv] [--model kv|register]
+            [--html FILE] [--timeout SECONDS] HISTORY
+    checker bench [--corpus DIR] [--runs N]
+
+OPTIONS:
+    --format FORMAT    jsonl (default): Lattice's JSON Lines history;
+                       jepsen-etcd: Jepsen etcd register logs;
+                       jepsen-kv: Jepsen EDN key-value histories
+    --model MODEL      kv: keys start absent, checked per key (default for
+                       jsonl); register: one register (default for jepsen-etcd)
+    --html FILE        write a self-contained HTML report (timeline, failing window)
+    --timeout SECONDS  give up after this long: verdict unknown (default: none)
+    -h, --help         this text
+
+bench: times the corpus (all etcd histories, each KV history) and a generated
+100,000-operation history (100 keys, 20 clients); prints time and peak memory.
+The corpus defaults to ../shared/data/porcupine (from the project root).
+
+EXIT STATUS:
+    0 linearizable, 1 not linearizable, 2 unknown (time budget), 3 bad input";
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Format {
+    Jsonl,
+    JepsenEtcd,
+    JepsenKv,
+}
+
+struct Args {
+    format: Format,
+    model: Option<String>,
+    html: Option<PathBuf>,
+    timeout: Option<Duration>,
+    history: PathBuf,
+}
+
+fn parse_args(args: &[String]) -> Result<Args, String> {
+    let mut format = Format::Jsonl;
+    let (mut model, mut html, mut timeout, mut history) = (None, None, None, None);
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| it.next().cloned().ok_or(format!("{name} needs a value"));
+        match arg.as_str() {
+            "--format" => {
+                format = match value("--format")?.as_str() {
+                    "jsonl" => Format::Jsonl,
+                    "jepsen-etcd" => Format::JepsenEtcd,
+                    "jepsen-kv" => Format::JepsenKv,
+                    other => {
+                        return Err(format!(
+                            "unknown format {other:?} (jsonl, jepsen-etcd, jepsen-kv)"
+                        ))
+                    }
+                }
+            }
+            "--model" => {
+                let m = value("--model")?;
+                if m != "kv" && m != "register" {
+                    return Err(format!("unknown model {m:?} (kv, register)"));
+                }
+                model = Some(m);
+            }
+            "--html" => html = Some(PathBuf::from(value("--html")?)),
+            "--timeout" => {
+                let text = value("--timeout")?;
+                let seconds: f64 = text
+                    .parse()
+                    .map_err(|_| format!("--timeout wants seconds, not {text:?}"))?;
+                if !(seconds.is_finite() && seconds > 0.0) {
+                    return Err("--timeout must be positive".into());
+                }
+                timeout = Some(Duration::from_secs_f64(seconds));
+            }
+            flag if flag.starts_with('-') => return Err(format!("unknown option {flag}")),
+            path => {
+                if history.replace(PathBuf::from(path)).is_some() {
+                    return Err("give exactly one HISTORY".into());
+                }
+            }
+        }
+    }
+    let history = history.ok_or("missing HISTORY")?;
+    Ok(Args {
+        format,
+        model,
+        html,
+        timeout,
+        history,
+    })
+}
+
+fn parse(format: Format, text: &str) -> checker::Result<History> {
+    match format {
+        Format::Jsonl => history::parse_jsonl(text),
+        Format::JepsenEtcd => jepsen::parse_etcd(text),
+        Format::JepsenKv => jepsen::parse_kv(text),
+    }
+}
+
+fn model_for(format: Format, model: Option<&str>) -> KvModel {
+    match (model, format) {
+        (Some("register"), _) | (None, Format::JepsenEtcd) => KvModel::register(),
+        (_, Format::JepsenKv) => KvModel::empty_string_kv(),
+        _ => KvModel::kv(),
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    if args.first().map(String::as_str) == Some("bench") {
+        return bench(&args[1..]);
+    }
+    let args = match parse_args(&args) {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("checker: {e}\n\n{USAGE}");
+            return ExitCode::from(3);
+        }
+    };
+    let text = match std::fs::read_to_string(&args.history) {
+        Ok(text) => text,
+        Err(e) => {
+            eprintln!("checker: cannot read {}: {e}", args.history.display());
+            return ExitCode::from(3);
+        }
+    };
+    let history = match parse(args.format, &text) {
+        Ok(history) => history,
+        Err(e) => {
+            eprintln!("checker: {}: {e}", args.history.display());
+            return ExitCode::from(3);
+        }
+    };
+    let model = model_for(args.format, args.model.as_deref());
+    let options = CheckOptions {
+        timeout: args.timeout,
+        ..CheckOptions::default()
+    };
+    let verdict = check(&model, &history.operations, &options);
+    println!(
+        "history: {} ({:?}, model {})",
+        args.history.display(),
+        args.format,
+        if model.by_key { "kv" } else { "register" }
+    );
+    let never_completed = history
+        .operations
+        .iter()
+        .filter(|o| o.ret_line.is_none())
+        .count()
+        - history.infos;
+    println!(
+        "events {}, operations {} (ok {}, fail {}, info {}, never completed {}), processes {}",
+        history.events,
+        history.operations.len(),
+        history.oks,
+        history.fails,
+        history.infos,
+        never_completed,
+        history.processes
+    );
+    println!(
+        "partitions {}, states explored {}, time {:.3} ms",
+        verdict.partitions.len(),
+        verdict.states_explored,
+        verdict.elapsed.as_secs_f64() * 1e3
+    );
+    print!("{}", report::text(&model, &history.operations, &verdict));
+    if let Some(path) = &args.html {
+        let title = format!("Linearizability of {}", args.history.display());
+        if let Err(e) = std::fs::write(
+            path,
+            report::html(&model, &history.operations, &verdict, &title),
+        ) {
+            eprintln!("checker: cannot write {}: {e}", path.display());
+            return ExitCode::from(3);
+        }
+        println!("report: {}", path.display());
+    }
+    ExitCode::from(match verdict.outcome {
+        Outcome::Linearizable => 0,
+        Outcome::NotLinearizable => 1,
+        Outcome::Unknown => 2,
+    })
+}
+
+/// Peak resident memory of this process (Linux), in MiB.
+fn peak_memory_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .map(str::to_string)
+        })
+        .and_then(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn timed_check(model: &KvModel, history: &History) -> (Verdict, f64) {
+    let start = Instant::now();
+    let verdict = check(model, &history.operations, &CheckOptions::default());
+    (verdict, start.elapsed().as_secs_f64())
+}
+
+fn bench(args: &[String]) -> ExitCode {
+    let mut corpus = PathBuf::from("../shared/data/porcupine");
+    let mut runs = 5usize;
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match (arg.as_str(), it.next()) {
+            ("--corpus", Some(dir)) => corpus = PathBuf::from(dir),
+            ("--runs", Some(n)) if n.parse::<usize>().is_ok_and(|n| n > 0) => {
+                runs = n.parse().expect("checked")
+            }
+            _ => {
+                eprintln!("checker bench: bad arguments\n\n{USAGE}");
+                return ExitCode::from(3);
+            }
+        }
+    }
+    let expected = match std::fs::read_to_string(corpus.join("expected.tsv")) {
+        Ok(text) => text,
+        Err(e) => {
+            eprintln!(
+                "checker bench: cannot read {}: {e}",
+                corpus.join("expected.tsv").display()
+            );
+            return ExitCode::from(3);
+        }
+    };
+    let mut etcd = Vec::new();
+    let mut kv = Vec::new();
+    for line in expected.lines().skip(1) {
+        let fields: Vec<&str> = line.split('\t').collect();
+        let (Some(file), Some(verdict)) = (fields.first(), fields.get(1)) else {
+            continue;
+        };
+        let path = corpus.join(file);
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let is_linearizable = *verdict == "true";
+        if file.starts_with("jepsen/") {
+            match jepsen::parse_etcd(&text) {
+                Ok(h) => etcd.push((file.to_string(), h, is_linearizable)),
+                Err(e) => eprintln!("{file}: {e}"),
+            }
+        } else {
+            match jepsen::parse_kv(&text) {
+                Ok(h) => kv.push((file.to_string(), h, is_linearizable)),
+                Err(e) => eprintln!("{file}: {e}"),
+            }
+        }
+    }
+    let mut mismatches = 0;
+    let register = KvModel::register();
+    let mut etcd_totals = Vec::new();
+    let states: u64 = etcd
+        .iter()
+        .map(|(_, h, _)| timed_check(&register, h).0.states_explored)
+        .sum();
+    for _ in 0..runs {
+        let mut total = 0.0;
+        for (file, history, is_linearizable) in &etcd {
+            let (verdict, seconds) = timed_check(&register, history);
+            total += seconds;
+            if (verdict.outcome == Outcome::Linearizable) != *is_linearizable {
+                mismatches += 1;
+                eprintln!("MISMATCH {file}: {:?}", verdict.outcome);
+            }
+        }
+        etcd_totals.push(total);
+    }
+    println!(
+        "etcd register histories: {} files, {states} states, median total {:.4} s over {runs} runs (min {:.4} s)",
+        etcd.len(),
+        median(etcd_totals.clone()),
+        etcd_totals.iter().copied().fold(f64::INFINITY, f64::min)
+    );
+    let kv_model = KvModel::empty_string_kv();
+    for (file, history, is_linearizable) in &kv {
+        let mut times = Vec::new();
+        for _ in 0..runs {
+            let (verdict, seconds) = timed_check(&kv_model, history);
+            if (verdict.outcome == Outcome::Linearizable) != *is_linearizable {
+                mismatches += 1;
+                eprintln!("MISMATCH {file}: {:?}", verdict.outcome);
+            }
+            times.push(seconds);
+        }
+        println!(
+            "{file}: {} operations, median {:.4} s over {runs} runs",
+            history.operations.len(),
+            median(times)
+        );
+    }
+    let shape = Shape {
+        clients: 20,
+        keys: 100,
+        operations: 100_000,
+        info_percent: 2,
+        fail_percent: 2,
+    };
+    let events = generate::kv_history(1, shape);
+    let numbered: Vec<(usize, checker::Event)> = events
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| (i + 1, e))
+        .collect();
+    let history = history::from_events(numbered).expect("generated histories are well formed");
+    let mut times = Vec::new();
+    for _ in 0..runs {
+        let (verdict, seconds) = timed_check(&KvModel::kv(), &history);
+        if verdict.outcome != Outcome::Linearizable {
+            mismatches += 1;
+            eprintln!("MISMATCH generated: {:?}", verdict.outcome);
+            eprint!(
+                "{}",
+                report::text(&KvModel::kv(), &history.operations, &verdict)
+            );
+        }
+        times.push(seconds);
+    }
+    println!(
+        "generated: {} operations, 100 keys, 20 clients: median {:.4} s over {runs} runs",
+        history.operations.len(),
+        median(times)
+    );
+    println!("peak memory: {:.1} MiB", peak_memory_mib());
+    if mismatches > 0 {
+        eprintln!("{mismatches} verdict(s) disagree with the expected ones");
+        return ExitCode::from(1);
+    }
+    ExitCode::SUCCESS
+}

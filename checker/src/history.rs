@@ -1,0 +1,268 @@
+//! The history format (a contract other tools depend on): JSON Lines, one
+//! event per line, lines in real-time order:
+//!
+//! ```text
+//! {"process":3,"type":"invoke","f":"put","key":"k1","value":"v7","time":12345}
+//! ```
+//!
+//! - `type`: `invoke`, then one completion: `ok`; `fail` (certainly took no
+//!   effect); `info` (unknown: it may have taken effect at any time after its
+//!   invocation, or never). An invocation with no completion means `info`. A
+//!   process has at most one operation outstanding.
+//! - `f`: `get` (`ok` value = the string read, or `null` if absent), `put`,
+//!   `delete`, `append`, `cas` (value `{"expected": string-or-null, "new":
+//!   string}`; `ok` = swapped; `fail` = the comparison failed, a definite
+//!   outcome). `read` / `write` are accepted as `get` / `put`.
+//! - `time`: optional nanoseconds, non-decreasing. Unknown fields are ignored.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::model::{KvInput, KvOp, KvOutput};
+use crate::{Error, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventType {
+    Invoke,
+    Ok,
+    Fail,
+    Info,
+}
+
+/// One line of a history.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub process: u64,
+    #[serde(rename = "type")]
+    pub kind: EventType,
+    pub f: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default)]
+    pub value: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<u64>,
+}
+
+/// How an operation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Completion {
+    Ok,
+    /// Certainly took no effect (a failed compare-and-swap is `Ok` with
+    /// "not swapped" instead: a definite outcome the checker verifies).
+    Fail,
+    /// Unknown: may have taken effect any time after its invocation, or never.
+    Info,
+}
+
+/// An invocation paired with its completion.
+#[derive(Clone, Debug)]
+pub struct Operation<I, O> {
+    pub process: u64,
+    pub input: I,
+    /// `None` when the outcome is unknown (and for definite failures).
+    pub output: Option<O>,
+    pub completion: Completion,
+    /// Position of the invocation among the history's events.
+    pub call: u64,
+    /// Position of the completion; `u64::MAX` if unknown (info).
+    pub ret: u64,
+    /// The line numbers (1-based) of the invocation and completion.
+    pub call_line: usize,
+    pub ret_line: Option<usize>,
+}
+
+/// A parsed history: its operations and what was counted on the way.
+#[derive(Clone, Debug, Default)]
+pub struct History {
+    pub operations: Vec<Operation<KvInput, KvOutput>>,
+    pub events: usize,
+    pub invokes: usize,
+    pub oks: usize,
+    pub fails: usize,
+    pub infos: usize,
+    pub processes: usize,
+}
+
+/// Parses a JSON Lines history. Any malformed line is an error naming it.
+pub fn parse_jsonl(text: &str) -> Result<History> {
+    let mut events = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let line_number = number + 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let event: Event = serde_json::from_str(line).map_err(|e| Error::Parse {
+            line: line_number,
+            reason: format!("not a history event: {e}"),
+        })?;
+        events.push((line_number, event));
+    }
+    from_events(events)
+}
+
+fn parse_error(line: usize, reason: impl Into<String>) -> Error {
+    Error::Parse {
+        line,
+        reason: reason.into(),
+    }
+}
+
+fn string_or_null(value: &Value, line: usize, what: &str) -> Result<Option<String>> {
+    match value {
+        Value::Null => Ok(None),
+        Value::String(s) => Ok(Some(s.clone())),
+        Value::Number(n) => Ok(Some(n.to_string())),
+        other => Err(parse_error(
+            line,
+            format!("{what} must be a string or null, not {other}"),
+        )),
+    }
+}
+
+fn string(value: &Value, line: usize, what: &str) -> Result<String> {
+    string_or_null(value, line, what)?
+        .ok_or_else(|| parse_error(line, format!("{what} must be a string, not null")))
+}
+
+fn input_of(event: &Event, line: usize) -> Result<KvInput> {
+    let op = match event.f.as_str() {
+        "get" | "read" => KvOp::Get,
+        "put" | "write" => KvOp::Put(string(&event.value, line, "a put's value")?),
+        "delete" => KvOp::Delete,
+        "append" => KvOp::Append(string(&event.value, line, "an append's value")?),
+        "cas" => {
+            let Value::Object(fields) = &event.value else {
+                return Err(parse_error(
+                    line,
+                    "a cas value must be {\"expected\": ..., \"new\": ...}",
+                ));
+            };
+            let expected = string_or_null(
+                fields.get("expected").unwrap_or(&Value::Null),
+                line,
+                "expected",
+            )?;
+            let new = string(fields.get("new").unwrap_or(&Value::Null), line, "new")?;
+            KvOp::Cas { expected, new }
+        }
+        other => return Err(parse_error(line, format!("unknown function {other:?}"))),
+    };
+    Ok(KvInput {
+        key: event.key.clone(),
+        op,
+    })
+}
+
+/// Pairs events (with their line numbers) into operations.
+pub fn from_events(events: Vec<(usize, Event)>) -> Result<History> {
+    let mut history = History {
+        events: events.len(),
+        ..History::default()
+    };
+    let mut pending: BTreeMap<u64, usize> = BTreeMap::new();
+    let mut processes = std::collections::BTreeSet::new();
+    let mut last_time = 0u64;
+    for (position, (line, event)) in events.into_iter().enumerate() {
+        if let Some(time) = event.time {
+            if time < last_time {
+                return Err(parse_error(
+                    line,
+                    format!("time {time} goes backwards (after {last_time})"),
+                ));
+            }
+            last_time = time;
+        }
+        processes.insert(event.process);
+        match event.kind {
+            EventType::Invoke => {
+                history.invokes += 1;
+                if let Some(&open) = pending.get(&event.process) {
+                    let open_line = history.operations[open].call_line;
+                    return Err(parse_error(
+                        line,
+                        format!("process {} invokes while its operation from line {open_line} is outstanding", event.process),
+                    ));
+                }
+                let input = input_of(&event, line)?;
+                pending.insert(event.process, history.operations.len());
+                history.operations.push(Operation {
+                    process: event.process,
+                    input,
+                    output: None,
+                    completion: Completion::Info,
+                    call: position as u64,
+                    ret: u64::MAX,
+                    call_line: line,
+                    ret_line: None,
+                });
+            }
+            kind => {
+                let Some(index) = pending.remove(&event.process) else {
+                    return Err(parse_error(
+                        line,
+                        format!(
+                            "process {} completes an operation it never invoked",
+                            event.process
+                        ),
+                    ));
+                };
+                let op = &mut history.operations[index];
+                let invoked_f = &op.input.op;
+                let same_f = matches!(
+                    (invoked_f, event.f.as_str()),
+                    (KvOp::Get, "get" | "read")
+                        | (KvOp::Put(_), "put" | "write")
+                        | (KvOp::Delete, "delete")
+                        | (KvOp::Append(_), "append")
+                        | (KvOp::Cas { .. }, "cas")
+                );
+                if !same_f {
+                    return Err(parse_error(
+                        line,
+                        format!(
+                            "completion {:?} does not match the invoked function",
+                            event.f
+                        ),
+                    ));
+                }
+                op.ret_line = Some(line);
+                match kind {
+                    EventType::Ok => {
+                        history.oks += 1;
+                        op.completion = Completion::Ok;
+                        op.ret = position as u64;
+                        op.output = Some(match &op.input.op {
+                            KvOp::Get => KvOutput::Value(string_or_null(
+                                &event.value,
+                                line,
+                                "a get's result",
+                            )?),
+                            KvOp::Cas { .. } => KvOutput::Cas(true),
+                            _ => KvOutput::Done,
+                        });
+                    }
+                    EventType::Fail => {
+                        history.fails += 1;
+                        op.ret = position as u64;
+                        if matches!(op.input.op, KvOp::Cas { .. }) {
+                            op.completion = Completion::Ok;
+                            op.output = Some(KvOutput::Cas(false));
+                        } else {
+                            op.completion = Completion::Fail;
+                        }
+                    }
+                    EventType::Info => {
+                        history.infos += 1;
+                    }
+                    EventType::Invoke => unreachable!("handled above"),
+                }
+            }
+        }
+    }
+    history.processes = processes.len();
+    Ok(history)
+}

@@ -1,0 +1,326 @@
+//! Sequential specifications the search checks histories against.
+//!
+//! A [`Model`] says how an operation changes a state and whether an observed
+//! output is possible; it may split a history into independent partitions
+//! (per key for a KV store), which are checked separately and in parallel.
+
+use std::fmt::Debug;
+use std::hash::Hash;
+
+use crate::history::Operation;
+
+/// A sequential specification.
+pub trait Model: Sync {
+    type State: Clone + Eq + Hash + Send + Sync + Debug;
+    type Input: Send + Sync + Debug;
+    type Output: Send + Sync + Debug;
+
+    fn init(&self) -> Self::State;
+
+    /// The state after `input` with observed `output`, or `None` if that output
+    /// is impossible in `state`. `output` is `None` when the outcome is unknown
+    /// (the operation may or may not have happened): then any result goes.
+    fn step(
+        &self,
+        state: &Self::State,
+        input: &Self::Input,
+        output: Option<&Self::Output>,
+    ) -> Option<Self::State>;
+
+    /// Groups of operation indexes that can be checked independently. The
+    /// default is one group with everything.
+    fn partition(&self, operations: &[Operation<Self::Input, Self::Output>]) -> Vec<Vec<usize>> {
+        vec![(0..operations.len()).collect()]
+    }
+
+    /// A name for a partition (the key, for a KV store).
+    fn partition_name(
+        &self,
+        operations: &[Operation<Self::Input, Self::Output>],
+        group: &[usize],
+    ) -> String {
+        let _ = (operations, group);
+        "history".to_string()
+    }
+
+    /// Whether the operation constrains nothing and changes nothing (a read
+    /// with an unknown result): the search leaves it out.
+    fn is_inert(&self, input: &Self::Input, output: Option<&Self::Output>) -> bool {
+        let _ = (input, output);
+        false
+    }
+
+    /// Whether every valid step of this operation leaves the state as it was
+    /// (a read with a known result). The search linearizes such an operation
+    /// as soon as it can and never tries it later instead: moving it earlier
+    /// changes no state and breaks no real-time order, so nothing is lost.
+    fn is_read_only(&self, input: &Self::Input, output: Option<&Self::Output>) -> bool {
+        let _ = (input, output);
+        false
+    }
+
+    fn describe_operation(&self, input: &Self::Input, output: Option<&Self::Output>) -> String {
+        match output {
+            Some(output) => format!("{input:?} -> {output:?}"),
+            None => format!("{input:?} -> ?"),
+        }
+    }
+
+    fn describe_state(&self, state: &Self::State) -> String {
+        format!("{state:?}")
+    }
+}
+
+/// What a KV (or register) operation does.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum KvOp {
+    Get,
+    Put(String),
+    Delete,
+    Append(String),
+    /// Swap in `new` if the value is `expected` (`None`: the key is absent).
+    Cas {
+        expected: Option<String>,
+        new: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct KvInput {
+    /// `None` for a register history (one unnamed register).
+    pub key: Option<String>,
+    pub op: KvOp,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum KvOutput {
+    /// A read's result (`None`: absent).
+    Value(Option<String>),
+    /// A put, delete or append completed.
+    Done,
+    /// A compare-and-swap completed: whether it swapped.
+    Cas(bool),
+}
+
+/// A key-value store (get, put, delete, append, compare-and-swap), checked one
+/// key at a time; or, with `by_key` off, a single register (read, write, cas).
+#[derive(Clone, Debug)]
+pub struct KvModel {
+    /// The value of a key nobody wrote: `None` (absent) for Lattice histories,
+    /// `Some("")` for Jepsen's KV histories.
+    pub initial: Option<String>,
+    pub by_key: bool,
+}
+
+impl KvModel {
+    /// Keys start absent; partitioned by key.
+    pub fn kv() -> Self {
+        KvModel {
+            initial: None,
+            by_key: true,
+        }
+    }
+    /// One register that starts absent (Jepsen's etcd histories).
+    pub fn register() -> Self {
+        KvModel {
+            initial: None,
+            by_key: false,
+        }
+    }
+    /// Keys start as the empty string (Jepsen's KV histories).
+    pub fn empty_string_kv() -> Self {
+        KvModel {
+            initial: Some(String::new()),
+            by_key: true,
+        }
+    }
+}
+
+fn show(value: &Option<String>) -> String {
+    match value {
+        Some(v) => format!("{v:?}"),
+        None => "absent".to_string(),
+    }
+}
+
+impl Model for KvModel {
+    /// The value of the one key (or register) a partition is about.
+    type State = Option<String>;
+    type Input = KvInput;
+    type Output = KvOutput;
+
+    fn init(&self) -> Self::State {
+        self.initial.clone()
+    }
+
+    fn step(
+        &self,
+        state: &Self::State,
+        input: &KvInput,
+        output: Option<&KvOutput>,
+    ) -> Option<Self::State> {
+        match (&input.op, output) {
+            (KvOp::Get, None) => Some(state.clone()),
+            (KvOp::Get, Some(KvOutput::Value(read))) => (read == state).then(|| state.clone()),
+            (KvOp::Put(value), None | Some(KvOutput::Done)) => Some(Some(value.clone())),
+            (KvOp::Delete, None | Some(KvOutput::Done)) => Some(None),
+            (KvOp::Append(suffix), None | Some(KvOutput::Done)) => {
+                let mut value = state.clone().unwrap_or_default();
+                value.push_str(suffix);
+                Some(Some(value))
+            }
+            (KvOp::Cas { expected, new }, None) => Some(if state == expected {
+                Some(new.clone())
+            } else {
+                state.clone()
+            }),
+            (KvOp::Cas { expected, new }, Some(KvOutput::Cas(true))) => {
+                (state == expected).then(|| Some(new.clone()))
+            }
+            (KvOp::Cas { expected, .. }, Some(KvOutput::Cas(false))) => {
+                (state != expected).then(|| state.clone())
+            }
+            _ => None,
+        }
+    }
+
+    fn partition(&self, operations: &[Operation<KvInput, KvOutput>]) -> Vec<Vec<usize>> {
+        if !self.by_key {
+            return vec![(0..operations.len()).collect()];
+        }
+        let mut by_key: std::collections::BTreeMap<&Option<String>, Vec<usize>> =
+            Default::default();
+        for (i, op) in operations.iter().enumerate() {
+            by_key.entry(&op.input.key).or_default().push(i);
+        }
+        by_key.into_values().collect()
+    }
+
+    fn partition_name(
+        &self,
+        operations: &[Operation<KvInput, KvOutput>],
+        group: &[usize],
+    ) -> String {
+        match group
+            .first()
+            .and_then(|&i| operations[i].input.key.as_ref())
+        {
+            Some(key) if self.by_key => format!("key {key:?}"),
+            _ => "the register".to_string(),
+        }
+    }
+
+    fn is_inert(&self, input: &KvInput, output: Option<&KvOutput>) -> bool {
+        input.op == KvOp::Get && output.is_none()
+    }
+
+    fn is_read_only(&self, input: &KvInput, output: Option<&KvOutput>) -> bool {
+        matches!(
+            (&input.op, output),
+            (KvOp::Get, Some(KvOutput::Value(_))) | (KvOp::Cas { .. }, Some(KvOutput::Cas(false)))
+        )
+    }
+
+    fn describe_operation(&self, input: &KvInput, output: Option<&KvOutput>) -> String {
+        let key = match &input.key {
+            Some(key) if self.by_key => format!(" {key}"),
+            _ => String::new(),
+        };
+        let call = match &input.op {
+            KvOp::Get => format!("get{key}"),
+            KvOp::Put(v) => format!("put{key} {v:?}"),
+            KvOp::Delete => format!("delete{key}"),
+            KvOp::Append(v) => format!("append{key} {v:?}"),
+            KvOp::Cas { expected, new } => format!("cas{key} {} -> {new:?}", show(expected)),
+        };
+        let result = match output {
+            None => "unknown".to_string(),
+            Some(KvOutput::Value(v)) => show(v),
+            Some(KvOutput::Done) => "ok".to_string(),
+            Some(KvOutput::Cas(true)) => "swapped".to_string(),
+            Some(KvOutput::Cas(false)) => "not swapped".to_string(),
+        };
+        format!("{call} => {result}")
+    }
+
+    fn describe_state(&self, state: &Self::State) -> String {
+        show(state)
+    }
+}
+
+/// Checks any stateright [`SequentialSpec`](stateright::semantics::SequentialSpec)
+/// with this crate's search: the spec's value is the state, its `Op` the
+/// input, its `Ret` the output.
+#[cfg(feature = "stateright")]
+pub struct SequentialSpecModel<S> {
+    pub initial: S,
+}
+
+#[cfg(feature = "stateright")]
+impl<S> Model for SequentialSpecModel<S>
+where
+    S: stateright::semantics::SequentialSpec + Clone + Eq + Hash + Send + Sync + Debug,
+    S::Op: Send + Sync + Debug,
+    S::Ret: Send + Sync + Debug,
+{
+    type State = S;
+    type Input = S::Op;
+    type Output = S::Ret;
+
+    fn init(&self) -> S {
+        self.initial.clone()
+    }
+
+    fn step(&self, state: &S, input: &S::Op, output: Option<&S::Ret>) -> Option<S> {
+        let mut next = state.clone();
+        match output {
+            Some(ret) => next.is_valid_step(input, ret).then_some(next),
+            None => {
+                next.invoke(input);
+                Some(next)
+            }
+        }
+    }
+}
+
+/// The KV model as a stateright [`SequentialSpec`](stateright::semantics::SequentialSpec):
+/// the whole map is the state. Lets stateright's own linearizability tester
+/// judge the same histories (the property tests compare verdicts), and shows
+/// the adapter at work.
+#[cfg(feature = "stateright")]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct KvSpec {
+    pub data: std::collections::BTreeMap<Option<String>, String>,
+}
+
+#[cfg(feature = "stateright")]
+impl stateright::semantics::SequentialSpec for KvSpec {
+    type Op = KvInput;
+    type Ret = KvOutput;
+
+    fn invoke(&mut self, input: &KvInput) -> KvOutput {
+        let key = input.key.clone();
+        match &input.op {
+            KvOp::Get => KvOutput::Value(self.data.get(&key).cloned()),
+            KvOp::Put(value) => {
+                self.data.insert(key, value.clone());
+                KvOutput::Done
+            }
+            KvOp::Delete => {
+                self.data.remove(&key);
+                KvOutput::Done
+            }
+            KvOp::Append(suffix) => {
+                self.data.entry(key).or_default().push_str(suffix);
+                KvOutput::Done
+            }
+            KvOp::Cas { expected, new } => {
+                let swapped = self.data.get(&key) == expected.as_ref();
+                if swapped {
+                    self.data.insert(key, new.clone());
+                }
+                KvOutput::Cas(swapped)
+            }
+        }
+    }
+}

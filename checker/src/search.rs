@@ -1,0 +1,619 @@
+//! The linearizability search: Wing & Gong's algorithm with Lowe's
+//! memoization, as in Porcupine, written with an explicit stack.
+//!
+//! A partition's calls and returns are laid out in time order in a doubly
+//! linked list. Walking from the head, the search tries to *linearize* the
+//! operation of each call it meets: if the model accepts it from the current
+//! state, and the pair (set of linearized operations, new state) was never seen
+//! before, the call and its return are lifted out of the list and the walk
+//! restarts from the head. Meeting a return means that operation had to be
+//! linearized before now: the search backtracks (pops the stack, puts the
+//! entries back) and tries the next call instead. An empty list is a
+//! linearization; backtracking from an empty stack proves there is none.
+//!
+//! The memo holds every (linearized set, state) pair reached: reaching one again
+//! cannot lead anywhere new. Sets are hashed incrementally (one random 64-bit
+//! key per operation, XORed in and out) and states are interned to integers.
+//! Operations with unknown outcomes return "at infinity": they may be placed
+//! anywhere after their call, including after everything (never happened).
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::history::{Completion, Operation};
+use crate::model::Model;
+
+#[derive(Clone, Debug)]
+pub struct CheckOptions {
+    /// Give up (verdict `Unknown`) after this long. Never "linearizable".
+    pub timeout: Option<Duration>,
+    /// Partitions checked at once.
+    pub threads: usize,
+    /// Stop the other partitions once one is proven not linearizable (the
+    /// verdict is settled; they are reported as not checked).
+    pub stop_at_first_violation: bool,
+    /// Memory the search's memo may use, over all partitions at once; past it
+    /// the verdict is `Unknown` (histories with many unknown outcomes on one
+    /// key can need exponentially many states).
+    pub memory_bytes_max: usize,
+}
+
+impl Default for CheckOptions {
+    fn default() -> Self {
+        CheckOptions {
+            timeout: None,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            stop_at_first_violation: true,
+            memory_bytes_max: 4 << 30,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Linearizable,
+    NotLinearizable,
+    /// The time budget ran out first.
+    Unknown,
+}
+
+/// Where a non-linearizable partition got stuck.
+#[derive(Clone, Debug)]
+pub struct Failure {
+    /// The longest sequence of operations the search could linearize (indexes
+    /// into the history's operations), in order.
+    pub longest_prefix: Vec<usize>,
+    /// The state after that prefix.
+    pub state: String,
+    /// The operations that could have come next (their calls precede the
+    /// earliest pending return): none of them can. The smallest window to read.
+    pub window: Vec<usize>,
+    /// The operation whose return closes the window: it had to be linearized by then.
+    pub deadline_op: usize,
+    /// For each window operation, why it cannot come next.
+    pub reasons: Vec<(usize, String)>,
+}
+
+#[derive(Clone, Debug)]
+pub struct PartitionReport {
+    pub name: String,
+    /// Indexes of the history's operations in this partition.
+    pub operations: Vec<usize>,
+    /// Of those, how many the search had to place (definite failures and reads
+    /// with unknown results are left out).
+    pub searched: usize,
+    pub outcome: Outcome,
+    pub states_explored: u64,
+    pub failure: Option<Failure>,
+    /// Not finished because another partition already failed.
+    pub is_cancelled: bool,
+    /// Not finished because the memory budget ran out.
+    pub is_out_of_memory: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct Verdict {
+    pub outcome: Outcome,
+    pub partitions: Vec<PartitionReport>,
+    pub states_explored: u64,
+    pub elapsed: Duration,
+}
+
+impl Verdict {
+    /// The first non-linearizable partition, if any.
+    pub fn failure(&self) -> Option<&PartitionReport> {
+        self.partitions
+            .iter()
+            .find(|p| p.outcome == Outcome::NotLinearizable)
+    }
+}
+
+/// Checks a history against a model: per partition, in parallel.
+pub fn check<M: Model>(
+    model: &M,
+    operations: &[Operation<M::Input, M::Output>],
+    options: &CheckOptions,
+) -> Verdict {
+    let start = Instant::now();
+    let deadline = options.timeout.map(|t| start + t);
+    let groups = model.partition(operations);
+    // Largest first, so one big partition does not start last.
+    let mut order: Vec<usize> = (0..groups.len()).collect();
+    order.sort_by_key(|&g| std::cmp::Reverse(groups[g].len()));
+    let results: Vec<Mutex<Option<PartitionReport>>> =
+        groups.iter().map(|_| Mutex::new(None)).collect();
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let threads = options.threads.clamp(1, groups.len().max(1));
+    let work = || loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        let Some(&g) = order.get(i) else { break };
+        let memory_bytes_max = options.memory_bytes_max / threads;
+        let report = check_partition(
+            model,
+            operations,
+            &groups[g],
+            deadline,
+            &stop,
+            memory_bytes_max,
+        );
+        if report.outcome == Outcome::NotLinearizable && options.stop_at_first_violation {
+            stop.store(true, Ordering::Relaxed);
+        }
+        *results[g].lock().expect("no panics while holding it") = Some(report);
+    };
+    if threads == 1 {
+        work();
+    } else {
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                scope.spawn(work);
+            }
+        });
+    }
+    let partitions: Vec<PartitionReport> = results
+        .into_iter()
+        .map(|r| {
+            r.into_inner()
+                .expect("not poisoned")
+                .expect("every partition was checked")
+        })
+        .collect();
+    let outcome = if partitions
+        .iter()
+        .any(|p| p.outcome == Outcome::NotLinearizable)
+    {
+        Outcome::NotLinearizable
+    } else if partitions.iter().any(|p| p.outcome == Outcome::Unknown) {
+        Outcome::Unknown
+    } else {
+        Outcome::Linearizable
+    };
+    Verdict {
+        outcome,
+        states_explored: partitions.iter().map(|p| p.states_explored).sum(),
+        partitions,
+        elapsed: start.elapsed(),
+    }
+}
+
+const NIL: u32 = u32::MAX;
+const HEAD: u32 = 0;
+/// Step results kept in the dense table (entries of 4 bytes).
+const DENSE_TRANSITIONS_MAX: usize = 1 << 20;
+/// How often (in steps) the deadline is looked at.
+const DEADLINE_CHECK_STEPS: u64 = 1 << 12;
+
+fn splitmix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// A fast hasher for small keys (multiply-rotate, as in rustc's FxHash).
+#[derive(Default)]
+struct FastHasher(u64);
+impl Hasher for FastHasher {
+    fn finish(&self) -> u64 {
+        // Avalanche, so that keys differing only in high bits spread over buckets.
+        let mut x = self.0;
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
+        x ^ (x >> 33)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x517C_C1B7_2722_0A95);
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+    fn write_u8(&mut self, n: u8) {
+        self.write_u64(u64::from(n));
+    }
+}
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
+
+/// The memo: every (linearized set, state id) pair reached, in an open
+/// addressing table over a flat arena (no allocation per entry). Each table
+/// slot holds the key's high 32 bits as a tag beside the arena index, so a
+/// probe touches the arena only when the tags match.
+struct Memo {
+    words: usize,
+    /// `tag << 32 | (entry + 1)` per position; 0 is empty. A power of two long.
+    table: Vec<u64>,
+    /// Per entry: the full key (for growing), the state id, then `words`
+    /// words of the set.
+    arena: Vec<u64>,
+    len: usize,
+}
+
+impl Memo {
+    fn new(words: usize) -> Self {
+        Memo {
+            words,
+            table: vec![0; 1024],
+            arena: Vec::new(),
+            len: 0,
+        }
+    }
+
+    /// Records the pair; false if it was already there.
+    fn insert(&mut self, set_hash: u64, state: u32, set: &[u64]) -> bool {
+        let key = set_hash ^ splitmix64(u64::from(state));
+        let tag = key >> 32;
+        let stride = self.words + 2;
+        let mask = self.table.len() - 1;
+        let mut position = (key as usize) & mask;
+        loop {
+            let slot = self.table[position];
+            if slot == 0 {
+                break;
+            }
+            if slot >> 32 == tag {
+                let at = ((slot & 0xFFFF_FFFF) as usize - 1) * stride;
+                let entry = &self.arena[at..at + stride];
+                if entry[1] == u64::from(state) && entry[2..].iter().zip(set).all(|(a, b)| a == b) {
+                    return false;
+                }
+            }
+            position = (position + 1) & mask;
+        }
+        self.len += 1;
+        self.table[position] = (tag << 32) | self.len as u64;
+        self.arena.push(key);
+        self.arena.push(u64::from(state));
+        self.arena.extend_from_slice(set);
+        if self.len * 2 > self.table.len() {
+            self.grow();
+        }
+        true
+    }
+
+    fn bytes(&self) -> usize {
+        (self.arena.capacity() + self.table.len()) * 8
+    }
+
+    fn grow(&mut self) {
+        let mut table = vec![0u64; self.table.len() * 2];
+        let mask = table.len() - 1;
+        for &slot in self.table.iter().filter(|&&slot| slot != 0) {
+            let entry = (slot & 0xFFFF_FFFF) as usize - 1;
+            let key = self.arena[entry * (self.words + 2)];
+            let mut position = (key as usize) & mask;
+            while table[position] != 0 {
+                position = (position + 1) & mask;
+            }
+            table[position] = slot;
+        }
+        self.table = table;
+    }
+}
+
+fn check_partition<M: Model>(
+    model: &M,
+    all: &[Operation<M::Input, M::Output>],
+    group: &[usize],
+    deadline: Option<Instant>,
+    stop: &AtomicBool,
+    memory_bytes_max: usize,
+) -> PartitionReport {
+    let name = model.partition_name(all, group);
+    let ops: Vec<usize> = group
+        .iter()
+        .copied()
+        .filter(|&i| {
+            all[i].completion != Completion::Fail
+                && !model.is_inert(&all[i].input, all[i].output.as_ref())
+        })
+        .collect();
+    let n = ops.len();
+    let mut report = PartitionReport {
+        name,
+        operations: group.to_vec(),
+        searched: n,
+        outcome: Outcome::Linearizable,
+        states_explored: 0,
+        failure: None,
+        is_cancelled: false,
+        is_out_of_memory: false,
+    };
+    if n == 0 {
+        return report;
+    }
+    if stop.load(Ordering::Relaxed) {
+        report.outcome = Outcome::Unknown;
+        report.is_cancelled = true;
+        return report;
+    }
+    assert!(n < (u32::MAX / 2) as usize, "partition too large");
+
+    // The entry list: 0 is the head; calls and returns in time order after it.
+    let mut timeline: Vec<(u64, u32, bool)> = Vec::with_capacity(2 * n);
+    for (local, &global) in ops.iter().enumerate() {
+        timeline.push((all[global].call, local as u32, true));
+        timeline.push((all[global].ret, local as u32, false));
+    }
+    timeline.sort_unstable_by_key(|&(time, local, is_call)| (time, !is_call, local));
+    let entries = timeline.len() + 1;
+    let mut next = vec![NIL; entries];
+    let mut prev = vec![NIL; entries];
+    let mut op_of = vec![0u32; entries];
+    let mut is_call = vec![false; entries];
+    let mut return_of = vec![0u32; n];
+    for (position, &(_, local, call)) in timeline.iter().enumerate() {
+        let e = position as u32 + 1;
+        op_of[e as usize] = local;
+        is_call[e as usize] = call;
+        prev[e as usize] = e - 1;
+        next[e as usize - 1] = e;
+        if !call {
+            return_of[local as usize] = e;
+        }
+    }
+    let zobrist: Vec<u64> = (0..n as u64)
+        .map(|i| splitmix64(i ^ 0x005E_ED0F_1A77_1CE5))
+        .collect();
+
+    // States are interned to ids, and each (state, operation) step is asked of
+    // the model once: the search revisits the same pairs over and over.
+    let mut states: Vec<M::State> = Vec::new();
+    let mut state_ids: FastMap<M::State, u32> = FastMap::default();
+    let mut intern = |state: M::State, states: &mut Vec<M::State>| -> u32 {
+        if let Some(&id) = state_ids.get(&state) {
+            return id;
+        }
+        let id = states.len() as u32;
+        states.push(state.clone());
+        state_ids.insert(state, id);
+        id
+    };
+    // Step results: dense for the first states (a register has a handful),
+    // hashed beyond (an append-only value can have very many).
+    const UNASKED: u32 = NIL - 1;
+    let dense_states_max = (DENSE_TRANSITIONS_MAX / n.max(1)) as u32;
+    let mut dense_transitions: Vec<u32> = Vec::new();
+    let mut transitions: FastMap<u64, u32> = FastMap::default();
+
+    let words = n.div_ceil(64);
+    let mut memo = Memo::new(words);
+    let mut set = vec![0u64; words];
+    let mut set_hash = 0u64;
+    let mut state = intern(model.init(), &mut states);
+    // (call entry linearized, state before it)
+    let mut stack: Vec<(u32, u32)> = Vec::with_capacity(n);
+    // The deepest dead end so far: the stack, the state, the blocking return.
+    let mut best_depth: Option<usize> = None;
+    let mut best_stack: Vec<(u32, u32)> = Vec::new();
+    let mut best_state = state;
+    let mut best_deadline = HEAD;
+    let mut entry = next[HEAD as usize];
+    let mut steps = 0u64;
+
+    macro_rules! unlink {
+        ($e:expr) => {{
+            let e = $e as usize;
+            next[prev[e] as usize] = next[e];
+            if next[e] != NIL {
+                prev[next[e] as usize] = prev[e];
+            }
+        }};
+    }
+    macro_rules! relink {
+        ($e:expr) => {{
+            let e = $e as usize;
+            next[prev[e] as usize] = e as u32;
+            if next[e] != NIL {
+                prev[next[e] as usize] = e as u32;
+            }
+        }};
+    }
+
+    // Operations with unknown outcomes (return at infinity) are tried only
+    // after every operation with a known outcome failed at a node of the
+    // search: they rarely need to go early, and trying them first multiplies
+    // the branches. Each node still tries every candidate, so the search stays
+    // complete. `is_open_pass` says which kind the scan is trying; a stack frame
+    // keeps it in the top bit of its entry.
+    let is_open_ended: Vec<bool> = ops.iter().map(|&g| all[g].ret == u64::MAX).collect();
+    let has_open_ended = is_open_ended.iter().any(|&o| o);
+    let mut is_open_pass = false;
+    const OPEN_PASS_BIT: u32 = 1 << 31;
+    // A read-only operation that can go now goes now; if that fails, so does
+    // the node (see `Model::is_read_only`), so its frame backtracks straight on.
+    let is_read_only: Vec<bool> = ops
+        .iter()
+        .map(|&g| model.is_read_only(&all[g].input, all[g].output.as_ref()))
+        .collect();
+
+    'search: while next[HEAD as usize] != NIL {
+        steps += 1;
+        if steps.is_multiple_of(DEADLINE_CHECK_STEPS)
+            && (deadline.is_some_and(|d| Instant::now() >= d) || stop.load(Ordering::Relaxed))
+        {
+            report.outcome = Outcome::Unknown;
+            report.is_cancelled = stop.load(Ordering::Relaxed);
+            report.states_explored = memo.len as u64;
+            return report;
+        }
+        if memo.bytes() > memory_bytes_max {
+            report.outcome = Outcome::Unknown;
+            report.is_out_of_memory = true;
+            report.states_explored = memo.len as u64;
+            return report;
+        }
+        let e = entry as usize;
+        if is_call[e] {
+            let local = op_of[e] as usize;
+            if is_open_ended[local] != is_open_pass {
+                entry = next[e];
+                continue;
+            }
+            let known = if state < dense_states_max {
+                let at = state as usize * n + local;
+                if at >= dense_transitions.len() {
+                    dense_transitions.resize((state as usize + 1) * n, UNASKED);
+                }
+                dense_transitions[at]
+            } else {
+                transitions
+                    .get(&((u64::from(state) << 32) | local as u64))
+                    .copied()
+                    .unwrap_or(UNASKED)
+            };
+            let new_state = if known != UNASKED {
+                known
+            } else {
+                let op = &all[ops[local]];
+                let next = match model.step(&states[state as usize], &op.input, op.output.as_ref())
+                {
+                    Some(next) => intern(next, &mut states),
+                    None => NIL,
+                };
+                if state < dense_states_max {
+                    dense_transitions[state as usize * n + local] = next;
+                } else {
+                    transitions.insert((u64::from(state) << 32) | local as u64, next);
+                }
+                next
+            };
+            let mut is_node_failed = false;
+            if new_state != NIL {
+                set[local / 64] |= 1 << (local % 64);
+                let new_hash = set_hash ^ zobrist[local];
+                if memo.insert(new_hash, new_state, &set) {
+                    let frame = if is_open_pass {
+                        entry | OPEN_PASS_BIT
+                    } else {
+                        entry
+                    };
+                    stack.push((frame, state));
+                    is_open_pass = false;
+                    state = new_state;
+                    set_hash = new_hash;
+                    unlink!(entry);
+                    unlink!(return_of[local]);
+                    entry = next[HEAD as usize];
+                    continue;
+                }
+                set[local / 64] &= !(1 << (local % 64));
+                // Seen before and failed: for a read-only operation that
+                // means this whole node fails.
+                is_node_failed = is_read_only[local];
+            }
+            if !is_node_failed {
+                entry = next[e];
+                continue;
+            }
+        } else if !is_open_pass && has_open_ended {
+            // Known outcomes are exhausted here: now try the unknown ones.
+            is_open_pass = true;
+            entry = next[HEAD as usize];
+            continue;
+        }
+        // A dead end: a return whose operation is not linearized yet, or a
+        // read-only operation that could go now but leads nowhere.
+        if best_depth.is_none_or(|d| stack.len() > d) {
+            best_depth = Some(stack.len());
+            best_stack.clear();
+            best_stack.extend_from_slice(&stack);
+            best_state = state;
+            best_deadline = entry;
+        }
+        loop {
+            let Some((frame, before)) = stack.pop() else {
+                report.outcome = Outcome::NotLinearizable;
+                break 'search;
+            };
+            is_open_pass = frame & OPEN_PASS_BIT != 0;
+            let call = frame & !OPEN_PASS_BIT;
+            let local = op_of[call as usize] as usize;
+            state = before;
+            set_hash ^= zobrist[local];
+            set[local / 64] &= !(1 << (local % 64));
+            relink!(return_of[local]);
+            relink!(call);
+            entry = next[call as usize];
+            if !is_read_only[local] {
+                break;
+            }
+        }
+    }
+    report.states_explored = memo.len as u64;
+    if report.outcome == Outcome::NotLinearizable {
+        let prefix: Vec<usize> = best_stack
+            .iter()
+            .map(|&(frame, _)| op_of[(frame & !OPEN_PASS_BIT) as usize] as usize)
+            .collect();
+        let deadline_local = op_of[best_deadline as usize] as usize;
+        report.failure = Some(describe_dead_end(
+            model,
+            all,
+            &ops,
+            &prefix,
+            &states[best_state as usize],
+            deadline_local,
+        ));
+    }
+    report
+}
+
+/// Explains a dead end: the prefix linearized (local indexes, in order), and
+/// the window of operations that could have come next, each with its reason.
+fn describe_dead_end<M: Model>(
+    model: &M,
+    all: &[Operation<M::Input, M::Output>],
+    ops: &[usize],
+    prefix: &[usize],
+    state: &M::State,
+    deadline_local: usize,
+) -> Failure {
+    let mut is_linearized = vec![false; ops.len()];
+    for &local in prefix {
+        is_linearized[local] = true;
+    }
+    let deadline_time = all[ops[deadline_local]].ret;
+    let mut window: Vec<usize> = (0..ops.len())
+        .filter(|&local| !is_linearized[local] && all[ops[local]].call < deadline_time)
+        .map(|local| ops[local])
+        .collect();
+    window.sort_by_key(|&global| all[global].call);
+    let reasons = window
+        .iter()
+        .map(|&global| {
+            let op = &all[global];
+            let what = model.describe_operation(&op.input, op.output.as_ref());
+            let reason = match model.step(state, &op.input, op.output.as_ref()) {
+                None => format!(
+                    "{what}: impossible when the value is {}",
+                    model.describe_state(state)
+                ),
+                Some(after) => format!(
+                    "{what}: possible (the value becomes {}), but then the rest cannot be ordered",
+                    model.describe_state(&after)
+                ),
+            };
+            (global, reason)
+        })
+        .collect();
+    Failure {
+        longest_prefix: prefix.iter().map(|&local| ops[local]).collect(),
+        state: model.describe_state(state),
+        window,
+        deadline_op: ops[deadline_local],
+        reasons,
+    }
+}

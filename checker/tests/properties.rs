@@ -1,0 +1,309 @@
+//! Property tests: on thousands of small random concurrent histories the
+//! verdict equals that of stateright's `LinearizabilityTester`; large histories
+//! generated from a real sequential execution are accepted, and the same with
+//! one read made stale are rejected.
+
+use std::collections::BTreeMap;
+
+use checker::generate::{self, Rng, Shape};
+use checker::history::{self, Event, EventType};
+use checker::model::{KvSpec, SequentialSpecModel};
+use checker::search::{check, CheckOptions, Outcome};
+use checker::{KvInput, KvModel, KvOp, KvOutput};
+use serde_json::{json, Value};
+use stateright::semantics::{ConsistencyTester, LinearizabilityTester};
+
+fn value(rng: &mut Rng) -> Option<String> {
+    match rng.below(3) {
+        0 => None,
+        n => Some(n.to_string()),
+    }
+}
+
+/// One step as stateright's tester takes it: an invocation (no output) or a return.
+type Step = (u64, KvInput, Option<KvOutput>);
+
+/// A random history: random operations, random (often impossible) results,
+/// some left without a completion.
+fn random_history(rng: &mut Rng) -> (Vec<Event>, Vec<Step>) {
+    let processes = 2 + rng.below(3);
+    let keys = 1 + rng.below(2);
+    let mut left: Vec<u64> = (0..processes).map(|_| 1 + rng.below(3)).collect();
+    let mut in_flight: BTreeMap<u64, KvInput> = BTreeMap::new();
+    let mut events = Vec::new();
+    // (process, input, Some(output)) for a return; None marks an invocation.
+    let mut steps = Vec::new();
+    while left.iter().any(|&n| n > 0) || !in_flight.is_empty() {
+        let p = rng.below(processes);
+        if let Some(input) = in_flight.get(&p).cloned() {
+            if rng.chance(10) && left[p as usize] == 0 {
+                // Never completes: unknown outcome.
+                in_flight.remove(&p);
+                continue;
+            }
+            in_flight.remove(&p);
+            let key = input.key.clone();
+            let (kind, f, out_value, output) = match &input.op {
+                KvOp::Get => {
+                    let read = value(rng);
+                    (EventType::Ok, "get", json!(read), KvOutput::Value(read))
+                }
+                KvOp::Put(v) => (EventType::Ok, "put", json!(v), KvOutput::Done),
+                KvOp::Delete => (EventType::Ok, "delete", Value::Null, KvOutput::Done),
+                KvOp::Append(v) => (EventType::Ok, "append", json!(v), KvOutput::Done),
+                KvOp::Cas { expected, new } => {
+                    let swapped = rng.chance(50);
+                    let kind = if swapped {
+                        EventType::Ok
+                    } else {
+                        EventType::Fail
+                    };
+                    (
+                        kind,
+                        "cas",
+                        json!({"expected": expected, "new": new}),
+                        KvOutput::Cas(swapped),
+                    )
+                }
+            };
+            events.push(Event {
+                process: p,
+                kind,
+                f: f.into(),
+                key,
+                value: out_value,
+                time: None,
+            });
+            steps.push((p, input, Some(output)));
+        } else if left[p as usize] > 0 {
+            left[p as usize] -= 1;
+            let key = Some(format!("k{}", rng.below(keys)));
+            let (f, op, v) = match rng.below(5) {
+                0 | 1 => ("get", KvOp::Get, Value::Null),
+                2 => {
+                    let v = (1 + rng.below(2)).to_string();
+                    ("put", KvOp::Put(v.clone()), json!(v))
+                }
+                3 => ("delete", KvOp::Delete, Value::Null),
+                _ => {
+                    let (expected, new) = (value(rng), (1 + rng.below(2)).to_string());
+                    (
+                        "cas",
+                        KvOp::Cas {
+                            expected: expected.clone(),
+                            new: new.clone(),
+                        },
+                        json!({"expected": expected, "new": new}),
+                    )
+                }
+            };
+            let input = KvInput {
+                key: key.clone(),
+                op,
+            };
+            events.push(Event {
+                process: p,
+                kind: EventType::Invoke,
+                f: f.into(),
+                key,
+                value: v,
+                time: None,
+            });
+            steps.push((p, input.clone(), None));
+            in_flight.insert(p, input);
+        }
+    }
+    (events, steps)
+}
+
+#[test]
+fn verdicts_agree_with_stateright_on_thousands_of_small_histories() {
+    let mut rng = Rng::new(20261126);
+    let (mut linearizable, mut not) = (0, 0);
+    for case in 0..4000 {
+        let (events, steps) = random_history(&mut rng);
+        let mut tester: LinearizabilityTester<u64, KvSpec> =
+            LinearizabilityTester::new(KvSpec::default());
+        for (p, input, output) in &steps {
+            match output {
+                None => tester.on_invoke(*p, input.clone()).map(|_| ()),
+                Some(output) => tester.on_return(*p, output.clone()).map(|_| ()),
+            }
+            .expect("a well-formed history");
+        }
+        let expected = tester.serialized_history().is_some();
+        let numbered: Vec<(usize, Event)> = events
+            .iter()
+            .cloned()
+            .enumerate()
+            .map(|(i, e)| (i + 1, e))
+            .collect();
+        let history = history::from_events(numbered).expect("parses");
+        assert_eq!(
+            history.operations.len(),
+            steps.iter().filter(|s| s.2.is_none()).count()
+        );
+        let ours = check(
+            &KvModel::kv(),
+            &history.operations,
+            &CheckOptions::default(),
+        );
+        assert_eq!(
+            ours.outcome == Outcome::Linearizable,
+            expected,
+            "case {case}: stateright says {expected}\n{}",
+            events
+                .iter()
+                .map(|e| serde_json::to_string(e).expect("json"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        // The same search through the stateright adapter (no partitions) agrees too.
+        let ops: Vec<_> = history.operations.clone();
+        let adapter = check(
+            &SequentialSpecModel {
+                initial: KvSpec::default(),
+            },
+            &ops,
+            &CheckOptions::default(),
+        );
+        assert_eq!(adapter.outcome, ours.outcome, "case {case}: adapter");
+        if expected {
+            linearizable += 1;
+        } else {
+            not += 1;
+        }
+    }
+    assert!(
+        linearizable > 500 && not > 500,
+        "both verdicts well represented: {linearizable} / {not}"
+    );
+}
+
+fn parsed(events: Vec<Event>) -> history::History {
+    history::from_events(
+        events
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| (i + 1, e))
+            .collect(),
+    )
+    .expect("well formed")
+}
+
+#[test]
+fn large_generated_histories_are_accepted_and_a_stale_read_is_caught() {
+    for seed in 1..=6 {
+        let shape = Shape {
+            clients: 20,
+            keys: 100,
+            operations: 20_000,
+            info_percent: 2,
+            fail_percent: 3,
+        };
+        let mut events = generate::kv_history(seed, shape);
+        let history = parsed(events.clone());
+        assert_eq!(history.operations.len(), 20_000);
+        assert!(
+            history.infos > 0 && history.fails > 0,
+            "seed {seed}: unknown and failed outcomes present"
+        );
+        let verdict = check(
+            &KvModel::kv(),
+            &history.operations,
+            &CheckOptions::default(),
+        );
+        assert_eq!(verdict.outcome, Outcome::Linearizable, "seed {seed}");
+        assert_eq!(verdict.partitions.len(), 100);
+
+        let stale = generate::make_read_stale(&mut events, seed).expect("a read to make stale");
+        let history = parsed(events);
+        let verdict = check(
+            &KvModel::kv(),
+            &history.operations,
+            &CheckOptions::default(),
+        );
+        assert_eq!(
+            verdict.outcome,
+            Outcome::NotLinearizable,
+            "seed {seed}: stale read at event {stale}"
+        );
+        let partition = verdict.failure().expect("a failing key");
+        let failure = partition.failure.as_ref().expect("explained");
+        // The stale read is the one the report points at.
+        let stale_line = stale + 1;
+        let blamed = failure
+            .window
+            .iter()
+            .chain([&failure.deadline_op])
+            .any(|&op| history.operations[op].ret_line == Some(stale_line));
+        assert!(
+            blamed,
+            "seed {seed}: the window includes the stale read (line {stale_line})"
+        );
+    }
+}
+
+#[test]
+fn the_recorder_writes_the_format_the_parser_reads() {
+    let recorder = checker::Recorder::new();
+    let a = recorder.invoke(1, "put", Some("k"), json!("v1"));
+    let b = recorder.invoke(2, "get", Some("k"), Value::Null);
+    a.ok(json!("v1"));
+    b.ok(json!("v1"));
+    let c = recorder.invoke(1, "cas", Some("k"), json!({"expected": "v0", "new": "v2"}));
+    c.fail(json!({"expected": "v0", "new": "v2"}));
+    let d = recorder.invoke(2, "delete", Some("k"), Value::Null);
+    d.info();
+    let _e = recorder.invoke(1, "get", Some("k"), Value::Null); // never completed
+    let history = history::parse_jsonl(&recorder.to_jsonl()).expect("parses");
+    assert_eq!((history.events, history.operations.len()), (9, 5));
+    assert_eq!((history.oks, history.fails, history.infos), (2, 1, 1));
+    let verdict = check(
+        &KvModel::kv(),
+        &history.operations,
+        &CheckOptions::default(),
+    );
+    assert_eq!(verdict.outcome, Outcome::Linearizable);
+    // Concurrent use from threads.
+    let recorder = checker::Recorder::new();
+    std::thread::scope(|s| {
+        for p in 0..8u64 {
+            let recorder = recorder.clone();
+            s.spawn(move || {
+                for i in 0..100 {
+                    recorder
+                        .invoke(p, "put", Some("k"), json!(format!("{p}-{i}")))
+                        .ok(Value::Null);
+                }
+            });
+        }
+    });
+    let history = history::parse_jsonl(&recorder.to_jsonl()).expect("parses");
+    assert_eq!(history.operations.len(), 800);
+}
+
+#[test]
+fn malformed_histories_are_errors_naming_the_line() {
+    let cases = [
+        ("{\"process\":1,\"type\":\"invoke\",\"f\":\"put\",\"key\":\"k\",\"value\":\"v\"}\nnot json\n", 2),
+        ("{\"process\":1,\"type\":\"ok\",\"f\":\"put\",\"key\":\"k\",\"value\":\"v\"}\n", 1),
+        ("{\"process\":1,\"type\":\"invoke\",\"f\":\"fly\",\"key\":\"k\"}\n", 1),
+        ("{\"process\":1,\"type\":\"invoke\",\"f\":\"get\"}\n{\"process\":1,\"type\":\"invoke\",\"f\":\"get\"}\n", 2),
+        ("{\"process\":1,\"type\":\"invoke\",\"f\":\"put\",\"key\":\"k\",\"value\":7.5e400}\n", 1),
+        ("{\"process\":1,\"type\":\"invoke\",\"f\":\"cas\",\"key\":\"k\",\"value\":\"x\"}\n", 1),
+        ("{\"process\":1,\"type\":\"invoke\",\"f\":\"get\",\"time\":5}\n{\"process\":1,\"type\":\"ok\",\"f\":\"get\",\"time\":4}\n", 2),
+    ];
+    for (text, line) in cases {
+        match history::parse_jsonl(text) {
+            Err(checker::Error::Parse { line: got, .. }) => assert_eq!(got, line, "{text}"),
+            other => panic!("expected a parse error at line {line}, got {other:?}"),
+        }
+    }
+    // Unknown fields are ignored.
+    let ok = "{\"process\":1,\"type\":\"invoke\",\"f\":\"get\",\"key\":\"k\",\"extra\":[1,2]}\n";
+    assert_eq!(
+        history::parse_jsonl(ok).expect("parses").operations.len(),
+        1
+    );
+}
