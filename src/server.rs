@@ -58,6 +58,25 @@ pub(crate) enum Input {
     },
 }
 
+/// Watches a node from outside: what it applies and how its role changes.
+/// The simulation test checks invariants across nodes with it (one leader per
+/// term, the same entry applied at each index everywhere). Called from the
+/// driver task: keep it cheap and never block.
+pub trait Observer: Send + Sync {
+    fn applied(&self, node: NodeId, entry: &raft::Entry);
+    fn role_changed(&self, node: NodeId, term: Term, role: Role);
+}
+
+/// An [`Observer`] in a [`NodeConfig`].
+#[derive(Clone)]
+pub struct ObserverHandle(pub Arc<dyn Observer>);
+
+impl std::fmt::Debug for ObserverHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ObserverHandle")
+    }
+}
+
 /// Another node of the cluster.
 #[derive(Clone, Debug)]
 pub struct PeerConfig {
@@ -97,6 +116,15 @@ pub struct NodeConfig {
     pub inbox_capacity: usize,
     /// Seeds the node's RNG (election timeouts).
     pub seed: u64,
+    /// Watches applies and role changes (tests).
+    pub observer: Option<ObserverHandle>,
+    /// UNSAFE: answer reads from this node's state machine at once, leader or
+    /// not, without confirming leadership. Stale reads. Exists so the
+    /// simulation test can show it catches them.
+    pub unsafe_local_reads: bool,
+    /// UNSAFE: acknowledge without syncing the log. A crash loses acknowledged
+    /// writes. Exists so the simulation test can show it catches that.
+    pub unsafe_no_fsync: bool,
 }
 
 impl NodeConfig {
@@ -129,6 +157,9 @@ impl NodeConfig {
             },
             inbox_capacity: 16 << 10,
             seed: id.0,
+            observer: None,
+            unsafe_local_reads: false,
+            unsafe_no_fsync: false,
         }
     }
 
@@ -285,8 +316,20 @@ impl Node {
             info!("KV server listening on {}", config.kv_addr);
         });
 
+        if config.unsafe_local_reads || config.unsafe_no_fsync {
+            span.in_scope(|| {
+                warn!(
+                    local_reads = config.unsafe_local_reads,
+                    no_fsync = config.unsafe_no_fsync,
+                    "UNSAFE options are on: this node gives up linearizability or durability"
+                )
+            });
+        }
         let driver = Driver {
             raft,
+            observer: config.observer.clone(),
+            unsafe_local_reads: config.unsafe_local_reads,
+            unsafe_no_fsync: config.unsafe_no_fsync,
             storage,
             kv: KvStore::new(),
             own_kv_addr: config.kv_addr.clone(),
@@ -377,6 +420,9 @@ struct PendingRead {
 
 struct Driver {
     raft: Raft,
+    observer: Option<ObserverHandle>,
+    unsafe_local_reads: bool,
+    unsafe_no_fsync: bool,
     storage: Box<dyn Storage>,
     kv: KvStore,
     own_kv_addr: String,
@@ -504,6 +550,10 @@ impl Driver {
     }
 
     fn read(&mut self, key: Vec<u8>, reply: oneshot::Sender<Result<Option<Vec<u8>>>>) {
+        if self.unsafe_local_reads {
+            let _ = reply.send(Ok(self.kv.get(&key).cloned()));
+            return;
+        }
         let context = self.read_context_next;
         self.read_context_next += 1;
         match self.raft.read_index(context) {
@@ -529,7 +579,9 @@ impl Driver {
         }
         if !ready.entries.is_empty() {
             self.storage.append(&ready.entries)?;
-            self.storage.sync()?;
+            if !self.unsafe_no_fsync {
+                self.storage.sync()?;
+            }
         }
         // Durable now: answers and messages that depend on it may leave.
         for (reply, response) in self.held_votes.drain(..) {
@@ -552,6 +604,9 @@ impl Driver {
 
         for entry in ready.committed {
             let outcome = self.kv.apply(&entry);
+            if let Some(observer) = &self.observer {
+                observer.0.applied(self.raft.id(), &entry);
+            }
             if let Some(proposal) = self.proposals.remove(&entry.index) {
                 let answer = if proposal.term == entry.term {
                     outcome
@@ -603,9 +658,15 @@ impl Driver {
             last_index: self.raft.log().last_index(),
             failure: None,
         };
+        let observer = self.observer.as_ref();
         self.status.send_if_modified(|current| {
             if *current == status {
                 return false;
+            }
+            if current.role != status.role || current.term != status.term {
+                if let Some(observer) = observer {
+                    observer.0.role_changed(status.id, status.term, status.role);
+                }
             }
             *current = status;
             true
