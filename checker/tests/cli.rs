@@ -46,6 +46,19 @@ fn exit_status_follows_the_verdict() {
     std::fs::write(&good, "{\"process\":0,\"type\":\"invoke\",\"f\":\"put\",\"key\":\"a\",\"value\":\"1\"}\n{\"process\":0,\"type\":\"ok\",\"f\":\"put\",\"key\":\"a\",\"value\":\"1\"}\n").expect("write");
     assert_eq!(run(&[good.to_str().expect("utf8")]).0, 0);
 
+    // Unknown outcomes: one `info` line and one invocation never completed.
+    let unknown = dir.join("unknown.jsonl");
+    std::fs::write(
+        &unknown,
+        "{\"process\":0,\"type\":\"invoke\",\"f\":\"put\",\"key\":\"a\",\"value\":\"1\"}\n\
+         {\"process\":0,\"type\":\"info\",\"f\":\"put\",\"key\":\"a\"}\n\
+         {\"process\":1,\"type\":\"invoke\",\"f\":\"get\",\"key\":\"a\"}\n",
+    )
+    .expect("write");
+    let (code, text) = run(&[unknown.to_str().expect("utf8")]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("info 1, never completed 1"), "{text}");
+
     let bad = dir.join("bad.jsonl");
     std::fs::write(&bad, "{\"process\":0,\"type\":\"invoke\"}\n").expect("write");
     let (code, text) = run(&[bad.to_str().expect("utf8")]);

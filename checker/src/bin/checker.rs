@@ -163,12 +163,12 @@ fn main() -> ExitCode {
         args.format,
         if model.by_key { "kv" } else { "register" }
     );
+    // Invocations with no completion line at all (an `info` line has one).
     let never_completed = history
         .operations
         .iter()
         .filter(|o| o.ret_line.is_none())
-        .count()
-        - history.infos;
+        .count();
     println!(
         "events {}, operations {} (ok {}, fail {}, info {}, never completed {}), processes {}",
         history.events,
