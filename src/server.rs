@@ -116,6 +116,9 @@ pub struct NodeConfig {
     pub inbox_capacity: usize,
     /// Seeds the node's RNG (election timeouts).
     pub seed: u64,
+    /// Connect to peers from this local address (nodes sharing a machine on
+    /// their own loopback addresses). `None`: the system picks.
+    pub source_ip: Option<std::net::IpAddr>,
     /// Watches applies and role changes (tests).
     pub observer: Option<ObserverHandle>,
     /// UNSAFE: answer reads from this node's state machine at once, leader or
@@ -157,6 +160,7 @@ impl NodeConfig {
             },
             inbox_capacity: 16 << 10,
             seed: id.0,
+            source_ip: None,
             observer: None,
             unsafe_local_reads: false,
             unsafe_no_fsync: false,
@@ -235,7 +239,11 @@ impl Node {
         config.validate()?;
         let span = info_span!("node", id = config.id.0, addr = %config.raft_addr);
         let storage = span.in_scope(|| FileStorage::open(&config.data_dir))?;
-        Node::start_with(config, Box::new(storage), Arc::new(TcpTransport)).await
+        let transport: Arc<dyn Transport> = match config.source_ip {
+            Some(source) => Arc::new(transport::SourceBoundTcpTransport { source }),
+            None => Arc::new(TcpTransport),
+        };
+        Node::start_with(config, Box::new(storage), transport).await
     }
 
     /// Starts a node on the given storage and transport (the simulation seams).

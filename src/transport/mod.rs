@@ -109,6 +109,42 @@ impl Transport for TcpTransport {
     }
 }
 
+/// Real TCP whose outgoing connections leave from one local address: nodes
+/// sharing a machine on different loopback addresses (127.0.0.11, .12, ...)
+/// are then told apart by packet filters (see `scripts/partition.sh`).
+#[derive(Clone, Copy, Debug)]
+pub struct SourceBoundTcpTransport {
+    pub source: std::net::IpAddr,
+}
+
+impl Transport for SourceBoundTcpTransport {
+    fn bind(&self, addr: &str) -> BoxFuture<io::Result<Listener>> {
+        TcpTransport.bind(addr)
+    }
+
+    fn connect(&self, addr: &str) -> BoxFuture<io::Result<Connection>> {
+        let addr = addr.to_string();
+        let source = self.source;
+        Box::pin(async move {
+            let target = tokio::net::lookup_host(&addr)
+                .await?
+                .find(|a| a.is_ipv4() == source.is_ipv4())
+                .ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::NotFound, format!("no address for {addr}"))
+                })?;
+            let socket = if source.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()?
+            } else {
+                tokio::net::TcpSocket::new_v6()?
+            };
+            socket.bind(std::net::SocketAddr::new(source, 0))?;
+            let stream = socket.connect(target).await?;
+            stream.set_nodelay(true)?;
+            Ok(Connection::new(stream))
+        })
+    }
+}
+
 /// Timeouts and keepalive of a gRPC channel.
 #[derive(Clone, Copy, Debug)]
 pub struct ChannelConfig {

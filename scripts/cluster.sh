@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# A local Lattice cluster of real processes, one loopback address per node
+# (node N listens on 127.0.0.(10+N), Raft on :7001, KV on :7002, and dials its
+# peers from that address, so scripts/partition.sh can cut nodes apart).
+#
+#   scripts/cluster.sh start [N]     start N nodes (default 3)
+#   scripts/cluster.sh stop          SIGTERM every node (SIGKILL after 5 s)
+#   scripts/cluster.sh status        which nodes run, and who leads
+#   scripts/cluster.sh kill ID       kill -9 one node
+#   scripts/cluster.sh restart ID    (kill -9 and) start one node again
+#   scripts/cluster.sh endpoints     the KV endpoints, comma separated
+#
+# Environment: LATTICE_DIR (data, logs, pids; default ./live-cluster),
+# LATTICE_BIN (default: target/release/lattice, else target/debug/lattice).
+set -euo pipefail
+
+dir=${LATTICE_DIR:-./live-cluster}
+root=$(cd "$(dirname "$0")/.." && pwd)
+bin=${LATTICE_BIN:-}
+if [ -z "$bin" ]; then
+    for candidate in "$root/target/release/lattice" "$root/target/debug/lattice"; do
+        if [ -x "$candidate" ]; then bin=$candidate; break; fi
+    done
+fi
+
+die() { echo "cluster.sh: $*" >&2; exit 1; }
+ip_of() { echo "127.0.0.$((10 + $1))"; }
+nodes() { cat "$dir/nodes" 2>/dev/null || die "no cluster in $dir (run: $0 start)"; }
+pid_of() { cat "$dir/node-$1.pid" 2>/dev/null || true; }
+is_running() { local pid; pid=$(pid_of "$1"); [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; }
+check_id() {
+    [[ "$1" =~ ^[1-9]$ ]] || die "node ids are 1 to 9, not '$1'"
+    [ "$1" -le "$(nodes)" ] || die "node $1 is not in this $(nodes)-node cluster"
+}
+
+endpoints() {
+    local n i list=""
+    n=$(nodes)
+    for i in $(seq 1 "$n"); do list="$list${list:+,}$(ip_of "$i"):7002"; done
+    echo "$list"
+}
+
+start_node() {
+    local id=$1 n peers="" i
+    [ -x "$bin" ] || die "no lattice binary (cargo build --release --bin lattice, or set LATTICE_BIN)"
+    n=$(nodes)
+    if is_running "$id"; then echo "node $id already running (pid $(pid_of "$id"))"; return; fi
+    for i in $(seq 1 "$n"); do
+        [ "$i" = "$id" ] && continue
+        peers="$peers --peer $i=$(ip_of "$i"):7001,$(ip_of "$i"):7002"
+    done
+    # shellcheck disable=SC2086
+    nohup "$bin" node --id "$id" --raft-addr "$(ip_of "$id"):7001" --kv-addr "$(ip_of "$id"):7002" \
+        $peers --data-dir "$dir/node-$id" --source-ip raft >> "$dir/node-$id.log" 2>&1 &
+    echo $! > "$dir/node-$id.pid"
+    echo "node $id started (pid $!, raft $(ip_of "$id"):7001, kv $(ip_of "$id"):7002, log $dir/node-$id.log)"
+}
+
+kill_node() {
+    local pid
+    pid=$(pid_of "$1")
+    if is_running "$1"; then
+        kill -9 "$pid"
+        while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
+        echo "node $1 killed (kill -9 $pid)"
+    else
+        echo "node $1 is not running"
+    fi
+}
+
+command=${1:-}
+case "$command" in
+    start)
+        n=${2:-3}
+        [[ "$n" =~ ^[1-9]$ ]] || die "a cluster has 1 to 9 nodes, not '$n'"
+        mkdir -p "$dir"
+        echo "$n" > "$dir/nodes"
+        for i in $(seq 1 "$n"); do start_node "$i"; done
+        echo "KV endpoints: $(endpoints)"
+        ;;
+    stop)
+        for i in $(seq 1 "$(nodes)"); do
+            if is_running "$i"; then kill -TERM "$(pid_of "$i")"; fi
+        done
+        for i in $(seq 1 "$(nodes)"); do
+            for _ in $(seq 1 50); do is_running "$i" || break; sleep 0.1; done
+            if is_running "$i"; then kill -9 "$(pid_of "$i")"; echo "node $i did not stop: killed"; fi
+        done
+        echo "cluster stopped"
+        ;;
+    status)
+        for i in $(seq 1 "$(nodes)"); do
+            if is_running "$i"; then state="running (pid $(pid_of "$i"))"; else state="stopped"; fi
+            echo "node $i  raft $(ip_of "$i"):7001  kv $(ip_of "$i"):7002  $state"
+        done
+        leader=$("$bin" kv --endpoints "$(endpoints)" --timeout-secs 3 leader 2>/dev/null || true)
+        echo "leader: ${leader:-none reachable}"
+        ;;
+    kill)
+        [ -n "${2:-}" ] || die "usage: $0 kill ID"
+        check_id "$2"
+        kill_node "$2"
+        ;;
+    restart)
+        [ -n "${2:-}" ] || die "usage: $0 restart ID"
+        check_id "$2"
+        kill_node "$2"
+        start_node "$2"
+        ;;
+    endpoints)
+        endpoints
+        ;;
+    *)
+        sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+        [ -z "$command" ] || [ "$command" = help ] || [ "$command" = -h ] || [ "$command" = --help ] || exit 2
+        ;;
+esac

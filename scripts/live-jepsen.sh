@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# A live Jepsen run: a real 3-node cluster of processes in a private network
+# namespace (unshare -n: the machine's own firewall is never touched), five
+# recording clients, and real faults: iptables partitions (scripts/partition.sh)
+# and kill -9 of nodes (the leader included), each healed. Then the checker
+# decides. Exit 0 only if the history is linearizable and the majority side
+# kept serving during every fault.
+#
+#   sudo scripts/live-jepsen.sh          (root: unshare and iptables need it)
+#
+# Environment: LATTICE_LIVE_SECS (workload length, default 60; the faults take
+# about 45 s and must all fall inside it),
+# LATTICE_LIVE_DIR (output; default target/live-jepsen): history.jsonl,
+# report.html, checker.txt, faults.tsv, node logs.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+die() { echo "live-jepsen: $*" >&2; exit 1; }
+
+if [ "${LATTICE_IN_NETNS:-}" != 1 ]; then
+    [ "$(id -u)" = 0 ] || die "needs root (unshare -n and iptables)"
+    command -v iptables >/dev/null || die "iptables is not installed (apt-get install iptables)"
+    command -v unshare >/dev/null || die "unshare (util-linux) is not installed"
+    exec unshare -n env LATTICE_IN_NETNS=1 bash "$0" "$@"
+fi
+
+ip link set lo up
+duration=${LATTICE_LIVE_SECS:-60}
+out=${LATTICE_LIVE_DIR:-$root/target/live-jepsen}
+rm -rf "$out"
+mkdir -p "$out"
+
+pick() {
+    for candidate in "$root/target/release/$1" "$root/target/debug/$1"; do
+        if [ -x "$candidate" ]; then echo "$candidate"; return; fi
+    done
+}
+lattice=$(pick lattice)
+checker=$(pick checker)
+if [ -z "$lattice" ] || [ -z "$checker" ]; then
+    (cd "$root" && cargo build --release --bin lattice && cargo build --release -p checker --bin checker)
+    lattice=$(pick lattice); checker=$(pick checker)
+fi
+export LATTICE_DIR="$out/cluster" LATTICE_BIN="$lattice"
+cluster="$root/scripts/cluster.sh"
+partition="$root/scripts/partition.sh"
+
+cleanup() {
+    "$partition" heal >/dev/null 2>&1 || true
+    "$cluster" stop >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
+echo "== live Jepsen: 3 nodes in a private network namespace, output in $out"
+"$cluster" start 3
+endpoints=$("$cluster" endpoints)
+
+leader_id() {
+    local leader
+    leader=$("$lattice" kv --endpoints "$endpoints" --timeout-secs 5 leader 2>/dev/null) || return 1
+    # 127.0.0.1N:7002 -> N
+    echo "$leader" | sed -E 's/^127\.0\.0\.1([0-9]):7002$/\1/'
+}
+for _ in $(seq 1 40); do leader_id >/dev/null && break; sleep 0.5; done
+leader_id >/dev/null || die "no leader was elected"
+echo "leader: node $(leader_id)"
+
+"$lattice" workload --endpoints "$endpoints" --clients 5 --keys 5 --duration-secs "$duration" \
+    --history "$out/history.jsonl" > "$out/workload.log" 2>&1 &
+workload=$!
+
+# fault DESCRIPTION SECONDS COMMAND...: apply, hold, heal; log the window.
+: > "$out/faults.tsv"
+fault() {
+    local description=$1 hold=$2 start end
+    shift 2
+    kill -0 "$workload" 2>/dev/null || die "the workload ended before '$description': raise LATTICE_LIVE_SECS"
+    start=$(date +%s%N)
+    echo "fault: $description"
+    "$@"
+    sleep "$hold"
+    end=$(date +%s%N)
+    printf '%s\t%s\t%s\n' "$start" "$end" "$description" >> "$out/faults.tsv"
+}
+others() { for i in 1 2 3; do [ "$i" = "$1" ] || printf '%s ' "$i"; done; }
+heal() { "$partition" heal >/dev/null; }
+
+sleep 4
+l=$(leader_id); set -- $(others "$l")
+fault "isolate the leader (node $l)" 6 "$partition" isolate "$l"
+# The cut must be real: the others elected someone else meanwhile.
+[ "$(leader_id)" != "$l" ] || die "isolating node $l did not change the leader: the partition did not cut"
+heal; sleep 3
+l=$(leader_id); set -- $(others "$l")
+fault "split {$l,$1} | {$2}" 6 "$partition" split "$l,$1" "$2"; heal; sleep 3
+l=$(leader_id); set -- $(others "$l")
+fault "leader (node $l) sends nothing to the others" 6 bash -c "'$partition' oneway $l $1 && '$partition' oneway $l $2"; heal; sleep 3
+l=$(leader_id)
+fault "kill -9 the leader (node $l)" 5 "$cluster" kill "$l"; "$cluster" restart "$l" >/dev/null; sleep 3
+l=$(leader_id); set -- $(others "$l")
+fault "kill -9 a follower (node $1)" 5 "$cluster" kill "$1"; "$cluster" restart "$1" >/dev/null
+
+echo "faults healed; waiting for the workload to finish"
+wait "$workload" || die "the workload failed: $(tail -5 "$out/workload.log")"
+cat "$out/workload.log"
+
+set +e
+"$checker" --html "$out/report.html" "$out/history.jsonl" > "$out/checker.txt" 2>&1
+verdict=$?
+set -e
+cat "$out/checker.txt"
+
+# Availability: during every fault, some operation succeeded (the majority
+# side kept serving; the clients reach every node).
+grep '"type":"ok"' "$out/history.jsonl" | grep -o '"time":[0-9]*' | cut -d: -f2 > "$out/ok-times.txt"
+is_available=1
+while IFS=$'\t' read -r start end description; do
+    served=$(awk -v s="$start" -v e="$end" '$1 >= s && $1 <= e { n++ } END { print n + 0 }' "$out/ok-times.txt")
+    echo "during '$description': $served operations succeeded"
+    [ "$served" -gt 0 ] || is_available=0
+done < "$out/faults.tsv"
+
+echo "history: $out/history.jsonl  report: $out/report.html"
+[ "$verdict" -eq 0 ] || die "the checker did not find the history linearizable (exit $verdict)"
+[ "$is_available" -eq 1 ] || die "the majority side stopped serving during a fault"
+echo "live Jepsen: LINEARIZABLE, and the majority kept serving through every fault"

@@ -1,0 +1,389 @@
+//! The `lattice` command: run a node, talk to a cluster, or drive a recording
+//! workload against one.
+//!
+//! ```text
+//! lattice node --id 1 --raft-addr 127.0.0.11:7001 --kv-addr 127.0.0.11:7002 \
+//!     --peer 2=127.0.0.12:7001,127.0.0.12:7002 --peer 3=127.0.0.13:7001,127.0.0.13:7002 \
+//!     --data-dir ./data/node-1
+//! lattice kv --endpoints 127.0.0.11:7002,127.0.0.12:7002 put k v
+//! lattice workload --endpoints ... --duration-secs 30 --history history.jsonl
+//! ```
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use lattice::{Client, ClientConfig, ClientError, Node, NodeConfig, NodeId, PeerConfig};
+use serde_json::{json, Value};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "lattice",
+    version,
+    about = "Lattice: a Raft key-value store that proves itself"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one node until SIGTERM or Ctrl-C.
+    Node(NodeArgs),
+    /// Talk to a cluster: put, get, delete, cas, leader.
+    Kv(KvArgs),
+    /// Run concurrent clients on a few keys and record a history for the checker.
+    Workload(WorkloadArgs),
+}
+
+#[derive(Args)]
+struct NodeArgs {
+    /// This node's id (non-zero, unique in the cluster).
+    #[arg(long)]
+    id: u64,
+    /// Address of the Raft peer service (host:port).
+    #[arg(long)]
+    raft_addr: String,
+    /// Address of the KV client service (host:port).
+    #[arg(long)]
+    kv_addr: String,
+    /// Another voter: ID=RAFT_ADDR,KV_ADDR. Repeat for each peer.
+    #[arg(long = "peer", value_parser = parse_peer)]
+    peers: Vec<PeerConfig>,
+    /// Directory for the WAL and hard state (created if missing).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Dial peers from this local address. `raft` uses the IP of
+    /// --raft-addr (nodes on one machine with their own loopback addresses).
+    #[arg(long)]
+    source_ip: Option<String>,
+    /// One raft tick, in milliseconds.
+    #[arg(long, default_value_t = 50)]
+    tick_ms: u64,
+    /// Election timeout range, in ticks.
+    #[arg(long, default_value_t = 10)]
+    election_ticks_min: u32,
+    #[arg(long, default_value_t = 20)]
+    election_ticks_max: u32,
+    /// Heartbeat interval, in ticks.
+    #[arg(long, default_value_t = 2)]
+    heartbeat_ticks: u32,
+}
+
+#[derive(Args)]
+struct KvArgs {
+    /// KV endpoints of the cluster, comma separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "[::1]:50152,[::1]:50252,[::1]:50352"
+    )]
+    endpoints: Vec<String>,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 10)]
+    timeout_secs: u64,
+    #[command(subcommand)]
+    operation: KvOperation,
+}
+
+#[derive(Subcommand)]
+enum KvOperation {
+    Put {
+        key: String,
+        value: String,
+    },
+    Get {
+        key: String,
+    },
+    Delete {
+        key: String,
+    },
+    /// Set KEY to NEW if it holds --expected (or is absent with --absent).
+    Cas {
+        key: String,
+        new: String,
+        #[arg(long, conflicts_with = "absent")]
+        expected: Option<String>,
+        #[arg(long)]
+        absent: bool,
+    },
+    /// Print the KV endpoint of the current leader.
+    Leader,
+}
+
+#[derive(Args)]
+struct WorkloadArgs {
+    #[arg(long, value_delimiter = ',', required = true)]
+    endpoints: Vec<String>,
+    #[arg(long, default_value_t = 5)]
+    clients: u64,
+    #[arg(long, default_value_t = 5)]
+    keys: u64,
+    #[arg(long, default_value_t = 30)]
+    duration_secs: u64,
+    /// Where to write the history (JSON Lines, the checker's format).
+    #[arg(long)]
+    history: PathBuf,
+    /// Seeds the clients' choices.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+fn parse_peer(text: &str) -> Result<PeerConfig, String> {
+    let (id, addrs) = text
+        .split_once('=')
+        .ok_or("expected ID=RAFT_ADDR,KV_ADDR")?;
+    let (raft_addr, kv_addr) = addrs
+        .split_once(',')
+        .ok_or("expected ID=RAFT_ADDR,KV_ADDR")?;
+    let id: u64 = id.parse().map_err(|_| format!("bad peer id {id:?}"))?;
+    if id == 0 || raft_addr.is_empty() || kv_addr.is_empty() {
+        return Err("peer ids are non-zero and both addresses are needed".into());
+    }
+    Ok(PeerConfig {
+        id: NodeId(id),
+        raft_addr: raft_addr.to_string(),
+        kv_addr: kv_addr.to_string(),
+    })
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Node(args) => run_node(args).await,
+        Command::Kv(args) => run_kv(args).await,
+        Command::Workload(args) => run_workload(args).await,
+    }
+}
+
+async fn run_node(args: NodeArgs) -> Result<()> {
+    let mut config = NodeConfig::new(
+        NodeId(args.id),
+        &args.raft_addr,
+        &args.kv_addr,
+        args.peers,
+        &args.data_dir,
+    );
+    config.tick_interval = Duration::from_millis(args.tick_ms);
+    config.election_timeout_ticks_min = args.election_ticks_min;
+    config.election_timeout_ticks_max = args.election_ticks_max;
+    config.heartbeat_interval_ticks = args.heartbeat_ticks;
+    config.source_ip = match args.source_ip.as_deref() {
+        None => None,
+        Some("raft") => {
+            let addr: std::net::SocketAddr = args
+                .raft_addr
+                .parse()
+                .context("--source-ip raft needs --raft-addr to be IP:PORT")?;
+            Some(addr.ip())
+        }
+        Some(ip) => Some(
+            ip.parse::<IpAddr>()
+                .with_context(|| format!("bad --source-ip {ip:?}"))?,
+        ),
+    };
+    let node = Node::start(config).await.context("starting the node")?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing SIGTERM")?;
+    tokio::select! {
+        biased;
+        _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: shutting down"),
+    }
+    node.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn client(endpoints: &[String], timeout: Duration) -> Result<Client> {
+    let config = ClientConfig {
+        operation_timeout: timeout,
+        ..ClientConfig::default()
+    };
+    Ok(Client::with_config(
+        endpoints,
+        config,
+        Arc::new(lattice::transport::TcpTransport),
+    )?)
+}
+
+fn show(value: &Option<Vec<u8>>) -> String {
+    value.as_ref().map_or("(not found)".to_string(), |v| {
+        String::from_utf8_lossy(v).into_owned()
+    })
+}
+
+async fn run_kv(args: KvArgs) -> Result<()> {
+    let mut client = client(&args.endpoints, Duration::from_secs(args.timeout_secs))?;
+    match args.operation {
+        KvOperation::Put { key, value } => {
+            client.put(key, value).await?;
+            println!("OK");
+        }
+        KvOperation::Get { key } => println!("{}", show(&client.get(key).await?)),
+        KvOperation::Delete { key } => {
+            let existed = client.delete(key).await?;
+            println!("{}", if existed { "deleted" } else { "(not found)" });
+        }
+        KvOperation::Cas {
+            key,
+            new,
+            expected,
+            absent,
+        } => {
+            if expected.is_none() && !absent {
+                bail!("cas needs --expected VALUE or --absent");
+            }
+            let result = client
+                .compare_and_swap(key, expected.map(String::into_bytes), new)
+                .await?;
+            if result.swapped {
+                println!("swapped");
+            } else {
+                println!("not swapped: the value is {}", show(&result.current));
+                std::process::exit(1);
+            }
+        }
+        KvOperation::Leader => {
+            client.get("lattice:leader-probe").await?;
+            println!("{}", client.leader().unwrap_or("unknown"));
+        }
+    }
+    Ok(())
+}
+
+/// Concurrent clients with unique values on few keys, recorded for the checker.
+async fn run_workload(args: WorkloadArgs) -> Result<()> {
+    if args.clients == 0 || args.keys == 0 {
+        bail!("--clients and --keys must be positive");
+    }
+    // Wall-clock start, advanced by a monotonic clock: times never go back.
+    let epoch_ns = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos() as u64;
+    let started = Instant::now();
+    let clock: checker::recorder::Clock =
+        Arc::new(move || epoch_ns + started.elapsed().as_nanos() as u64);
+    let recorder = checker::Recorder::with_clock(clock);
+    let deadline = started + Duration::from_secs(args.duration_secs);
+    let oks = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for index in 0..args.clients {
+        let endpoints = args.endpoints.clone();
+        let recorder = recorder.clone();
+        let oks = oks.clone();
+        let keys = args.keys;
+        let seed = args.seed;
+        tasks.push(tokio::spawn(async move {
+            let config = ClientConfig {
+                operation_timeout: Duration::from_secs(3),
+                rpc_timeout: Duration::from_millis(2500),
+                ..ClientConfig::default()
+            };
+            let mut client = Client::with_config(
+                &endpoints,
+                config,
+                Arc::new(lattice::transport::TcpTransport),
+            )?;
+            let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (index + 1);
+            let mut random = move |n: u64| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state % n
+            };
+            let mut n = 0u64;
+            let mut last_seen: Option<String> = None;
+            while Instant::now() < deadline {
+                n += 1;
+                let key = format!("k{}", random(keys));
+                let value = format!("c{index}-{n}");
+                let choice = random(10);
+                let is_ok = if choice < 4 {
+                    let op = recorder.invoke(index, "get", Some(&key), Value::Null);
+                    match client.get(key.as_bytes()).await {
+                        Ok(read) => {
+                            let read = read.map(|v| String::from_utf8_lossy(&v).into_owned());
+                            last_seen = read.clone();
+                            op.ok(json!(read));
+                            true
+                        }
+                        Err(_) => {
+                            op.fail(Value::Null);
+                            false
+                        }
+                    }
+                } else if choice < 8 {
+                    let op = recorder.invoke(index, "put", Some(&key), json!(value));
+                    match client.put(key.as_bytes(), value.as_bytes()).await {
+                        Ok(()) => {
+                            op.ok(json!(value));
+                            true
+                        }
+                        Err(ClientError::Failed(_)) => {
+                            op.fail(json!(value));
+                            false
+                        }
+                        Err(ClientError::Unknown(_)) => {
+                            op.info();
+                            false
+                        }
+                    }
+                } else {
+                    let argument = json!({"expected": last_seen, "new": value});
+                    let op = recorder.invoke(index, "cas", Some(&key), argument.clone());
+                    let expected = last_seen.clone().map(String::into_bytes);
+                    match client
+                        .compare_and_swap(key.as_bytes(), expected, value.as_bytes())
+                        .await
+                    {
+                        Ok(result) if result.swapped => {
+                            op.ok(argument);
+                            true
+                        }
+                        Ok(_) => {
+                            op.fail(argument);
+                            true
+                        }
+                        Err(_) => {
+                            op.info();
+                            false
+                        }
+                    }
+                };
+                if is_ok {
+                    oks.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await.context("a client task panicked")??;
+    }
+    recorder
+        .write_jsonl(&args.history)
+        .with_context(|| format!("writing {}", args.history.display()))?;
+    let events = recorder.events();
+    let count = |kind: checker::EventType| events.iter().filter(|e| e.kind == kind).count();
+    println!(
+        "workload: {} operations (ok {}, fail {}, info {}) in {}s; history {}",
+        count(checker::EventType::Invoke),
+        count(checker::EventType::Ok),
+        count(checker::EventType::Fail),
+        count(checker::EventType::Info),
+        args.duration_secs,
+        args.history.display()
+    );
+    Ok(())
+}
