@@ -581,7 +581,14 @@ impl Driver {
 
     /// Carries out one `Ready`: persist, then send, then apply.
     fn process_ready(&mut self) -> Result<()> {
-        let ready: Ready = self.raft.ready();
+        let mut ready: Ready = self.raft.ready();
+        // A leader's AppendEntries may go out before its own disk has the
+        // entries (Raft thesis 10.2.1): the core counts the leader's own copy
+        // only once `advance` reports it persisted. Messages of a Ready that
+        // changes term or vote (RequestVote, a first AppendEntries) wait.
+        if ready.hard_state.is_none() {
+            self.send(std::mem::take(&mut ready.messages));
+        }
         if let Some(hard_state) = ready.hard_state {
             self.storage.save_hard_state(hard_state)?;
         }
@@ -598,17 +605,7 @@ impl Driver {
         for (reply, response) in self.held_appends.drain(..) {
             let _ = reply.send(response);
         }
-        for (to, message) in ready.messages {
-            let Some((sender, _)) = self.peers.get(&to) else {
-                warn!(to = to.0, "message for an unknown peer dropped");
-                continue;
-            };
-            if sender.try_send(message).is_err() {
-                // The peer's queue is full (it is slow or down): drop, and let
-                // the core fall back to probing rather than block the loop.
-                self.raft.report_unreachable(to);
-            }
-        }
+        self.send(ready.messages);
 
         for entry in ready.committed {
             let outcome = self.kv.apply(&entry);
@@ -653,6 +650,21 @@ impl Driver {
         }
         self.raft.advance();
         Ok(())
+    }
+
+    /// Hands messages to the peers' sender tasks, never blocking the loop.
+    fn send(&mut self, messages: Vec<(NodeId, Message)>) {
+        for (to, message) in messages {
+            let Some((sender, _)) = self.peers.get(&to) else {
+                warn!(to = to.0, "message for an unknown peer dropped");
+                continue;
+            };
+            if sender.try_send(message).is_err() {
+                // The peer's queue is full (it is slow or down): drop, and let
+                // the core fall back to probing rather than block the loop.
+                self.raft.report_unreachable(to);
+            }
+        }
     }
 
     fn publish_status(&self) {

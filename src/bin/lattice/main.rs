@@ -21,6 +21,8 @@ use lattice::{Client, ClientConfig, ClientError, Node, NodeConfig, NodeId, PeerC
 use serde_json::{json, Value};
 use tracing_subscriber::EnvFilter;
 
+mod bench;
+
 #[derive(Parser)]
 #[command(
     name = "lattice",
@@ -40,6 +42,8 @@ enum Command {
     Kv(KvArgs),
     /// Run concurrent clients on a few keys and record a history for the checker.
     Workload(WorkloadArgs),
+    /// Measure throughput and latency with closed-loop clients.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Args)]
@@ -165,6 +169,7 @@ async fn main() -> Result<()> {
         Command::Node(args) => run_node(args).await,
         Command::Kv(args) => run_kv(args).await,
         Command::Workload(args) => run_workload(args).await,
+        Command::Bench(args) => bench::run(args).await,
     }
 }
 
