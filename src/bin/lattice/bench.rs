@@ -5,12 +5,11 @@
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use lattice::{Client, ClientConfig};
+use lattice::Client;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Workload {
@@ -77,16 +76,9 @@ fn percentile(sorted_us: &[u32], q: f64) -> f64 {
     f64::from(sorted_us[index]) / 1000.0
 }
 
+/// Bench clients wait long: a slow answer is a data point, not a failure.
 fn new_client(endpoints: &[String]) -> Result<Client> {
-    let config = ClientConfig {
-        operation_timeout: Duration::from_secs(10),
-        ..ClientConfig::default()
-    };
-    Ok(Client::with_config(
-        endpoints,
-        config,
-        Arc::new(lattice::transport::TcpTransport),
-    )?)
+    super::client(endpoints, Duration::from_secs(10))
 }
 
 async fn measure(args: &BenchArgs, workload: Workload, clients: usize) -> Result<Measurement> {
