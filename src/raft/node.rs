@@ -691,9 +691,6 @@ impl Raft {
             data,
         });
         self.is_broadcast_wanted = true;
-        if self.peers.is_empty() {
-            // A single node commits once its own disk has the entry (advance).
-        }
         Ok(index)
     }
 
