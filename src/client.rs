@@ -78,6 +78,7 @@ pub struct CompareAndSwapResult {
     pub current: Option<Vec<u8>>,
 }
 
+#[derive(Clone)]
 struct Endpoint {
     addr: String,
     client: KvClient<Channel>,
@@ -141,6 +142,22 @@ impl Client {
             client.endpoint_index(endpoint.as_ref())?;
         }
         Ok(client)
+    }
+
+    /// A new session (its own client id and sequence numbers) over this
+    /// client's connections: many sessions can share a few connections, as
+    /// gRPC multiplexes their calls (and batches their frames) on each one.
+    pub fn new_session(&self) -> Client {
+        Client {
+            endpoints: self.endpoints.clone(),
+            transport: self.transport.clone(),
+            channel_config: self.channel_config,
+            config: self.config.clone(),
+            leader: self.leader,
+            next_guess: self.next_guess,
+            client_id: default_client_id(),
+            sequence: 0,
+        }
     }
 
     pub fn client_id(&self) -> u64 {
@@ -316,11 +333,18 @@ impl Client {
 }
 
 /// A session id for a client that was not given one: unique enough across
-/// processes and restarts (clock and process id). Never used by node logic.
+/// processes and restarts (clock and process id), and within a process (a
+/// counter). Never used by node logic.
 fn default_client_id() -> u64 {
+    static CREATED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let created = CREATED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
-    let mixed = (nanos ^ (u64::from(std::process::id()) << 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    mixed.max(1)
+    let seed = nanos ^ (u64::from(std::process::id()) << 32) ^ created.rotate_right(16);
+    // A bijective mix, so distinct seeds give distinct ids.
+    let mut x = seed;
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (x ^ (x >> 31)).max(1)
 }

@@ -758,7 +758,20 @@ impl Raft {
             || !self.read_states.is_empty()
             || !self.reads_dropped.is_empty()
             || self.is_broadcast_wanted
-            || self.is_read_round_wanted
+            || self.is_read_round_startable()
+    }
+
+    /// Reads wait for a round, and none is in flight. One round at a time:
+    /// the reads that arrive while a round is out all share the next one, so
+    /// a heavy read load costs one heartbeat per peer per round trip, not one
+    /// per driver batch. A lost round is retried by the periodic heartbeat,
+    /// which carries the current round.
+    fn is_read_round_startable(&self) -> bool {
+        let is_in_flight = self
+            .pending_reads
+            .front()
+            .is_some_and(|read| read.round <= self.read_round);
+        self.role == Role::Leader && self.is_read_round_wanted && !is_in_flight
     }
 
     /// Hands out what to persist, send and apply. Call [`Raft::advance`] once
@@ -768,9 +781,10 @@ impl Raft {
             self.ready_outstanding.is_none(),
             "ready() called twice without advance()"
         );
+        let is_read_round_starting = self.is_read_round_startable();
         if self.role == Role::Leader {
             let mut is_sent = BTreeSet::new();
-            if self.is_read_round_wanted {
+            if is_read_round_starting {
                 self.read_round += 1;
             }
             if self.is_broadcast_wanted {
@@ -780,7 +794,7 @@ impl Raft {
                     }
                 }
             }
-            if self.is_read_round_wanted {
+            if is_read_round_starting {
                 for peer in self.peers.clone() {
                     if !is_sent.contains(&peer) {
                         self.send_heartbeat(peer);
@@ -789,7 +803,9 @@ impl Raft {
             }
         }
         self.is_broadcast_wanted = false;
-        self.is_read_round_wanted = false;
+        if is_read_round_starting || self.role != Role::Leader {
+            self.is_read_round_wanted = false;
+        }
 
         let hard_state = self.hard_state();
         let commit = self.log.commit();

@@ -29,6 +29,11 @@ pub struct BenchArgs {
     /// Client counts to measure, comma separated.
     #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
     clients: Vec<usize>,
+    /// Connections per endpoint shared by the clients (each client is its own
+    /// session; gRPC multiplexes them), like etcd's `benchmark --conns`.
+    /// Capped at the client count.
+    #[arg(long, default_value_t = 8)]
+    conns: usize,
     /// Workloads to measure, comma separated.
     #[arg(long, value_delimiter = ',', default_value = "put,get,mixed")]
     workloads: Vec<Workload>,
@@ -86,8 +91,11 @@ async fn measure(args: &BenchArgs, workload: Workload, clients: usize) -> Result
     let start = Instant::now() + warm_up;
     let end = start + Duration::from_secs(args.duration_secs);
     let mut tasks = Vec::new();
+    let connections = (0..args.conns.min(clients))
+        .map(|_| new_client(&args.endpoints))
+        .collect::<Result<Vec<_>>>()?;
     for index in 0..clients {
-        let mut client = new_client(&args.endpoints)?;
+        let mut client = connections[index % connections.len()].new_session();
         let value = vec![b'v'; args.value_bytes];
         let keys = args.keys;
         tasks.push(tokio::spawn(async move {
@@ -148,8 +156,12 @@ async fn measure(args: &BenchArgs, workload: Workload, clients: usize) -> Result
 }
 
 pub async fn run(args: BenchArgs) -> Result<()> {
-    if args.clients.is_empty() || args.clients.contains(&0) || args.duration_secs == 0 {
-        bail!("--clients must list positive counts and --duration-secs must be positive");
+    if args.clients.is_empty()
+        || args.clients.contains(&0)
+        || args.duration_secs == 0
+        || args.conns == 0
+    {
+        bail!("--clients must list positive counts; --conns and --duration-secs must be positive");
     }
     // Preload the keys so reads find values.
     let mut loader = new_client(&args.endpoints)?;
@@ -187,12 +199,12 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         let is_new = !path.exists();
         let mut text = String::new();
         if is_new {
-            text.push_str("workload,clients,ops_per_second,p50_ms,p99_ms,p999_ms,errors,value_bytes,seconds\n");
+            text.push_str("workload,clients,ops_per_second,p50_ms,p99_ms,p999_ms,errors,value_bytes,seconds,conns\n");
         }
         for m in &results {
             let _ = writeln!(
                 text,
-                "{},{},{:.0},{:.3},{:.3},{:.3},{},{},{}",
+                "{},{},{:.0},{:.3},{:.3},{:.3},{},{},{},{}",
                 format!("{:?}", m.workload).to_lowercase(),
                 m.clients,
                 m.ops_per_second(),
@@ -201,7 +213,8 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                 m.p999_ms,
                 m.errors,
                 args.value_bytes,
-                m.seconds
+                m.seconds,
+                args.conns.min(m.clients)
             );
         }
         use std::io::Write;
