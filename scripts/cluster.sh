@@ -11,7 +11,8 @@
 #   scripts/cluster.sh endpoints     the KV endpoints, comma separated
 #
 # Environment: LATTICE_DIR (data, logs, pids; default ./live-cluster),
-# LATTICE_BIN (default: target/release/lattice, else target/debug/lattice).
+# LATTICE_BIN (default: target/release/lattice, else target/debug/lattice),
+# LATTICE_NODE_ARGS (extra `lattice node` flags, e.g. --inflight-appends 2).
 set -euo pipefail
 
 dir=${LATTICE_DIR:-./live-cluster}
@@ -51,7 +52,7 @@ start_node() {
     done
     # shellcheck disable=SC2086
     nohup "$bin" node --id "$id" --raft-addr "$(ip_of "$id"):7001" --kv-addr "$(ip_of "$id"):7002" \
-        $peers --data-dir "$dir/node-$id" --source-ip raft >> "$dir/node-$id.log" 2>&1 &
+        $peers --data-dir "$dir/node-$id" --source-ip raft ${LATTICE_NODE_ARGS:-} >> "$dir/node-$id.log" 2>&1 &
     echo $! > "$dir/node-$id.pid"
     echo "node $id started (pid $!, raft $(ip_of "$id"):7001, kv $(ip_of "$id"):7002, log $dir/node-$id.log)"
 }

@@ -273,15 +273,23 @@ impl Node {
         let mut tasks = Vec::new();
         let mut peers = BTreeMap::new();
         for peer_config in &config.peers {
-            let channel = transport::channel(
-                transport.clone(),
-                &peer_config.raft_addr,
-                config.peer_channel,
-            )?;
+            let channels = peer::PeerChannels {
+                votes: transport::channel(
+                    transport.clone(),
+                    &peer_config.raft_addr,
+                    config.peer_channel,
+                )?,
+                replication: transport::stream_channel(
+                    transport.clone(),
+                    &peer_config.raft_addr,
+                    config.peer_channel,
+                )?,
+                rpc_timeout: config.peer_channel.rpc_timeout,
+            };
             let (sender, task) = peer::spawn(
                 config.id,
                 peer_config.clone(),
-                channel,
+                channels,
                 inbox_tx.clone(),
                 config.inflight_appends_max,
                 shutdown_rx.clone(),

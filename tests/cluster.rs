@@ -381,7 +381,17 @@ async fn clients_find_the_leader_and_bad_requests_fail_cleanly() -> Result<()> {
         term: 1000,
         ..Default::default()
     };
-    let status = raft.append_entries(forged).await.expect_err("unknown node");
+    let status = raft
+        .append_entries(forged.clone())
+        .await
+        .expect_err("unknown node");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    // The same on a replication stream: the stream ends with the refusal.
+    let mut responses = raft
+        .replicate(tokio_stream::iter([forged]))
+        .await?
+        .into_inner();
+    let status = responses.message().await.expect_err("unknown node");
     assert_eq!(status.code(), tonic::Code::PermissionDenied);
     let status = cluster.nodes[&leader].status();
     assert_eq!(

@@ -164,10 +164,32 @@ pub fn channel(
     addr: &str,
     config: ChannelConfig,
 ) -> crate::Result<Channel> {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+    channel_with_deadline(transport, addr, config, Some(config.rpc_timeout))
+}
+
+/// Like [`channel`], but its calls have no deadline of their own: for
+/// long-lived streams, whose messages the caller times out one by one.
+pub fn stream_channel(
+    transport: Arc<dyn Transport>,
+    addr: &str,
+    config: ChannelConfig,
+) -> crate::Result<Channel> {
+    channel_with_deadline(transport, addr, config, None)
+}
+
+fn channel_with_deadline(
+    transport: Arc<dyn Transport>,
+    addr: &str,
+    config: ChannelConfig,
+    deadline: Option<Duration>,
+) -> crate::Result<Channel> {
+    let mut endpoint = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| crate::Error::Config(format!("bad address {addr:?}: {e}")))?
-        .connect_timeout(config.connect_timeout)
-        .timeout(config.rpc_timeout)
+        .connect_timeout(config.connect_timeout);
+    if let Some(deadline) = deadline {
+        endpoint = endpoint.timeout(deadline);
+    }
+    let endpoint = endpoint
         .http2_keep_alive_interval(config.keepalive_interval)
         .keep_alive_timeout(config.keepalive_timeout)
         .keep_alive_while_idle(true);

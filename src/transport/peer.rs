@@ -1,20 +1,27 @@
 //! One sender task per peer: takes the driver's messages from a bounded queue,
-//! runs each as an RPC (a bounded number at once), and feeds the answers back
-//! to the driver. A peer that fails is backed off (messages for it are dropped
-//! and reported unreachable) so a dead or slow peer never blocks the driver.
+//! sends them, and feeds the answers back to the driver. AppendEntries go on
+//! one long-lived `Replicate` stream (a bounded number in flight, answered in
+//! order); RequestVote goes as a unary call. A peer that fails is backed off
+//! (messages for it are dropped and reported unreachable) so a dead or slow
+//! peer never blocks the driver.
 
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
-use tonic::Status;
+use tonic::{Status, Streaming};
 use tracing::{info, warn, Instrument, Span};
 
 use super::convert::*;
 use super::service::RAFT_MESSAGE_BYTES_MAX;
 use crate::proto::raft_client::RaftClient;
+use crate::proto::{self};
 use crate::raft::{Message, NodeId};
 use crate::server::{Input, PeerConfig};
 
@@ -22,88 +29,302 @@ use crate::server::{Input, PeerConfig};
 const QUEUE_CAPACITY: usize = 1024;
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// RequestVote calls in flight (one per election is the norm).
+const VOTES_IN_FLIGHT_MAX: usize = 4;
+/// Heartbeats (periodic and ReadIndex rounds) ride the stream beside the
+/// appends the core counts against `inflight_appends_max`.
+const STREAM_SLACK: usize = 4;
+
+/// The two connections to a peer: `votes` carries unary calls with a
+/// deadline each; `replication` carries the `Replicate` stream, which has no
+/// call deadline (each AppendEntries on it gets `rpc_timeout` instead).
+pub(crate) struct PeerChannels {
+    pub votes: Channel,
+    pub replication: Channel,
+    pub rpc_timeout: Duration,
+}
 
 pub(crate) fn spawn(
     id: NodeId,
     peer: PeerConfig,
-    channel: Channel,
+    channels: PeerChannels,
     inbox: mpsc::Sender<Input>,
-    rpcs_in_flight_max: usize,
+    appends_in_flight_max: usize,
     shutdown: watch::Receiver<bool>,
     span: Span,
 ) -> (mpsc::Sender<Message>, JoinHandle<()>) {
     let (sender, queue) = mpsc::channel(QUEUE_CAPACITY);
-    let client = RaftClient::new(channel)
-        .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
-        .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
-    let task = tokio::spawn(
-        run(
-            id,
-            peer,
-            client,
-            queue,
-            inbox,
-            rpcs_in_flight_max.max(1),
-            shutdown,
-        )
-        .instrument(span),
-    );
+    let client = |channel| {
+        RaftClient::new(channel)
+            .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX)
+    };
+    let sender_task = PeerSender {
+        id,
+        peer,
+        votes: client(channels.votes),
+        replication: client(channels.replication),
+        rpc_timeout: channels.rpc_timeout,
+        stream_in_flight_max: appends_in_flight_max.max(1) + STREAM_SLACK,
+        inbox,
+        stream: None,
+        stream_backoff: Backoff::default(),
+        votes_backoff: Backoff::default(),
+        is_down: false,
+    };
+    let task = tokio::spawn(sender_task.run(queue, shutdown).instrument(span));
     (sender, task)
 }
 
-async fn run(
+type Opening =
+    Pin<Box<dyn Future<Output = Result<Streaming<proto::AppendEntriesResponse>, Status>> + Send>>;
+
+/// An open (or opening) `Replicate` stream.
+struct Stream {
+    requests: mpsc::Sender<proto::AppendEntriesRequest>,
+    /// Until the peer answered the call: the call itself.
+    opening: Option<Opening>,
+    responses: Option<Streaming<proto::AppendEntriesResponse>>,
+    /// When each AppendEntries in flight was sent, oldest first.
+    in_flight: VecDeque<Instant>,
+}
+
+/// What woke the sender's loop.
+enum Event {
+    Shutdown,
+    Vote(Result<Result<Input, Status>, tokio::task::JoinError>),
+    Opened(Result<Streaming<proto::AppendEntriesResponse>, Status>),
+    Response(Result<Option<proto::AppendEntriesResponse>, Status>),
+    Overdue,
+    Queued(Option<Message>),
+}
+
+/// After a failure, messages of that kind are dropped until `retry_at`.
+#[derive(Default)]
+struct Backoff {
+    delay: Duration,
+    retry_at: Option<Instant>,
+}
+
+impl Backoff {
+    fn is_waiting(&self) -> bool {
+        self.retry_at.is_some_and(|at| Instant::now() < at)
+    }
+
+    fn failed(&mut self) {
+        self.delay = (self.delay * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
+        self.retry_at = Some(Instant::now() + self.delay);
+    }
+
+    fn succeeded(&mut self) {
+        *self = Backoff::default();
+    }
+}
+
+struct PeerSender {
     id: NodeId,
     peer: PeerConfig,
-    client: RaftClient<Channel>,
-    mut queue: mpsc::Receiver<Message>,
+    votes: RaftClient<Channel>,
+    replication: RaftClient<Channel>,
+    rpc_timeout: Duration,
+    /// Messages in flight on the stream; one more is a stalled stream.
+    stream_in_flight_max: usize,
     inbox: mpsc::Sender<Input>,
-    rpcs_in_flight_max: usize,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut in_flight: JoinSet<Result<Input, Status>> = JoinSet::new();
-    let mut backoff = Duration::ZERO;
-    let mut retry_at: Option<Instant> = None;
-    let mut is_down = false;
-    loop {
-        let input = tokio::select! {
-            biased;
-            _ = shutdown.changed() => return,
-            Some(joined) = in_flight.join_next(), if !in_flight.is_empty() => {
-                match joined {
-                    Ok(Ok(input)) => {
-                        if is_down {
-                            info!(peer = peer.id.0, "Connected to peer {}", peer.raft_addr);
-                            is_down = false;
-                        }
-                        backoff = Duration::ZERO;
-                        retry_at = None;
-                        input
-                    }
-                    Ok(Err(status)) => {
-                        if !is_down {
-                            warn!(peer = peer.id.0, "Failed to connect to peer {}: {}", peer.raft_addr, describe(&status));
-                            is_down = true;
-                        }
-                        backoff = (backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
-                        retry_at = Some(Instant::now() + backoff);
-                        Input::Unreachable { peer: peer.id }
-                    }
-                    Err(_) => Input::Unreachable { peer: peer.id },
+    stream: Option<Stream>,
+    stream_backoff: Backoff,
+    votes_backoff: Backoff,
+    /// Logged once per outage.
+    is_down: bool,
+}
+
+impl PeerSender {
+    async fn run(
+        mut self,
+        mut queue: mpsc::Receiver<Message>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut votes: JoinSet<Result<Input, Status>> = JoinSet::new();
+        loop {
+            let overdue_at = self
+                .stream
+                .as_ref()
+                .and_then(|s| s.in_flight.front())
+                .map(|sent| *sent + self.rpc_timeout);
+            let event = tokio::select! {
+                biased;
+                _ = shutdown.changed() => Event::Shutdown,
+                Some(joined) = votes.join_next(), if !votes.is_empty() => Event::Vote(joined),
+                event = stream_event(&mut self.stream) => event,
+                _ = sleep_until(overdue_at) => Event::Overdue,
+                message = queue.recv(), if votes.len() < VOTES_IN_FLIGHT_MAX => Event::Queued(message),
+            };
+            let input = match event {
+                Event::Shutdown | Event::Queued(None) => return,
+                Event::Vote(Ok(Ok(input))) => {
+                    self.votes_backoff.succeeded();
+                    self.mark_up();
+                    input
                 }
-            }
-            message = queue.recv(), if in_flight.len() < rpcs_in_flight_max => {
-                let Some(message) = message else { return };
-                if retry_at.is_some_and(|at| Instant::now() < at) {
-                    Input::Unreachable { peer: peer.id }
-                } else {
-                    in_flight.spawn(call(client.clone(), id, peer.id, message));
+                Event::Vote(Ok(Err(status))) => {
+                    self.votes_backoff.failed();
+                    self.mark_down(&status);
+                    Input::Unreachable { peer: self.peer.id }
+                }
+                Event::Vote(Err(_)) => Input::Unreachable { peer: self.peer.id },
+                Event::Opened(Ok(responses)) => {
+                    if let Some(stream) = &mut self.stream {
+                        stream.responses = Some(responses);
+                    }
                     continue;
                 }
+                Event::Opened(Err(status)) | Event::Response(Err(status)) => {
+                    self.close_stream(&status)
+                }
+                Event::Response(Ok(None)) => {
+                    self.close_stream(&Status::unavailable("the peer ended the stream"))
+                }
+                Event::Response(Ok(Some(response))) => match self.answer(response) {
+                    Ok(input) => input,
+                    Err(status) => self.close_stream(&status),
+                },
+                Event::Overdue => self.close_stream(&Status::deadline_exceeded(format!(
+                    "no answer to an AppendEntries within {:?}",
+                    self.rpc_timeout
+                ))),
+                Event::Queued(Some(Message::RequestVote(request))) => {
+                    if self.votes_backoff.is_waiting() {
+                        Input::Unreachable { peer: self.peer.id }
+                    } else {
+                        let message = request_vote_to_proto(self.id, self.peer.id, request);
+                        votes.spawn(request_vote(self.votes.clone(), self.peer.id, message));
+                        continue;
+                    }
+                }
+                Event::Queued(Some(Message::AppendEntries(request))) => {
+                    if self.stream_backoff.is_waiting() {
+                        Input::Unreachable { peer: self.peer.id }
+                    } else {
+                        let message = append_entries_to_proto(self.id, self.peer.id, request);
+                        match self.send_append(message) {
+                            Ok(()) => continue,
+                            Err(status) => self.close_stream(&status),
+                        }
+                    }
+                }
+            };
+            if self.inbox.send(input).await.is_err() {
+                return;
             }
-        };
-        if inbox.send(input).await.is_err() {
-            return;
         }
+    }
+
+    /// Sends one AppendEntries on the stream, opening it if needed. The
+    /// message waits in the stream's queue while the call connects. A stream
+    /// with more in flight than the core ever sends is stalled: an error.
+    fn send_append(&mut self, message: proto::AppendEntriesRequest) -> Result<(), Status> {
+        if self
+            .stream
+            .as_ref()
+            .is_some_and(|s| s.in_flight.len() >= self.stream_in_flight_max)
+        {
+            return Err(Status::deadline_exceeded(
+                "the replication stream is stalled (too many AppendEntries unanswered)",
+            ));
+        }
+        if self.stream.is_none() {
+            let (requests, outgoing) = mpsc::channel(self.stream_in_flight_max);
+            let mut client = self.replication.clone();
+            let opening: Opening = Box::pin(async move {
+                let response = client.replicate(ReceiverStream::new(outgoing)).await?;
+                Ok(response.into_inner())
+            });
+            self.stream = Some(Stream {
+                requests,
+                opening: Some(opening),
+                responses: None,
+                in_flight: VecDeque::new(),
+            });
+        }
+        let stream = self.stream.as_mut().expect("opened above");
+        stream
+            .requests
+            .try_send(message)
+            .map_err(|_| Status::unavailable("the replication stream is closed"))?;
+        stream.in_flight.push_back(Instant::now());
+        Ok(())
+    }
+
+    /// The answer to the oldest AppendEntries in flight.
+    fn answer(&mut self, response: proto::AppendEntriesResponse) -> Result<Input, Status> {
+        check_sender(self.peer.id, response.from)?;
+        let stream = self
+            .stream
+            .as_mut()
+            .expect("a response comes from a stream");
+        if stream.in_flight.pop_front().is_none() {
+            return Err(Status::internal("an answer to no AppendEntries"));
+        }
+        self.stream_backoff.succeeded();
+        self.mark_up();
+        Ok(Input::AppendEntriesResponse {
+            from: self.peer.id,
+            response: append_entries_response_from_proto(response),
+        })
+    }
+
+    /// Drops the stream (the AppendEntries in flight on it are lost; the core
+    /// re-probes on `Unreachable`) and backs off before the next attempt.
+    fn close_stream(&mut self, status: &Status) -> Input {
+        self.stream = None;
+        self.stream_backoff.failed();
+        self.mark_down(status);
+        Input::Unreachable { peer: self.peer.id }
+    }
+
+    fn mark_up(&mut self) {
+        if self.is_down {
+            info!(
+                peer = self.peer.id.0,
+                "Connected to peer {}", self.peer.raft_addr
+            );
+            self.is_down = false;
+        }
+    }
+
+    fn mark_down(&mut self, status: &Status) {
+        if !self.is_down {
+            warn!(
+                peer = self.peer.id.0,
+                "Failed to connect to peer {}: {}",
+                self.peer.raft_addr,
+                describe(status)
+            );
+            self.is_down = true;
+        }
+    }
+}
+
+/// The stream's next event: its call answered, then each response. Pending
+/// without a stream. Cancel-safe: the state lives in `stream`.
+async fn stream_event(stream: &mut Option<Stream>) -> Event {
+    let Some(stream) = stream.as_mut() else {
+        return std::future::pending().await;
+    };
+    if let Some(opening) = stream.opening.as_mut() {
+        let opened = opening.await;
+        stream.opening = None;
+        return Event::Opened(opened);
+    }
+    match stream.responses.as_mut() {
+        Some(responses) => Event::Response(responses.message().await),
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -119,36 +340,17 @@ fn describe(status: &Status) -> String {
     root.to_string()
 }
 
-async fn call(
+async fn request_vote(
     mut client: RaftClient<Channel>,
-    from: NodeId,
     to: NodeId,
-    message: Message,
+    message: proto::RequestVoteRequest,
 ) -> Result<Input, Status> {
-    match message {
-        Message::RequestVote(request) => {
-            let response = client
-                .request_vote(request_vote_to_proto(from, to, request))
-                .await?
-                .into_inner();
-            check_sender(to, response.from)?;
-            Ok(Input::RequestVoteResponse {
-                from: to,
-                response: request_vote_response_from_proto(response),
-            })
-        }
-        Message::AppendEntries(request) => {
-            let response = client
-                .append_entries(append_entries_to_proto(from, to, request))
-                .await?
-                .into_inner();
-            check_sender(to, response.from)?;
-            Ok(Input::AppendEntriesResponse {
-                from: to,
-                response: append_entries_response_from_proto(response),
-            })
-        }
-    }
+    let response = client.request_vote(message).await?.into_inner();
+    check_sender(to, response.from)?;
+    Ok(Input::RequestVoteResponse {
+        from: to,
+        response: request_vote_response_from_proto(response),
+    })
 }
 
 /// The address we dialled must be the node we meant.

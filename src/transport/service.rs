@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::{warn, Instrument, Span};
 
@@ -52,9 +53,14 @@ pub(crate) fn spawn_raft_server(
     shutdown: watch::Receiver<bool>,
     span: Span,
 ) -> JoinHandle<()> {
-    let service = RaftServer::new(RaftService { id, peers, inbox })
-        .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
-        .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
+    let service = RaftServer::new(RaftService {
+        id,
+        peers,
+        inbox,
+        shutdown: shutdown.clone(),
+    })
+    .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
+    .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
     tokio::spawn(
         async move {
             if let Err(e) = keepalive_server()
@@ -96,13 +102,92 @@ pub(crate) fn spawn_kv_server(
     )
 }
 
+/// AppendEntries a `Replicate` stream may have waiting for the driver. The
+/// leader keeps fewer in flight (`inflight_appends_max`); past this the
+/// stream is not read until answers leave (HTTP/2 flow control pushes back).
+const REPLICATE_PENDING_MAX: usize = 64;
+
+#[derive(Clone)]
 struct RaftService {
     id: NodeId,
     peers: BTreeSet<NodeId>,
     inbox: mpsc::Sender<Input>,
+    /// Ends the `Replicate` streams, so an idle one does not hold the
+    /// server's graceful shutdown open.
+    shutdown: watch::Receiver<bool>,
+}
+
+/// One answer of a `Replicate` stream, in request order.
+enum StreamAnswer {
+    Pending(oneshot::Receiver<crate::raft::AppendEntriesResponse>),
+    /// The request was refused: the stream ends with this status.
+    Refused(Status),
 }
 
 impl RaftService {
+    /// The checks of an AppendEntries, whichever way it came.
+    fn check_append(&self, message: &proto::AppendEntriesRequest) -> Result<(), Status> {
+        self.check_route(message.from, message.to, message.term)?;
+        if let Some(entry) = message.entries.iter().find(|e| e.term == 0 || e.index == 0) {
+            warn!(
+                from = message.from,
+                index = entry.index,
+                "AppendEntries with a zero term or index: rejected"
+            );
+            return Err(Status::invalid_argument(
+                "entries need a non-zero term and index",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads a `Replicate` stream: each request goes to the driver in order,
+    /// and its answer (a receiver, so requests pipeline) goes to `answers`.
+    async fn read_stream(
+        self,
+        mut requests: tonic::Streaming<proto::AppendEntriesRequest>,
+        answers: mpsc::Sender<StreamAnswer>,
+    ) {
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = until_shutdown(self.shutdown.clone()) => {
+                    Err(Status::unavailable("node shutting down"))
+                }
+                next = requests.message() => next,
+            };
+            let message = match next {
+                Ok(Some(message)) => message,
+                // The leader closed the stream.
+                Ok(None) => return,
+                // The connection broke, a message was malformed or too large,
+                // or this node is stopping: say so to the leader.
+                Err(status) => {
+                    let _ = answers.send(StreamAnswer::Refused(status)).await;
+                    return;
+                }
+            };
+            if let Err(status) = self.check_append(&message) {
+                let _ = answers.send(StreamAnswer::Refused(status)).await;
+                return;
+            }
+            let (reply, answer) = oneshot::channel();
+            let input = Input::AppendEntries {
+                request: append_entries_from_proto(message),
+                reply,
+            };
+            if self.inbox.send(input).await.is_err() {
+                let _ = answers
+                    .send(StreamAnswer::Refused(Status::unavailable("node stopped")))
+                    .await;
+                return;
+            }
+            if answers.send(StreamAnswer::Pending(answer)).await.is_err() {
+                return;
+            }
+        }
+    }
+
     /// Only known peers may speak, and only to this node.
     fn check_route(&self, from: u64, to: u64, term: u64) -> Result<(), Status> {
         if term > TERM_MAX {
@@ -163,17 +248,7 @@ impl Raft for RaftService {
         request: Request<proto::AppendEntriesRequest>,
     ) -> Result<Response<proto::AppendEntriesResponse>, Status> {
         let message = request.into_inner();
-        self.check_route(message.from, message.to, message.term)?;
-        if let Some(entry) = message.entries.iter().find(|e| e.term == 0 || e.index == 0) {
-            warn!(
-                from = message.from,
-                index = entry.index,
-                "AppendEntries with a zero term or index: rejected"
-            );
-            return Err(Status::invalid_argument(
-                "entries need a non-zero term and index",
-            ));
-        }
+        self.check_append(&message)?;
         let (reply, answer) = oneshot::channel();
         let input = Input::AppendEntries {
             request: append_entries_from_proto(message),
@@ -183,6 +258,41 @@ impl Raft for RaftService {
         Ok(Response::new(append_entries_response_to_proto(
             self.id, response,
         )))
+    }
+
+    type ReplicateStream = ReceiverStream<Result<proto::AppendEntriesResponse, Status>>;
+
+    async fn replicate(
+        &self,
+        request: Request<tonic::Streaming<proto::AppendEntriesRequest>>,
+    ) -> Result<Response<Self::ReplicateStream>, Status> {
+        let (answers_tx, mut answers) = mpsc::channel(REPLICATE_PENDING_MAX);
+        let (responses_tx, responses) = mpsc::channel(REPLICATE_PENDING_MAX);
+        tokio::spawn(
+            self.clone()
+                .read_stream(request.into_inner(), answers_tx)
+                .in_current_span(),
+        );
+        let id = self.id;
+        tokio::spawn(
+            async move {
+                while let Some(answer) = answers.recv().await {
+                    let response = match answer {
+                        StreamAnswer::Pending(answer) => match answer.await {
+                            Ok(response) => Ok(append_entries_response_to_proto(id, response)),
+                            Err(_) => Err(Status::unavailable("node stopped")),
+                        },
+                        StreamAnswer::Refused(status) => Err(status),
+                    };
+                    let is_last = response.is_err();
+                    if responses_tx.send(response).await.is_err() || is_last {
+                        return;
+                    }
+                }
+            }
+            .in_current_span(),
+        );
+        Ok(Response::new(ReceiverStream::new(responses)))
     }
 }
 

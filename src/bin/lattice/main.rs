@@ -83,6 +83,10 @@ struct NodeArgs {
     /// Heartbeat interval, in ticks.
     #[arg(long, default_value_t = 2)]
     heartbeat_ticks: u32,
+    /// AppendEntries RPCs in flight per follower. Fewer means larger batches
+    /// (fewer RPCs and fsyncs per write) at the cost of some latency.
+    #[arg(long, default_value_t = 4)]
+    inflight_appends: usize,
 }
 
 #[derive(Args)]
@@ -190,6 +194,7 @@ async fn run_node(args: NodeArgs) -> Result<()> {
     config.election_timeout_ticks_min = args.election_ticks_min;
     config.election_timeout_ticks_max = args.election_ticks_max;
     config.heartbeat_interval_ticks = args.heartbeat_ticks;
+    config.inflight_appends_max = args.inflight_appends;
     config.source_ip = match args.source_ip.as_deref() {
         None => None,
         Some("raft") => {
