@@ -29,10 +29,10 @@ pub struct BenchArgs {
     /// Client counts to measure, comma separated.
     #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
     clients: Vec<usize>,
-    /// Connections per endpoint shared by the clients (each client is its own
-    /// session; gRPC multiplexes them), like etcd's `benchmark --conns`.
-    /// Capped at the client count.
-    #[arg(long, default_value_t = 8)]
+    /// gRPC connections per endpoint, shared by the clients (each client is
+    /// its own session; HTTP/2 multiplexes their calls). Like etcd's
+    /// `benchmark --conns`, and with its default. Capped at the client count.
+    #[arg(long, default_value_t = 1)]
     conns: usize,
     /// Workloads to measure, comma separated.
     #[arg(long, value_delimiter = ',', default_value = "put,get,mixed")]
@@ -174,6 +174,10 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             .await
             .context("preloading the keys")?;
     }
+    println!(
+        "{} s per configuration, {}-byte values, {} keys, {} connection(s) per endpoint",
+        args.duration_secs, args.value_bytes, args.keys, args.conns
+    );
     println!(
         "{:<8} {:>7} {:>12} {:>9} {:>9} {:>9} {:>7}",
         "workload", "clients", "ops/s", "p50 ms", "p99 ms", "p999 ms", "errors"
