@@ -144,18 +144,27 @@ impl PeerSender {
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut votes: JoinSet<Result<Input, Status>> = JoinSet::new();
+        // One timer for the oldest AppendEntries in flight, moved only when
+        // that message changes (not re-armed on every wake-up).
+        let overdue = tokio::time::sleep(self.rpc_timeout);
+        tokio::pin!(overdue);
+        let mut overdue_armed: Option<Instant> = None;
         loop {
             let overdue_at = self
                 .stream
                 .as_ref()
                 .and_then(|s| s.in_flight.front())
                 .map(|sent| *sent + self.rpc_timeout);
+            if let Some(at) = overdue_at.filter(|at| overdue_armed != Some(*at)) {
+                overdue.as_mut().reset(at);
+                overdue_armed = Some(at);
+            }
             let event = tokio::select! {
                 biased;
                 _ = shutdown.changed() => Event::Shutdown,
                 Some(joined) = votes.join_next(), if !votes.is_empty() => Event::Vote(joined),
                 event = stream_event(&mut self.stream) => event,
-                _ = sleep_until(overdue_at) => Event::Overdue,
+                _ = &mut overdue, if overdue_at.is_some() => Event::Overdue,
                 message = queue.recv(), if votes.len() < VOTES_IN_FLIGHT_MAX => Event::Queued(message),
             };
             let input = match event {
@@ -187,10 +196,13 @@ impl PeerSender {
                     Ok(input) => input,
                     Err(status) => self.close_stream(&status),
                 },
-                Event::Overdue => self.close_stream(&Status::deadline_exceeded(format!(
-                    "no answer to an AppendEntries within {:?}",
-                    self.rpc_timeout
-                ))),
+                Event::Overdue => {
+                    overdue_armed = None;
+                    self.close_stream(&Status::deadline_exceeded(format!(
+                        "no answer to an AppendEntries within {:?}",
+                        self.rpc_timeout
+                    )))
+                }
                 Event::Queued(Some(Message::RequestVote(request))) => {
                     if self.votes_backoff.is_waiting() {
                         Input::Unreachable { peer: self.peer.id }
@@ -317,13 +329,6 @@ async fn stream_event(stream: &mut Option<Stream>) -> Event {
     }
     match stream.responses.as_mut() {
         Some(responses) => Event::Response(responses.message().await),
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }

@@ -148,10 +148,12 @@ impl RaftService {
         mut requests: tonic::Streaming<proto::AppendEntriesRequest>,
         answers: mpsc::Sender<StreamAnswer>,
     ) {
+        let stopping = until_shutdown(self.shutdown.clone());
+        tokio::pin!(stopping);
         loop {
             let next = tokio::select! {
                 biased;
-                _ = until_shutdown(self.shutdown.clone()) => {
+                _ = &mut stopping => {
                     Err(Status::unavailable("node shutting down"))
                 }
                 next = requests.message() => next,
