@@ -400,6 +400,60 @@ async fn clients_find_the_leader_and_bad_requests_fail_cleanly() -> Result<()> {
         "the forged higher term did not depose the leader"
     );
 
+    // The Batch stream answers each operation under its id, whatever the
+    // others in its message do: a good put next to requests without an
+    // operation, with an empty key, without a session.
+    {
+        use lattice::proto::kv_request::Operation;
+        use lattice::proto::kv_response::Result as Answer;
+        use lattice::proto::{BatchRequest, GetRequest, KvRequest, PutRequest, Session};
+        let channel = tonic::transport::Endpoint::from_shared(format!(
+            "http://{}",
+            cluster.addrs[leader as usize - 1].kv
+        ))?
+        .connect()
+        .await?;
+        let mut kv = lattice::proto::kv_client::KvClient::new(channel);
+        let put = |session, key: &[u8]| PutRequest {
+            session,
+            key: key.to_vec(),
+            value: b"one".to_vec(),
+        };
+        let session = Some(Session {
+            client_id: 99,
+            sequence: 1,
+        });
+        let requests = vec![
+            (7, Some(Operation::Put(put(session, b"batch")))),
+            (8, None),
+            (9, Some(Operation::Get(GetRequest { key: vec![] }))),
+            (10, Some(Operation::Put(put(None, b"batch")))),
+        ];
+        let batch = BatchRequest {
+            requests: requests
+                .into_iter()
+                .map(|(id, operation)| KvRequest { id, operation })
+                .collect(),
+        };
+        let mut responses = kv.batch(tokio_stream::iter([batch])).await?.into_inner();
+        let mut answers = std::collections::BTreeMap::new();
+        // Our side closed after one message: the node answers all, then ends.
+        while let Some(message) = responses.message().await? {
+            for response in message.responses {
+                assert!(answers.insert(response.id, response.result).is_none());
+            }
+        }
+        assert_eq!(answers.keys().copied().collect::<Vec<_>>(), [7, 8, 9, 10]);
+        assert!(matches!(answers[&7], Some(Answer::Put(_))), "{answers:?}");
+        for id in [8, 9, 10] {
+            match &answers[&id] {
+                Some(Answer::Error(error)) => assert_eq!(error.class, "invalid-argument"),
+                other => panic!("request {id}: expected an invalid-argument error, got {other:?}"),
+            }
+        }
+        assert_eq!(client.get("batch").await?, Some(b"one".to_vec()));
+    }
+
     client.put("after", "garbage").await?;
     assert_eq!(client.get("after").await?, Some(b"garbage".to_vec()));
     cluster.shutdown().await;

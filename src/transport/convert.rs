@@ -16,8 +16,9 @@ const ERROR_KEY: &str = "lattice-error";
 /// Metadata carrying the leader's KV address with a `not-leader` error.
 const LEADER_KEY: &str = "lattice-leader";
 
-pub(crate) fn error_to_status(error: &Error) -> Status {
-    let (code, class) = match error {
+/// The class a client sorts an error by, and the gRPC code it travels with.
+fn class_of(error: &Error) -> (Code, &'static str) {
+    match error {
         Error::NotLeader { .. } => (Code::FailedPrecondition, "not-leader"),
         Error::InvalidArgument(_) => (Code::InvalidArgument, "invalid-argument"),
         Error::Unavailable(_) => (Code::Unavailable, "unavailable"),
@@ -25,7 +26,24 @@ pub(crate) fn error_to_status(error: &Error) -> Status {
         Error::Storage { .. } | Error::Io { .. } | Error::Config(_) | Error::Transport(_) => {
             (Code::Internal, "internal")
         }
-    };
+    }
+}
+
+/// The error a Lattice node said, from its class, message and leader hint.
+/// `None` for a class no Lattice node sends.
+fn error_of_class(class: &str, message: String, leader: Option<String>) -> Option<Error> {
+    Some(match class {
+        "not-leader" => Error::NotLeader { leader },
+        "invalid-argument" => Error::InvalidArgument(message),
+        "unavailable" => Error::Unavailable(message),
+        "indeterminate" => Error::Indeterminate(message),
+        "internal" => Error::Indeterminate(format!("server error: {message}")),
+        _ => return None,
+    })
+}
+
+pub(crate) fn error_to_status(error: &Error) -> Status {
+    let (code, class) = class_of(error);
     let mut status = Status::new(code, error.to_string());
     status
         .metadata_mut()
@@ -45,28 +63,48 @@ pub(crate) fn error_to_status(error: &Error) -> Status {
 /// (a transport failure, a deadline) comes back as `Indeterminate`, or as
 /// `Unavailable` when the connection was never made.
 pub fn status_to_error(status: &Status) -> Error {
-    let class = status
-        .metadata()
-        .get(ERROR_KEY)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let metadata = |key| {
+        status
+            .metadata()
+            .get(key)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let class = metadata(ERROR_KEY).unwrap_or_default();
     let message = status.message().to_string();
-    match class {
-        "not-leader" => Error::NotLeader {
-            leader: status
-                .metadata()
-                .get(LEADER_KEY)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string),
-        },
-        "invalid-argument" => Error::InvalidArgument(message),
-        "unavailable" => Error::Unavailable(message),
-        "indeterminate" => Error::Indeterminate(message),
-        "internal" => Error::Indeterminate(format!("server error: {message}")),
-        _ if status.code() == Code::InvalidArgument => Error::InvalidArgument(message),
-        _ if is_connect_failure(status) => Error::Unavailable(format!("cannot connect: {message}")),
-        _ => Error::Indeterminate(format!("{:?}: {message}", status.code())),
+    if let Some(error) = error_of_class(&class, message.clone(), metadata(LEADER_KEY)) {
+        return error;
     }
+    if status.code() == Code::InvalidArgument {
+        Error::InvalidArgument(message)
+    } else if is_connect_failure(status) {
+        Error::Unavailable(format!("cannot connect: {message}"))
+    } else {
+        Error::Indeterminate(format!("{:?}: {message}", status.code()))
+    }
+}
+
+/// An error as one answer of a `Batch` stream.
+pub(crate) fn error_to_proto(error: &Error) -> proto::KvError {
+    let leader = match error {
+        Error::NotLeader {
+            leader: Some(leader),
+        } => leader.clone(),
+        _ => String::new(),
+    };
+    proto::KvError {
+        class: class_of(error).1.to_string(),
+        message: error.to_string(),
+        leader,
+    }
+}
+
+/// The inverse of [`error_to_proto`]. An unknown class is an answer this
+/// client cannot read, so whether the operation happened is unknown.
+pub fn error_from_proto(error: proto::KvError) -> Error {
+    let leader = (!error.leader.is_empty()).then_some(error.leader);
+    let unknown = format!("unknown error class {:?}: {}", error.class, error.message);
+    error_of_class(&error.class, error.message, leader).unwrap_or(Error::Indeterminate(unknown))
 }
 
 /// Whether the request certainly never left: the connection could not be made.

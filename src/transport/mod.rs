@@ -10,8 +10,8 @@ mod convert;
 pub(crate) mod peer;
 pub mod service;
 
-pub(crate) use convert::error_to_status;
-pub use convert::status_to_error;
+pub use convert::{error_from_proto, status_to_error};
+pub(crate) use convert::{error_to_proto, error_to_status};
 
 use std::future::Future;
 use std::io;

@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
@@ -11,7 +12,7 @@ use tonic::{Request, Response, Status};
 use tracing::{warn, Instrument, Span};
 
 use super::convert::*;
-use super::{error_to_status, Listener};
+use super::{error_to_proto, error_to_status, Listener};
 use crate::kv::{self, Command, Operation, Outcome};
 use crate::proto::kv_server::{Kv, KvServer};
 use crate::proto::raft_server::{Raft, RaftServer};
@@ -85,6 +86,7 @@ pub(crate) fn spawn_kv_server(
     let service = KvServer::new(KvService {
         inbox,
         request_timeout,
+        shutdown: shutdown.clone(),
     })
     .max_decoding_message_size(KV_MESSAGE_BYTES_MAX)
     .max_encoding_message_size(KV_MESSAGE_BYTES_MAX);
@@ -298,35 +300,43 @@ impl Raft for RaftService {
     }
 }
 
+#[derive(Clone)]
 struct KvService {
     inbox: mpsc::Sender<Input>,
     request_timeout: Duration,
+    /// Ends the `Batch` streams, so an idle one does not hold the server's
+    /// graceful shutdown open.
+    shutdown: watch::Receiver<bool>,
 }
 
-fn session_of(session: Option<proto::Session>) -> Result<(u64, u64), Status> {
-    let session = session.ok_or_else(|| {
-        error_to_status(&Error::InvalidArgument(
-            "a mutating request needs a session".into(),
-        ))
-    })?;
+/// Operations a `Batch` stream may have in progress; past this the stream
+/// is not read until some finish (HTTP/2 flow control pushes back).
+const BATCH_PENDING_MAX: usize = 4096;
+
+fn session_of(session: Option<proto::Session>) -> Result<(u64, u64)> {
+    let session = session
+        .ok_or_else(|| Error::InvalidArgument("a mutating request needs a session".into()))?;
     Ok((session.client_id, session.sequence))
 }
 
+fn mismatch(outcome: Outcome) -> Error {
+    Error::Indeterminate(format!(
+        "the session's sequence number was already used for another operation ({outcome:?})"
+    ))
+}
+
+/// The operations, as both the unary calls and the `Batch` stream serve them.
 impl KvService {
     /// Proposes a command and waits for its outcome, within the request timeout.
-    async fn propose(&self, command: Command) -> Result<Outcome, Status> {
-        command.validate().map_err(|e| error_to_status(&e))?;
+    async fn propose(&self, command: Command) -> Result<Outcome> {
+        command.validate()?;
         let deadline = tokio::time::Instant::now() + self.request_timeout;
         let (reply, answer) = oneshot::channel();
         match tokio::time::timeout_at(deadline, self.inbox.send(Input::Propose { command, reply }))
             .await
         {
-            Err(_) => {
-                return Err(error_to_status(&Error::Unavailable(
-                    "node overloaded".into(),
-                )))
-            }
-            Ok(Err(_)) => return Err(error_to_status(&Error::Unavailable("node stopped".into()))),
+            Err(_) => return Err(Error::Unavailable("node overloaded".into())),
+            Ok(Err(_)) => return Err(Error::Unavailable("node stopped".into())),
             Ok(Ok(())) => {}
         }
         let outcome = match tokio::time::timeout_at(deadline, answer).await {
@@ -337,28 +347,14 @@ impl KvService {
                 "node stopped with the command in flight".into(),
             )),
             Ok(Ok(outcome)) => outcome,
-        };
+        }?;
         match outcome {
-            Ok(Outcome::Rejected(reason)) => Err(error_to_status(&Error::Indeterminate(reason))),
-            Ok(outcome) => Ok(outcome),
-            Err(e) => Err(error_to_status(&e)),
+            Outcome::Rejected(reason) => Err(Error::Indeterminate(reason)),
+            outcome => Ok(outcome),
         }
     }
-}
 
-fn mismatch(outcome: Outcome) -> Status {
-    error_to_status(&Error::Indeterminate(format!(
-        "the session's sequence number was already used for another operation ({outcome:?})"
-    )))
-}
-
-#[tonic::async_trait]
-impl Kv for KvService {
-    async fn put(
-        &self,
-        request: Request<proto::PutRequest>,
-    ) -> Result<Response<proto::PutResponse>, Status> {
-        let message = request.into_inner();
+    async fn put(&self, message: proto::PutRequest) -> Result<proto::PutResponse> {
         let (client_id, sequence) = session_of(message.session)?;
         let command = Command {
             client_id,
@@ -369,17 +365,13 @@ impl Kv for KvService {
             },
         };
         match self.propose(command).await? {
-            Outcome::Put => Ok(Response::new(proto::PutResponse {})),
+            Outcome::Put => Ok(proto::PutResponse {}),
             other => Err(mismatch(other)),
         }
     }
 
-    async fn get(
-        &self,
-        request: Request<proto::GetRequest>,
-    ) -> Result<Response<proto::GetResponse>, Status> {
-        let message = request.into_inner();
-        kv::validate_key(&message.key).map_err(|e| error_to_status(&e))?;
+    async fn get(&self, message: proto::GetRequest) -> Result<proto::GetResponse> {
+        kv::validate_key(&message.key)?;
         let (reply, answer) = oneshot::channel();
         let deadline = tokio::time::Instant::now() + self.request_timeout;
         let input = Input::Read {
@@ -396,19 +388,14 @@ impl Kv for KvService {
                 Ok(Err(_)) => Err(Error::Unavailable("node stopped".into())),
                 Ok(Ok(value)) => value,
             },
-        }
-        .map_err(|e| error_to_status(&e))?;
-        Ok(Response::new(proto::GetResponse {
+        }?;
+        Ok(proto::GetResponse {
             found: value.is_some(),
             value: value.unwrap_or_default(),
-        }))
+        })
     }
 
-    async fn delete(
-        &self,
-        request: Request<proto::DeleteRequest>,
-    ) -> Result<Response<proto::DeleteResponse>, Status> {
-        let message = request.into_inner();
+    async fn delete(&self, message: proto::DeleteRequest) -> Result<proto::DeleteResponse> {
         let (client_id, sequence) = session_of(message.session)?;
         let command = Command {
             client_id,
@@ -416,16 +403,15 @@ impl Kv for KvService {
             operation: Operation::Delete { key: message.key },
         };
         match self.propose(command).await? {
-            Outcome::Delete { existed } => Ok(Response::new(proto::DeleteResponse { existed })),
+            Outcome::Delete { existed } => Ok(proto::DeleteResponse { existed }),
             other => Err(mismatch(other)),
         }
     }
 
     async fn compare_and_swap(
         &self,
-        request: Request<proto::CompareAndSwapRequest>,
-    ) -> Result<Response<proto::CompareAndSwapResponse>, Status> {
-        let message = request.into_inner();
+        message: proto::CompareAndSwapRequest,
+    ) -> Result<proto::CompareAndSwapResponse> {
         let (client_id, sequence) = session_of(message.session)?;
         let command = Command {
             client_id,
@@ -438,12 +424,144 @@ impl Kv for KvService {
         };
         match self.propose(command).await? {
             Outcome::CompareAndSwap { swapped, current } => {
-                Ok(Response::new(proto::CompareAndSwapResponse {
-                    swapped,
-                    current,
-                }))
+                Ok(proto::CompareAndSwapResponse { swapped, current })
             }
             other => Err(mismatch(other)),
         }
+    }
+
+    /// One operation of a `Batch` stream, answered under its id.
+    async fn answer(&self, request: proto::KvRequest) -> proto::KvResponse {
+        use proto::kv_request::Operation as Op;
+        use proto::kv_response::Result as Answer;
+        let result = match request.operation {
+            Some(Op::Put(message)) => self.put(message).await.map(Answer::Put),
+            Some(Op::Get(message)) => self.get(message).await.map(Answer::Get),
+            Some(Op::Delete(message)) => self.delete(message).await.map(Answer::Delete),
+            Some(Op::CompareAndSwap(message)) => self
+                .compare_and_swap(message)
+                .await
+                .map(Answer::CompareAndSwap),
+            None => Err(Error::InvalidArgument(
+                "a request needs an operation (an unknown one, from a newer client?)".into(),
+            )),
+        };
+        proto::KvResponse {
+            id: request.id,
+            result: Some(result.unwrap_or_else(|e| Answer::Error(error_to_proto(&e)))),
+        }
+    }
+
+    /// Serves one `Batch` stream: reads requests while fewer than
+    /// [`BATCH_PENDING_MAX`] are in progress, and sends the answers that are
+    /// ready as one message whenever the stream can take one.
+    async fn serve_batch(
+        self,
+        mut requests: tonic::Streaming<proto::BatchRequest>,
+        responses: mpsc::Sender<Result<proto::BatchResponse, Status>>,
+    ) {
+        let stopping = until_shutdown(self.shutdown.clone());
+        tokio::pin!(stopping);
+        let mut in_progress = FuturesUnordered::new();
+        let mut ready = Vec::new();
+        let mut is_reading = true;
+        // Until the client has closed its side and had every answer.
+        while is_reading || !in_progress.is_empty() || !ready.is_empty() {
+            tokio::select! {
+                biased;
+                _ = &mut stopping => {
+                    // Operations still in progress may yet commit: the
+                    // client reports them as of unknown outcome.
+                    let _ = responses.try_send(Err(Status::unavailable("node shutting down")));
+                    return;
+                }
+                Some(answer) = in_progress.next(), if !in_progress.is_empty() => {
+                    ready.push(answer);
+                }
+                permit = responses.reserve(), if !ready.is_empty() => match permit {
+                    Ok(permit) => permit.send(Ok(proto::BatchResponse {
+                        responses: std::mem::take(&mut ready),
+                    })),
+                    // The client went away.
+                    Err(_) => return,
+                },
+                next = requests.message(), if is_reading && in_progress.len() < BATCH_PENDING_MAX => {
+                    match next {
+                        Ok(Some(batch)) => {
+                            for request in batch.requests {
+                                in_progress.push(self.answer(request));
+                            }
+                        }
+                        // The client closed its side: finish what it asked.
+                        Ok(None) => is_reading = false,
+                        // The connection broke, or a message was malformed
+                        // or too large: say so, and end the stream.
+                        Err(status) => {
+                            let _ = responses.try_send(Err(status));
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn put(
+        &self,
+        request: Request<proto::PutRequest>,
+    ) -> Result<Response<proto::PutResponse>, Status> {
+        KvService::put(self, request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(|e| error_to_status(&e))
+    }
+
+    async fn get(
+        &self,
+        request: Request<proto::GetRequest>,
+    ) -> Result<Response<proto::GetResponse>, Status> {
+        KvService::get(self, request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(|e| error_to_status(&e))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<proto::DeleteRequest>,
+    ) -> Result<Response<proto::DeleteResponse>, Status> {
+        KvService::delete(self, request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(|e| error_to_status(&e))
+    }
+
+    async fn compare_and_swap(
+        &self,
+        request: Request<proto::CompareAndSwapRequest>,
+    ) -> Result<Response<proto::CompareAndSwapResponse>, Status> {
+        KvService::compare_and_swap(self, request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(|e| error_to_status(&e))
+    }
+
+    type BatchStream = ReceiverStream<Result<proto::BatchResponse, Status>>;
+
+    async fn batch(
+        &self,
+        request: Request<tonic::Streaming<proto::BatchRequest>>,
+    ) -> Result<Response<Self::BatchStream>, Status> {
+        // A few messages of answers: more would only queue behind HTTP/2.
+        let (responses_tx, responses) = mpsc::channel(4);
+        tokio::spawn(
+            self.clone()
+                .serve_batch(request.into_inner(), responses_tx)
+                .in_current_span(),
+        );
+        Ok(Response::new(ReceiverStream::new(responses)))
     }
 }

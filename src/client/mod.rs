@@ -6,21 +6,24 @@
 //!
 //! One `Client` is one session: its operations run one at a time (`&mut
 //! self`), each mutation with the next sequence number, reused by its retries,
-//! so the cluster applies it at most once.
+//! so the cluster applies it at most once. Sessions made with
+//! [`Client::new_session`] share one `Batch` stream per endpoint
+//! ([`batcher`]), so many concurrent sessions cost a few messages, not a
+//! gRPC call each.
 
-use std::future::Future;
+mod batcher;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tonic::transport::Channel;
-use tonic::Status;
 use tracing::debug;
 
-use crate::proto::kv_client::KvClient;
+use self::batcher::Batcher;
+use crate::proto::kv_request::Operation;
+use crate::proto::kv_response::Result as Answer;
 use crate::proto::{self};
-use crate::transport::service::KV_MESSAGE_BYTES_MAX;
-use crate::transport::{self, status_to_error, ChannelConfig, TcpTransport, Transport};
+use crate::transport::{self, ChannelConfig, TcpTransport, Transport};
 use crate::Error;
 
 /// Endpoints learned from hints are capped, so garbage hints cannot grow the list.
@@ -81,7 +84,7 @@ pub struct CompareAndSwapResult {
 #[derive(Clone)]
 struct Endpoint {
     addr: String,
-    client: KvClient<Channel>,
+    batcher: Arc<Batcher>,
 }
 
 pub struct Client {
@@ -145,19 +148,29 @@ impl Client {
     }
 
     /// A new session (its own client id and sequence numbers) over this
-    /// client's connections: many sessions can share a few connections, as
-    /// gRPC multiplexes their calls (and batches their frames) on each one.
+    /// client's connections: many sessions share one `Batch` stream per
+    /// endpoint, and their operations travel together.
     pub fn new_session(&self) -> Client {
-        Client {
+        self.new_session_with_id(default_client_id())
+            .expect("default client ids are never 0")
+    }
+
+    /// [`Client::new_session`] with a chosen session id (unique across the
+    /// cluster's clients; 0 is reserved).
+    pub fn new_session_with_id(&self, client_id: u64) -> crate::Result<Client> {
+        if client_id == 0 {
+            return Err(Error::Config("client id 0 is reserved".into()));
+        }
+        Ok(Client {
             endpoints: self.endpoints.clone(),
             transport: self.transport.clone(),
             channel_config: self.channel_config,
             config: self.config.clone(),
             leader: self.leader,
             next_guess: self.next_guess,
-            client_id: default_client_id(),
+            client_id,
             sequence: 0,
-        }
+        })
     }
 
     pub fn client_id(&self) -> u64 {
@@ -177,11 +190,10 @@ impl Client {
         if self.endpoints.len() >= ENDPOINTS_MAX {
             return Err(Error::Config("too many endpoints".into()));
         }
-        let channel = transport::channel(self.transport.clone(), &addr, self.channel_config)?;
-        let client = KvClient::new(channel)
-            .max_decoding_message_size(KV_MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(KV_MESSAGE_BYTES_MAX);
-        self.endpoints.push(Endpoint { addr, client });
+        let channel =
+            transport::stream_channel(self.transport.clone(), &addr, self.channel_config)?;
+        let batcher = Arc::new(Batcher::new(channel, self.channel_config.rpc_timeout));
+        self.endpoints.push(Endpoint { addr, batcher });
         Ok(self.endpoints.len() - 1)
     }
 
@@ -190,40 +202,37 @@ impl Client {
         key: impl Into<Vec<u8>>,
         value: impl Into<Vec<u8>>,
     ) -> Result<(), ClientError> {
-        let request = proto::PutRequest {
+        let operation = Operation::Put(proto::PutRequest {
             session: Some(self.next_session()),
             key: key.into(),
             value: value.into(),
-        };
-        self.call(true, |mut kv| {
-            let request = request.clone();
-            async move { kv.put(request).await.map(|_| ()) }
+        });
+        self.call(true, operation, |answer| match answer {
+            Answer::Put(_) => Some(()),
+            _ => None,
         })
         .await
     }
 
     /// A linearizable read: `None` if the key is absent.
     pub async fn get(&mut self, key: impl Into<Vec<u8>>) -> Result<Option<Vec<u8>>, ClientError> {
-        let request = proto::GetRequest { key: key.into() };
-        self.call(false, |mut kv| {
-            let request = request.clone();
-            async move {
-                let response = kv.get(request).await?.into_inner();
-                Ok(response.found.then_some(response.value))
-            }
+        let operation = Operation::Get(proto::GetRequest { key: key.into() });
+        self.call(false, operation, |answer| match answer {
+            Answer::Get(response) => Some(response.found.then_some(response.value)),
+            _ => None,
         })
         .await
     }
 
     /// Deletes a key; says whether it existed.
     pub async fn delete(&mut self, key: impl Into<Vec<u8>>) -> Result<bool, ClientError> {
-        let request = proto::DeleteRequest {
+        let operation = Operation::Delete(proto::DeleteRequest {
             session: Some(self.next_session()),
             key: key.into(),
-        };
-        self.call(true, |mut kv| {
-            let request = request.clone();
-            async move { Ok(kv.delete(request).await?.into_inner().existed) }
+        });
+        self.call(true, operation, |answer| match answer {
+            Answer::Delete(response) => Some(response.existed),
+            _ => None,
         })
         .await
     }
@@ -235,21 +244,18 @@ impl Client {
         expected: Option<Vec<u8>>,
         new_value: impl Into<Vec<u8>>,
     ) -> Result<CompareAndSwapResult, ClientError> {
-        let request = proto::CompareAndSwapRequest {
+        let operation = Operation::CompareAndSwap(proto::CompareAndSwapRequest {
             session: Some(self.next_session()),
             key: key.into(),
             expected,
             new_value: new_value.into(),
-        };
-        self.call(true, |mut kv| {
-            let request = request.clone();
-            async move {
-                let response = kv.compare_and_swap(request).await?.into_inner();
-                Ok(CompareAndSwapResult {
-                    swapped: response.swapped,
-                    current: response.current,
-                })
-            }
+        });
+        self.call(true, operation, |answer| match answer {
+            Answer::CompareAndSwap(response) => Some(CompareAndSwapResult {
+                swapped: response.swapped,
+                current: response.current,
+            }),
+            _ => None,
         })
         .await
     }
@@ -262,13 +268,15 @@ impl Client {
         }
     }
 
-    /// Runs `attempt` against the leader until it succeeds, fails for certain,
-    /// or the operation deadline passes.
-    async fn call<T, F, Fut>(&mut self, is_mutation: bool, mut attempt: F) -> Result<T, ClientError>
-    where
-        F: FnMut(KvClient<Channel>) -> Fut,
-        Fut: Future<Output = Result<T, Status>>,
-    {
+    /// Sends `operation` to the leader until it succeeds, fails for certain,
+    /// or the operation deadline passes. `read` takes the value out of an
+    /// answer of the right kind.
+    async fn call<T>(
+        &mut self,
+        is_mutation: bool,
+        operation: Operation,
+        read: impl Fn(Answer) -> Option<T>,
+    ) -> Result<T, ClientError> {
         let deadline = Instant::now() + self.config.operation_timeout;
         let mut maybe_applied = false;
         let mut backoff = self.config.backoff_min;
@@ -283,13 +291,17 @@ impl Client {
                 .leader
                 .unwrap_or(self.next_guess % self.endpoints.len());
             let rpc_deadline = (now + self.config.rpc_timeout).min(deadline);
-            let client = self.endpoints[target].client.clone();
-            let error = match tokio::time::timeout_at(rpc_deadline, attempt(client)).await {
-                Ok(Ok(value)) => {
-                    self.leader = Some(target);
-                    return Ok(value);
-                }
-                Ok(Err(status)) => status_to_error(&status),
+            let batcher = self.endpoints[target].batcher.clone();
+            let attempt = batcher.call(operation.clone());
+            let error = match tokio::time::timeout_at(rpc_deadline, attempt).await {
+                Ok(Ok(answer)) => match read(answer) {
+                    Some(value) => {
+                        self.leader = Some(target);
+                        return Ok(value);
+                    }
+                    None => Error::Indeterminate("the node answered another operation".into()),
+                },
+                Ok(Err(error)) => error,
                 Err(_) => Error::Indeterminate("the attempt timed out".into()),
             };
             debug!(endpoint = %self.endpoints[target].addr, %error, "attempt failed");
