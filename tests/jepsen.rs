@@ -31,7 +31,12 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
 const NODES: u64 = 5;
-const CLIENTS: u64 = 5;
+/// Client processes in each history: `CLIENT_HOSTS` hosts, each running
+/// `SESSIONS_PER_HOST` sessions that share its connections (and so one
+/// `Batch` stream per node, as a loaded application would).
+const CLIENT_HOSTS: u64 = 3;
+const SESSIONS_PER_HOST: u64 = 2;
+const CLIENTS: u64 = CLIENT_HOSTS * SESSIONS_PER_HOST;
 const KEYS: u64 = 5;
 const RAFT_PORT: u16 = 7000;
 const KV_PORT: u16 = 7001;
@@ -163,20 +168,40 @@ fn now() -> Duration {
     turmoil::sim_elapsed().unwrap_or_default()
 }
 
-/// One client: random operations on few keys with unique values, recorded.
-async fn client_workload(seed: u64, index: u64, recorder: Recorder) -> turmoil::Result {
+/// One client host: its sessions run side by side over one `Client`'s
+/// connections.
+async fn client_host(seed: u64, host_index: u64, recorder: Recorder) -> turmoil::Result {
     let endpoints: Vec<String> = (1..=NODES)
         .map(|p| format!("{}:{KV_PORT}", host(p)))
         .collect();
+    let first = host_index * SESSIONS_PER_HOST;
     let config = ClientConfig {
-        client_id: Some(1000 + index),
+        client_id: Some(1000 + first),
         operation_timeout: Duration::from_secs(3),
         rpc_timeout: Duration::from_millis(2500),
         connect_timeout: Duration::from_millis(300),
         backoff_min: Duration::from_millis(20),
         backoff_max: Duration::from_millis(400),
     };
-    let mut client = Client::with_config(&endpoints, config, Arc::new(TurmoilTransport))?;
+    let connections = Client::with_config(&endpoints, config, Arc::new(TurmoilTransport))?;
+    let mut sessions = Vec::new();
+    for index in first..first + SESSIONS_PER_HOST {
+        let client = connections.new_session_with_id(1000 + index)?;
+        sessions.push(session_workload(seed, index, client, recorder.clone()));
+    }
+    for result in futures_util::future::join_all(sessions).await {
+        result?;
+    }
+    Ok(())
+}
+
+/// One session: random operations on few keys with unique values, recorded.
+async fn session_workload(
+    seed: u64,
+    index: u64,
+    mut client: Client,
+    recorder: Recorder,
+) -> turmoil::Result {
     let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(7919).wrapping_add(index));
     let mut last_seen: BTreeMap<String, Option<String>> = BTreeMap::new();
     let mut n = 0u64;
@@ -273,10 +298,10 @@ fn run_seed(seed: u64, unsafe_options: Unsafe) -> SeedRun {
     }
     let clock: checker::recorder::Clock = Arc::new(|| now().as_nanos() as u64);
     let recorder = Recorder::with_clock(clock);
-    for index in 0..CLIENTS {
+    for host_index in 0..CLIENT_HOSTS {
         sim.client(
-            format!("c{index}"),
-            client_workload(seed, index, recorder.clone()),
+            format!("c{host_index}"),
+            client_host(seed, host_index, recorder.clone()),
         );
     }
 
