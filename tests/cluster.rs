@@ -452,6 +452,33 @@ async fn clients_find_the_leader_and_bad_requests_fail_cleanly() -> Result<()> {
             }
         }
         assert_eq!(client.get("batch").await?, Some(b"one".to_vec()));
+
+        // A message over the operation limit ends its stream, nothing done.
+        let too_many = BatchRequest {
+            requests: (0..=lattice::transport::service::BATCH_OPERATIONS_MAX as u64)
+                .map(|id| KvRequest {
+                    id,
+                    operation: Some(Operation::Get(GetRequest {
+                        key: b"batch".to_vec(),
+                    })),
+                })
+                .collect(),
+        };
+        let mut responses = kv.batch(tokio_stream::iter([too_many])).await?.into_inner();
+        let status = responses.message().await.expect_err("over the limit");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    }
+
+    // Sessions sharing a stream may have large answers ready together: they
+    // go in as many messages as the size limit needs, none is lost.
+    let big = vec![b'b'; 1 << 20];
+    client.put("big", big.clone()).await?;
+    let reads = (0..6).map(|_| {
+        let mut session = client.new_session();
+        async move { session.get("big").await }
+    });
+    for read in futures_util::future::join_all(reads).await {
+        assert_eq!(read?.as_deref(), Some(big.as_slice()));
     }
 
     client.put("after", "garbage").await?;

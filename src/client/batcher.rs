@@ -24,17 +24,16 @@ use crate::proto::kv_client::KvClient;
 use crate::proto::kv_request::Operation;
 use crate::proto::kv_response::Result as Answer;
 use crate::proto::{self};
-use crate::transport::service::KV_MESSAGE_BYTES_MAX;
+use crate::transport::service::{BATCH_OPERATIONS_MAX, KV_MESSAGE_BYTES_MAX};
 use crate::transport::{error_from_proto, status_to_error};
 use crate::Error;
 
 /// Operations queued for the stream's task before callers wait to queue.
 const QUEUE_CAPACITY: usize = 1024;
-/// Operations sent and not yet answered; past this the task stops taking new
-/// ones until answers arrive.
-const PENDING_MAX: usize = 4096;
-/// One message's operations and (unless it holds a single operation) bytes.
-const BATCH_OPERATIONS_MAX: usize = 1024;
+/// Operations sent and not yet answered; past this the task sends no more
+/// until answers arrive.
+const PENDING_MAX: usize = 4 * BATCH_OPERATIONS_MAX;
+/// One message's bytes, unless it holds a single operation.
 const BATCH_BYTES_MAX: usize = KV_MESSAGE_BYTES_MAX / 4;
 /// Messages handed to the stream and not yet written. Small, so that what
 /// arrives meanwhile waits to join the next message.
@@ -42,11 +41,6 @@ const MESSAGES_IN_FLIGHT: usize = 2;
 
 struct Queued {
     operation: Operation,
-    reply: oneshot::Sender<Result<Answer, Error>>,
-}
-
-struct Sent {
-    at: Instant,
     reply: oneshot::Sender<Result<Answer, Error>>,
 }
 
@@ -164,13 +158,14 @@ async fn serve(
     mut responses: Streaming<proto::BatchResponse>,
     rpc_timeout: Duration,
 ) -> Option<()> {
-    let mut pending: BTreeMap<u64, Sent> = BTreeMap::new();
+    let mut pending: BTreeMap<u64, oneshot::Sender<Result<Answer, Error>>> = BTreeMap::new();
     let mut next_id = 1u64;
     let mut is_queue_open = true;
     // The server answers every operation within its request timeout, which is
-    // shorter than `rpc_timeout`; an operation older than this means a stuck
-    // stream.
+    // shorter than `rpc_timeout`: operations waiting with nothing heard for
+    // longer than this mean a stuck stream.
     let stuck_after = rpc_timeout + Duration::from_secs(1);
+    let mut heard_at = Instant::now();
     let mut stuck_check = tokio::time::interval(Duration::from_secs(1));
     stuck_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let broken = loop {
@@ -181,14 +176,15 @@ async fn serve(
             biased;
             message = responses.message() => match message {
                 Ok(Some(batch)) => {
+                    heard_at = Instant::now();
                     for response in batch.responses {
-                        if let Some(sent) = pending.remove(&response.id) {
+                        if let Some(reply) = pending.remove(&response.id) {
                             let answer = match response.result {
                                 Some(Answer::Error(error)) => Err(error_from_proto(error)),
                                 Some(answer) => Ok(answer),
                                 None => Err(Error::Indeterminate("an empty answer".into())),
                             };
-                            let _ = sent.reply.send(answer);
+                            let _ = reply.send(answer);
                         }
                     }
                 }
@@ -198,7 +194,7 @@ async fn serve(
                     status_to_error(&status)
                 )),
             },
-            permit = requests.reserve(), if !waiting.is_empty() => {
+            permit = requests.reserve(), if !waiting.is_empty() && pending.len() < PENDING_MAX => {
                 let Ok(permit) = permit else {
                     break Error::Indeterminate("the stream closed".into());
                 };
@@ -206,13 +202,16 @@ async fn serve(
                 let mut bytes = 0;
                 for queued in waiting.iter() {
                     let size = queued.operation.encoded_len() + 16;
-                    if taken > 0 && (bytes + size > BATCH_BYTES_MAX || taken == BATCH_OPERATIONS_MAX) {
+                    let is_full = taken == BATCH_OPERATIONS_MAX || pending.len() + taken == PENDING_MAX;
+                    if taken > 0 && (is_full || bytes + size > BATCH_BYTES_MAX) {
                         break;
                     }
                     taken += 1;
                     bytes += size;
                 }
-                let now = Instant::now();
+                if pending.is_empty() {
+                    heard_at = Instant::now();
+                }
                 let mut batch = Vec::with_capacity(taken);
                 for queued in waiting.drain(..taken) {
                     // Its caller gave up: do not send it.
@@ -221,14 +220,14 @@ async fn serve(
                     }
                     let id = next_id;
                     next_id += 1;
-                    pending.insert(id, Sent { at: now, reply: queued.reply });
+                    pending.insert(id, queued.reply);
                     batch.push(proto::KvRequest { id, operation: Some(queued.operation) });
                 }
                 if !batch.is_empty() {
                     permit.send(proto::BatchRequest { requests: batch });
                 }
             },
-            queued = queue.recv(), if is_queue_open && waiting.len() < BATCH_OPERATIONS_MAX && pending.len() < PENDING_MAX => {
+            queued = queue.recv(), if is_queue_open && waiting.len() < BATCH_OPERATIONS_MAX => {
                 match queued {
                     Some(queued) => {
                         waiting.push(queued);
@@ -243,13 +242,13 @@ async fn serve(
                 }
             },
             _ = stuck_check.tick() => {
-                if pending.first_key_value().is_some_and(|(_, sent)| sent.at.elapsed() > stuck_after) {
+                if !pending.is_empty() && heard_at.elapsed() > stuck_after {
                     break Error::Indeterminate("no answer in time: the stream is stuck".into());
                 }
             },
         }
     };
     debug!(error = %broken, pending = pending.len(), "KV stream ended");
-    fail_all(pending.into_values().map(|sent| sent.reply), &broken);
+    fail_all(pending.into_values(), &broken);
     Some(())
 }

@@ -1,10 +1,11 @@
 //! The two gRPC services. They validate what arrives, hand it to the driver
 //! and wait for its answer; they hold no state of their own.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use prost::Message as _;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
@@ -309,9 +310,16 @@ struct KvService {
     shutdown: watch::Receiver<bool>,
 }
 
-/// Operations a `Batch` stream may have in progress; past this the stream
-/// is not read until some finish (HTTP/2 flow control pushes back).
-const BATCH_PENDING_MAX: usize = 4096;
+/// Operations one `Batch` message may carry; more ends the stream.
+pub const BATCH_OPERATIONS_MAX: usize = 1024;
+/// Operations a `Batch` stream may have in progress or answered and unsent,
+/// and the bytes of their requests: the stream is read only while a whole
+/// message more fits (else HTTP/2 flow control pushes back on the client).
+const BATCH_PENDING_MAX: usize = 4 * BATCH_OPERATIONS_MAX;
+const BATCH_PENDING_BYTES_MAX: usize = 4 * KV_MESSAGE_BYTES_MAX;
+/// One answer message's bytes, beyond its first answer (which always fits:
+/// no answer is larger than a request can be).
+const BATCH_ANSWER_BYTES_MAX: usize = KV_MESSAGE_BYTES_MAX / 2;
 
 fn session_of(session: Option<proto::Session>) -> Result<(u64, u64)> {
     let session = session
@@ -430,8 +438,9 @@ impl KvService {
         }
     }
 
-    /// One operation of a `Batch` stream, answered under its id.
-    async fn answer(&self, request: proto::KvRequest) -> proto::KvResponse {
+    /// One operation of a `Batch` stream, answered under its id, with the
+    /// bytes of its request (which it held while in progress).
+    async fn answer(&self, request: proto::KvRequest, bytes: usize) -> (proto::KvResponse, usize) {
         use proto::kv_request::Operation as Op;
         use proto::kv_response::Result as Answer;
         let result = match request.operation {
@@ -446,15 +455,17 @@ impl KvService {
                 "a request needs an operation (an unknown one, from a newer client?)".into(),
             )),
         };
-        proto::KvResponse {
+        let response = proto::KvResponse {
             id: request.id,
             result: Some(result.unwrap_or_else(|e| Answer::Error(error_to_proto(&e)))),
-        }
+        };
+        (response, bytes)
     }
 
-    /// Serves one `Batch` stream: reads requests while fewer than
-    /// [`BATCH_PENDING_MAX`] are in progress, and sends the answers that are
-    /// ready as one message whenever the stream can take one.
+    /// Serves one `Batch` stream: reads a message while a whole one more
+    /// fits under [`BATCH_PENDING_MAX`] and [`BATCH_PENDING_BYTES_MAX`], and
+    /// sends the answers that are ready, as few messages as fit, whenever
+    /// the stream can take one.
     async fn serve_batch(
         self,
         mut requests: tonic::Streaming<proto::BatchRequest>,
@@ -463,10 +474,15 @@ impl KvService {
         let stopping = until_shutdown(self.shutdown.clone());
         tokio::pin!(stopping);
         let mut in_progress = FuturesUnordered::new();
-        let mut ready = Vec::new();
+        let mut ready: VecDeque<proto::KvResponse> = VecDeque::new();
+        // Bytes of the requests in progress or answered and unsent.
+        let mut pending_bytes = 0;
         let mut is_reading = true;
         // Until the client has closed its side and had every answer.
         while is_reading || !in_progress.is_empty() || !ready.is_empty() {
+            let has_room = in_progress.len() + ready.len() + BATCH_OPERATIONS_MAX
+                <= BATCH_PENDING_MAX
+                && pending_bytes + KV_MESSAGE_BYTES_MAX <= BATCH_PENDING_BYTES_MAX;
             tokio::select! {
                 biased;
                 _ = &mut stopping => {
@@ -475,21 +491,41 @@ impl KvService {
                     let _ = responses.try_send(Err(Status::unavailable("node shutting down")));
                     return;
                 }
-                Some(answer) = in_progress.next(), if !in_progress.is_empty() => {
-                    ready.push(answer);
+                Some((answer, bytes)) = in_progress.next(), if !in_progress.is_empty() => {
+                    ready.push_back(answer);
+                    pending_bytes -= bytes;
                 }
                 permit = responses.reserve(), if !ready.is_empty() => match permit {
-                    Ok(permit) => permit.send(Ok(proto::BatchResponse {
-                        responses: std::mem::take(&mut ready),
-                    })),
+                    Ok(permit) => {
+                        let mut message = proto::BatchResponse::default();
+                        let mut bytes = 0;
+                        while let Some(answer) = ready.front() {
+                            bytes += answer.encoded_len() + 8;
+                            if !message.responses.is_empty() && bytes > BATCH_ANSWER_BYTES_MAX {
+                                break;
+                            }
+                            message.responses.extend(ready.pop_front());
+                        }
+                        permit.send(Ok(message));
+                    }
                     // The client went away.
                     Err(_) => return,
                 },
-                next = requests.message(), if is_reading && in_progress.len() < BATCH_PENDING_MAX => {
+                next = requests.message(), if is_reading && has_room => {
                     match next {
+                        Ok(Some(batch)) if batch.requests.len() > BATCH_OPERATIONS_MAX => {
+                            warn!(operations = batch.requests.len(), "Batch message over the limit: stream ended");
+                            let _ = responses.try_send(Err(Status::invalid_argument(format!(
+                                "a Batch message carries at most {BATCH_OPERATIONS_MAX} operations, not {}",
+                                batch.requests.len()
+                            ))));
+                            return;
+                        }
                         Ok(Some(batch)) => {
                             for request in batch.requests {
-                                in_progress.push(self.answer(request));
+                                let bytes = request.encoded_len();
+                                pending_bytes += bytes;
+                                in_progress.push(self.answer(request, bytes));
                             }
                         }
                         // The client closed its side: finish what it asked.
