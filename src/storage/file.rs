@@ -32,6 +32,9 @@ const PAYLOAD_PREFIX_BYTES: usize = 16;
 /// No entry is larger: a key (4 KiB), a value (1 MiB) and framing fit easily.
 pub const RECORD_PAYLOAD_BYTES_MAX: usize = 16 << 20;
 
+/// The largest append buffer kept for the next append.
+const WRITE_BUFFER_KEPT_BYTES_MAX: usize = 8 << 20;
+
 pub struct FileStorage {
     dir: PathBuf,
     wal: File,
@@ -42,6 +45,10 @@ pub struct FileStorage {
     end: u64,
     hard_state: HardState,
     recovered: Option<Vec<Entry>>,
+    /// The records of one append, encoded, kept between appends: a fresh
+    /// buffer per append cost the leader page faults and zeroing (about 3%
+    /// of its CPU under load).
+    write_buffer: Vec<u8>,
     /// Keeps the directory locked for as long as this storage lives.
     _lock: File,
 }
@@ -129,6 +136,7 @@ impl FileStorage {
             end: recovery.valid_bytes.max(WAL_MAGIC.len() as u64),
             hard_state,
             recovered: Some(entries),
+            write_buffer: Vec::new(),
             _lock: lock,
         })
     }
@@ -184,20 +192,31 @@ impl Storage for FileStorage {
             self.offsets.truncate(first.index.0 as usize - 1);
             self.end = cut;
         }
-        let mut buffer = Vec::with_capacity(
+        let mut buffer = std::mem::take(&mut self.write_buffer);
+        buffer.clear();
+        buffer.reserve(
             entries
                 .iter()
                 .map(|e| RECORD_HEADER_BYTES + PAYLOAD_PREFIX_BYTES + e.data.len())
                 .sum(),
         );
+        let offsets_before = self.offsets.len();
         for entry in entries {
             self.offsets.push(self.end + buffer.len() as u64);
             encode_record(entry, &mut buffer);
         }
-        self.wal
-            .write_all_at(&buffer, self.end)
-            .map_err(|e| Error::io(format!("writing {}", self.wal_path.display()), e))?;
-        self.end += buffer.len() as u64;
+        let written = self.wal.write_all_at(&buffer, self.end);
+        let bytes = buffer.len() as u64;
+        // Keep an ordinary batch's buffer; let a rare huge one go.
+        if buffer.capacity() <= WRITE_BUFFER_KEPT_BYTES_MAX {
+            self.write_buffer = buffer;
+        }
+        if let Err(e) = written {
+            // Nothing past `end` counts: the records may be partly written.
+            self.offsets.truncate(offsets_before);
+            return Err(Error::io(format!("writing {}", self.wal_path.display()), e));
+        }
+        self.end += bytes;
         Ok(())
     }
 
