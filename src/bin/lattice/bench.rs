@@ -30,7 +30,8 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
     clients: Vec<usize>,
     /// gRPC connections per endpoint, shared by the clients (each client is
-    /// its own session; HTTP/2 multiplexes their calls). Like etcd's
+    /// its own session; the sessions on a connection share its `Batch`
+    /// stream, so their operations travel several to a message). Like etcd's
     /// `benchmark --conns`, and with its default. Capped at the client count.
     #[arg(long, default_value_t = 1)]
     conns: usize,
