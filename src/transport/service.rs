@@ -313,8 +313,12 @@ struct KvService {
 /// Operations one `Batch` message may carry; more ends the stream.
 pub const BATCH_OPERATIONS_MAX: usize = 1024;
 /// Operations a `Batch` stream may have in progress or answered and unsent,
-/// and the bytes of their requests: the stream is read only while a whole
-/// message more fits (else HTTP/2 flow control pushes back on the client).
+/// and the bytes of the requests in progress and of the answers unsent: the
+/// stream is read only while a whole message more fits under both (else
+/// HTTP/2 flow control pushes back on the client). Reads already in progress
+/// when the bytes run out still land their answers, so a client that asks
+/// for many large values and never reads can make a stream hold up to
+/// `BATCH_PENDING_MAX` of them; a node-wide budget would close that.
 const BATCH_PENDING_MAX: usize = 4 * BATCH_OPERATIONS_MAX;
 const BATCH_PENDING_BYTES_MAX: usize = 4 * KV_MESSAGE_BYTES_MAX;
 /// One answer message's bytes, beyond its first answer (which always fits:
@@ -474,8 +478,8 @@ impl KvService {
         let stopping = until_shutdown(self.shutdown.clone());
         tokio::pin!(stopping);
         let mut in_progress = FuturesUnordered::new();
-        let mut ready: VecDeque<proto::KvResponse> = VecDeque::new();
-        // Bytes of the requests in progress or answered and unsent.
+        let mut ready: VecDeque<(proto::KvResponse, usize)> = VecDeque::new();
+        // Bytes of the requests in progress and of the answers unsent.
         let mut pending_bytes = 0;
         let mut is_reading = true;
         // Until the client has closed its side and had every answer.
@@ -491,20 +495,26 @@ impl KvService {
                     let _ = responses.try_send(Err(Status::unavailable("node shutting down")));
                     return;
                 }
-                Some((answer, bytes)) = in_progress.next(), if !in_progress.is_empty() => {
-                    ready.push_back(answer);
-                    pending_bytes -= bytes;
+                Some((answer, request_bytes)) = in_progress.next(), if !in_progress.is_empty() => {
+                    let answer: proto::KvResponse = answer;
+                    // A small request can have a large answer (a read).
+                    let answer_bytes = answer.encoded_len();
+                    pending_bytes = pending_bytes - request_bytes + answer_bytes;
+                    ready.push_back((answer, answer_bytes));
                 }
                 permit = responses.reserve(), if !ready.is_empty() => match permit {
                     Ok(permit) => {
                         let mut message = proto::BatchResponse::default();
                         let mut bytes = 0;
-                        while let Some(answer) = ready.front() {
-                            bytes += answer.encoded_len() + 8;
+                        while let Some(&(_, answer_bytes)) = ready.front() {
+                            bytes += answer_bytes + 8;
                             if !message.responses.is_empty() && bytes > BATCH_ANSWER_BYTES_MAX {
                                 break;
                             }
-                            message.responses.extend(ready.pop_front());
+                            if let Some((answer, _)) = ready.pop_front() {
+                                pending_bytes -= answer_bytes;
+                                message.responses.push(answer);
+                            }
                         }
                         permit.send(Ok(message));
                     }
