@@ -269,6 +269,15 @@ impl TestCluster {
     }
 }
 
+/// A raw gRPC channel to `addr`, for speaking the wire protocol directly.
+async fn connect(addr: &str) -> Result<tonic::transport::Channel> {
+    Ok(
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .connect()
+            .await?,
+    )
+}
+
 async fn wait_until<F, Fut>(
     timeout: Duration,
     mut probe: F,
@@ -368,12 +377,7 @@ async fn clients_find_the_leader_and_bad_requests_fail_cleanly() -> Result<()> {
         drop(stream);
     }
     // A peer message from an unknown node id is rejected, not obeyed.
-    let channel = tonic::transport::Endpoint::from_shared(format!(
-        "http://{}",
-        cluster.addrs[leader as usize - 1].raft
-    ))?
-    .connect()
-    .await?;
+    let channel = connect(&cluster.addrs[leader as usize - 1].raft).await?;
     let mut raft = lattice::proto::raft_client::RaftClient::new(channel);
     let forged = lattice::proto::AppendEntriesRequest {
         from: 77,
@@ -407,12 +411,7 @@ async fn clients_find_the_leader_and_bad_requests_fail_cleanly() -> Result<()> {
         use lattice::proto::kv_request::Operation;
         use lattice::proto::kv_response::Result as Answer;
         use lattice::proto::{BatchRequest, GetRequest, KvRequest, PutRequest, Session};
-        let channel = tonic::transport::Endpoint::from_shared(format!(
-            "http://{}",
-            cluster.addrs[leader as usize - 1].kv
-        ))?
-        .connect()
-        .await?;
+        let channel = connect(&cluster.addrs[leader as usize - 1].kv).await?;
         let mut kv = lattice::proto::kv_client::KvClient::new(channel);
         let put = |session, key: &[u8]| PutRequest {
             session,

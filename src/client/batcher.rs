@@ -141,23 +141,22 @@ async fn run(
                 continue;
             }
         };
-        let Some(()) = serve(&mut queue, &mut waiting, requests, responses, rpc_timeout).await
-        else {
+        if !serve(&mut queue, &mut waiting, requests, responses, rpc_timeout).await {
             return;
-        };
+        }
     }
 }
 
-/// Serves one open stream. `Some(())` when it broke (pending operations
-/// were failed as of unknown outcome; `waiting` ones stay for the next
-/// stream); `None` when the queue closed and nothing is left to answer.
+/// Serves one open stream. `true` when it broke (pending operations were
+/// failed as of unknown outcome; `waiting` ones stay for the next stream);
+/// `false` when the queue closed and nothing is left to answer.
 async fn serve(
     queue: &mut mpsc::Receiver<Queued>,
     waiting: &mut Vec<Queued>,
     requests: mpsc::Sender<proto::BatchRequest>,
     mut responses: Streaming<proto::BatchResponse>,
     rpc_timeout: Duration,
-) -> Option<()> {
+) -> bool {
     let mut pending: BTreeMap<u64, oneshot::Sender<Result<Answer, Error>>> = BTreeMap::new();
     let mut next_id = 1u64;
     let mut is_queue_open = true;
@@ -170,7 +169,7 @@ async fn serve(
     stuck_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let broken = loop {
         if !is_queue_open && waiting.is_empty() && pending.is_empty() {
-            return None;
+            return false;
         }
         tokio::select! {
             biased;
@@ -250,5 +249,5 @@ async fn serve(
     };
     debug!(error = %broken, pending = pending.len(), "KV stream ended");
     fail_all(pending.into_values(), &broken);
-    Some(())
+    true
 }

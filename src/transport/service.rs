@@ -442,9 +442,8 @@ impl KvService {
         }
     }
 
-    /// One operation of a `Batch` stream, answered under its id, with the
-    /// bytes of its request (which it held while in progress).
-    async fn answer(&self, request: proto::KvRequest, bytes: usize) -> (proto::KvResponse, usize) {
+    /// One operation of a `Batch` stream, answered under its id.
+    async fn answer(&self, request: proto::KvRequest) -> proto::KvResponse {
         use proto::kv_request::Operation as Op;
         use proto::kv_response::Result as Answer;
         let result = match request.operation {
@@ -459,11 +458,10 @@ impl KvService {
                 "a request needs an operation (an unknown one, from a newer client?)".into(),
             )),
         };
-        let response = proto::KvResponse {
+        proto::KvResponse {
             id: request.id,
             result: Some(result.unwrap_or_else(|e| Answer::Error(error_to_proto(&e)))),
-        };
-        (response, bytes)
+        }
     }
 
     /// Serves one `Batch` stream: reads a message while a whole one more
@@ -496,9 +494,8 @@ impl KvService {
                     return;
                 }
                 Some((answer, request_bytes)) = in_progress.next(), if !in_progress.is_empty() => {
-                    let answer: proto::KvResponse = answer;
                     // A small request can have a large answer (a read).
-                    let answer_bytes = answer.encoded_len();
+                    let answer_bytes = proto::KvResponse::encoded_len(&answer);
                     pending_bytes = pending_bytes - request_bytes + answer_bytes;
                     ready.push_back((answer, answer_bytes));
                 }
@@ -506,15 +503,14 @@ impl KvService {
                     Ok(permit) => {
                         let mut message = proto::BatchResponse::default();
                         let mut bytes = 0;
-                        while let Some(&(_, answer_bytes)) = ready.front() {
+                        while let Some((answer, answer_bytes)) = ready.pop_front() {
                             bytes += answer_bytes + 8;
                             if !message.responses.is_empty() && bytes > BATCH_ANSWER_BYTES_MAX {
+                                ready.push_front((answer, answer_bytes));
                                 break;
                             }
-                            if let Some((answer, _)) = ready.pop_front() {
-                                pending_bytes -= answer_bytes;
-                                message.responses.push(answer);
-                            }
+                            pending_bytes -= answer_bytes;
+                            message.responses.push(answer);
                         }
                         permit.send(Ok(message));
                     }
@@ -533,9 +529,10 @@ impl KvService {
                         }
                         Ok(Some(batch)) => {
                             for request in batch.requests {
-                                let bytes = request.encoded_len();
-                                pending_bytes += bytes;
-                                in_progress.push(self.answer(request, bytes));
+                                let request_bytes = request.encoded_len();
+                                pending_bytes += request_bytes;
+                                let answer = self.answer(request);
+                                in_progress.push(async move { (answer.await, request_bytes) });
                             }
                         }
                         // The client closed its side: finish what it asked.
@@ -553,46 +550,39 @@ impl KvService {
     }
 }
 
+/// A unary call's answer: the operation's result, its error as a status.
+fn unary<T>(result: Result<T>) -> Result<Response<T>, Status> {
+    result.map(Response::new).map_err(|e| error_to_status(&e))
+}
+
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn put(
         &self,
         request: Request<proto::PutRequest>,
     ) -> Result<Response<proto::PutResponse>, Status> {
-        KvService::put(self, request.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(|e| error_to_status(&e))
+        unary(KvService::put(self, request.into_inner()).await)
     }
 
     async fn get(
         &self,
         request: Request<proto::GetRequest>,
     ) -> Result<Response<proto::GetResponse>, Status> {
-        KvService::get(self, request.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(|e| error_to_status(&e))
+        unary(KvService::get(self, request.into_inner()).await)
     }
 
     async fn delete(
         &self,
         request: Request<proto::DeleteRequest>,
     ) -> Result<Response<proto::DeleteResponse>, Status> {
-        KvService::delete(self, request.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(|e| error_to_status(&e))
+        unary(KvService::delete(self, request.into_inner()).await)
     }
 
     async fn compare_and_swap(
         &self,
         request: Request<proto::CompareAndSwapRequest>,
     ) -> Result<Response<proto::CompareAndSwapResponse>, Status> {
-        KvService::compare_and_swap(self, request.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(|e| error_to_status(&e))
+        unary(KvService::compare_and_swap(self, request.into_inner()).await)
     }
 
     type BatchStream = ReceiverStream<Result<proto::BatchResponse, Status>>;
