@@ -1,12 +1,15 @@
-//! The driver: one task owns a raft core and its storage. It ticks the core,
-//! feeds it peer messages and client requests, and carries out each `Ready` in
-//! the order the core demands: persist (one append, one sync for the whole
-//! batch), then send and answer peers, then apply and answer clients.
+//! The driver: one task owns a raft core. It ticks the core, feeds it peer
+//! messages and client requests, and carries out each `Ready` in the order
+//! the core demands: hand the writes to the disk task (which syncs in the
+//! background, once for many writes), send what may leave at once, hold the
+//! rest until the disk says it is durable, apply and answer clients.
 //!
-//! [`Node::start`] wires a node together: storage, the two gRPC servers, one
-//! sender task per peer, and the driver.
+//! [`Node::start`] wires a node together: storage and its disk task, the two
+//! gRPC servers, one sender task per peer, and the driver.
 
-use std::collections::{BTreeMap, BTreeSet};
+mod disk;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,12 +53,22 @@ pub(crate) enum Input {
     },
     Read {
         key: Vec<u8>,
-        reply: oneshot::Sender<Result<Option<Vec<u8>>>>,
+        reply: oneshot::Sender<Result<ReadValue>>,
     },
     /// Asks for a digest of the applied state (for checks and the example).
     Inspect {
         reply: oneshot::Sender<StateSummary>,
     },
+    /// An input the [`MessageChaos`] seam held back, arriving now.
+    Delayed(Box<Input>),
+}
+
+/// A linearizable read's answer: the value, and the applied index of the
+/// state it was read from (at least the read's ReadIndex).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ReadValue {
+    pub value: Option<Vec<u8>>,
+    pub applied_index: LogIndex,
 }
 
 /// Watches a node from outside: what it applies and how its role changes.
@@ -65,6 +78,8 @@ pub(crate) enum Input {
 pub trait Observer: Send + Sync {
     fn applied(&self, node: NodeId, entry: &raft::Entry);
     fn role_changed(&self, node: NodeId, term: Term, role: Role);
+    /// The node's commit index moved to `index`.
+    fn committed(&self, _node: NodeId, _index: LogIndex) {}
 }
 
 /// An [`Observer`] in a [`NodeConfig`].
@@ -74,6 +89,51 @@ pub struct ObserverHandle(pub Arc<dyn Observer>);
 impl std::fmt::Debug for ObserverHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("ObserverHandle")
+    }
+}
+
+/// A peer message as the [`MessageChaos`] seam sees it: requests without the
+/// channel their answer goes back on.
+#[derive(Clone, Debug)]
+pub enum PeerMessage {
+    RequestVote(RequestVote),
+    AppendEntries(AppendEntries),
+    RequestVoteResponse {
+        from: NodeId,
+        response: RequestVoteResponse,
+    },
+    AppendEntriesResponse {
+        from: NodeId,
+        response: AppendEntriesResponse,
+    },
+}
+
+/// What becomes of one arriving peer message.
+#[derive(Debug, Default)]
+pub struct ChaosVerdict {
+    /// Hold the message back this long (it arrives after later ones).
+    pub delay: Option<Duration>,
+    /// Copies that arrive again after these delays. A copy of a request is
+    /// answered into the void, as on a connection that has since broken.
+    pub copies: Vec<(Duration, PeerMessage)>,
+}
+
+/// The simulation's seam for what TCP and gRPC never do on one connection
+/// but a network of reconnecting peers does: deliver a peer message late,
+/// after newer ones, or twice. Consulted by the driver for every peer message
+/// as it arrives (so keep it cheap); the node spawns one timer task per
+/// delayed message, so the seam bounds how many it asks for.
+pub trait MessageChaos: Send + Sync {
+    fn arrived(&self, node: NodeId, message: &PeerMessage) -> ChaosVerdict;
+}
+
+/// A [`MessageChaos`] in a [`NodeConfig`].
+#[derive(Clone)]
+pub struct ChaosHandle(pub Arc<dyn MessageChaos>);
+
+impl std::fmt::Debug for ChaosHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChaosHandle")
     }
 }
 
@@ -121,6 +181,12 @@ pub struct NodeConfig {
     pub source_ip: Option<std::net::IpAddr>,
     /// Watches applies and role changes (tests).
     pub observer: Option<ObserverHandle>,
+    /// While this reads `true` the driver is frozen, timers included, as a
+    /// process stopped by SIGSTOP (the simulation's pause fault). On
+    /// resuming it carries on with the beliefs it had.
+    pub pause: Option<watch::Receiver<bool>>,
+    /// Late, reordered and duplicated peer messages (the simulation).
+    pub chaos: Option<ChaosHandle>,
     /// UNSAFE: answer reads from this node's state machine at once, leader or
     /// not, without confirming leadership. Stale reads. Exists so the
     /// simulation test can show it catches them.
@@ -162,6 +228,8 @@ impl NodeConfig {
             seed: id.0,
             source_ip: None,
             observer: None,
+            pause: None,
+            chaos: None,
             unsafe_local_reads: false,
             unsafe_no_fsync: false,
         }
@@ -256,6 +324,7 @@ impl Node {
         let span = info_span!("node", id = config.id.0, addr = %config.raft_addr);
         let (hard_state, entries) = storage.recovered();
         let raft = Raft::new(config.raft_config(), hard_state, entries);
+        let storage_last_index = storage.last_index();
 
         let raft_listener = transport.bind(&config.raft_addr).await.map_err(|e| {
             Error::io(
@@ -341,17 +410,24 @@ impl Node {
                 )
             });
         }
+        debug_assert_eq!(storage_last_index, raft.log().last_index());
+        let (disk, durable, disk_task) = disk::spawn(storage, config.unsafe_no_fsync, span.clone());
+        tasks.push(disk_task);
         let driver = Driver {
             raft,
             observer: config.observer.clone(),
+            chaos: config.chaos.clone(),
+            own_inbox: inbox_tx.clone(),
             unsafe_local_reads: config.unsafe_local_reads,
-            unsafe_no_fsync: config.unsafe_no_fsync,
-            storage,
+            disk,
+            durable,
+            write_seq_issued: 0,
+            write_seq_durable: 0,
             kv: KvStore::new(),
             own_kv_addr: config.kv_addr.clone(),
             peers,
-            held_votes: Vec::new(),
-            held_appends: Vec::new(),
+            answers: Vec::new(),
+            held: VecDeque::new(),
             proposals: BTreeMap::new(),
             reads: BTreeMap::new(),
             reads_waiting: BTreeMap::new(),
@@ -360,7 +436,12 @@ impl Node {
         };
         tasks.push(tokio::spawn(
             driver
-                .run(inbox_rx, config.tick_interval, shutdown_rx)
+                .run(
+                    inbox_rx,
+                    config.tick_interval,
+                    shutdown_rx,
+                    config.pause.clone(),
+                )
                 .instrument(span),
         ));
         Ok(Node {
@@ -431,25 +512,41 @@ struct Proposal {
 
 struct PendingRead {
     key: Vec<u8>,
-    reply: oneshot::Sender<Result<Option<Vec<u8>>>>,
+    reply: oneshot::Sender<Result<ReadValue>>,
+}
+
+/// What may leave the node only once a write is durable.
+enum Held {
+    Vote(oneshot::Sender<RequestVoteResponse>, RequestVoteResponse),
+    Append(
+        oneshot::Sender<AppendEntriesResponse>,
+        AppendEntriesResponse,
+    ),
+    Messages(Vec<(NodeId, Message)>),
 }
 
 struct Driver {
     raft: Raft,
     observer: Option<ObserverHandle>,
+    chaos: Option<ChaosHandle>,
+    /// For inputs the chaos seam delays.
+    own_inbox: mpsc::Sender<Input>,
     unsafe_local_reads: bool,
-    unsafe_no_fsync: bool,
-    storage: Box<dyn Storage>,
+    /// The disk task's queue, and what it reports durable.
+    disk: mpsc::Sender<disk::Write>,
+    durable: watch::Receiver<disk::Durable>,
+    /// Writes handed to the disk task, and made durable, counted.
+    write_seq_issued: u64,
+    write_seq_durable: u64,
     kv: KvStore,
     own_kv_addr: String,
     /// Each peer's outgoing queue and KV address.
     peers: BTreeMap<NodeId, (mpsc::Sender<Message>, String)>,
-    /// Answers to peer requests, held until the next persist completes.
-    held_votes: Vec<(oneshot::Sender<RequestVoteResponse>, RequestVoteResponse)>,
-    held_appends: Vec<(
-        oneshot::Sender<AppendEntriesResponse>,
-        AppendEntriesResponse,
-    )>,
+    /// Answers to peer requests made since the last `Ready`: they wait for
+    /// every write handed out with or before it.
+    answers: Vec<Held>,
+    /// What waits for a write to be durable: (write seq, what), in order.
+    held: VecDeque<(u64, Held)>,
     /// Proposals waiting to be applied, by log index.
     proposals: BTreeMap<LogIndex, Proposal>,
     /// Reads waiting for their ReadIndex round, by context.
@@ -466,14 +563,29 @@ impl Driver {
         mut inbox: mpsc::Receiver<Input>,
         tick_interval: Duration,
         mut shutdown: watch::Receiver<bool>,
+        mut pause: Option<watch::Receiver<bool>>,
     ) {
         info!("Starting Raft loop");
         let mut ticker = tokio::time::interval(tick_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            if let Some(pause) = pause.as_mut() {
+                if *pause.borrow() {
+                    info!("paused");
+                    if pause.wait_for(|is_paused| !*is_paused).await.is_err() {
+                        break;
+                    }
+                    info!("resumed");
+                }
+            }
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => break,
+                changed = self.durable.changed() => {
+                    if changed.is_err() || !self.on_durable() {
+                        return;
+                    }
+                }
                 _ = ticker.tick() => self.raft.tick(),
                 input = inbox.recv() => match input {
                     Some(input) => self.handle(input),
@@ -486,13 +598,11 @@ impl Driver {
                     Err(_) => break,
                 }
             }
-            while self.raft.has_ready()
-                || !self.held_votes.is_empty()
-                || !self.held_appends.is_empty()
-            {
-                if let Err(e) = self.process_ready() {
-                    error!(error = %e, "storage failed: stopping this node");
-                    self.status.send_modify(|s| s.failure = Some(e.to_string()));
+            while self.raft.has_ready() || !self.answers.is_empty() {
+                if self.process_ready().await.is_err() {
+                    error!("the disk task stopped: stopping this node");
+                    self.status
+                        .send_modify(|s| s.failure = Some("the disk task stopped".into()));
                     return;
                 }
             }
@@ -501,15 +611,42 @@ impl Driver {
         info!("Raft loop stopped");
     }
 
+    /// The disk task made more writes durable: tell the core, release what
+    /// waited for them. Returns `false` if storage failed.
+    fn on_durable(&mut self) -> bool {
+        let durable = self.durable.borrow_and_update().clone();
+        if let Some(failure) = durable.failure {
+            error!(error = %failure, "storage failed: stopping this node");
+            self.status.send_modify(|s| s.failure = Some(failure));
+            return false;
+        }
+        self.write_seq_durable = durable.seq;
+        if let Some((index, term)) = durable.last {
+            self.raft.persisted(index, term);
+        }
+        self.release_held();
+        true
+    }
+
     fn handle(&mut self, input: Input) {
+        let input = match input {
+            Input::Delayed(input) => *input,
+            input => match self.chaos.clone() {
+                Some(chaos) => match self.through_chaos(&chaos, input) {
+                    Some(input) => input,
+                    None => return,
+                },
+                None => input,
+            },
+        };
         match input {
             Input::RequestVote { request, reply } => {
                 let response = self.raft.handle_request_vote(request);
-                self.held_votes.push((reply, response));
+                self.answers.push(Held::Vote(reply, response));
             }
             Input::AppendEntries { request, reply } => {
                 let response = self.raft.handle_append_entries(request);
-                self.held_appends.push((reply, response));
+                self.answers.push(Held::Append(reply, response));
             }
             Input::RequestVoteResponse { from, response } => {
                 self.raft.handle_request_vote_response(from, response)
@@ -527,7 +664,62 @@ impl Driver {
                     digest: self.kv.digest(),
                 });
             }
+            Input::Delayed(input) => self.handle(*input),
         }
+    }
+
+    /// Asks the chaos seam what becomes of a peer message: the copies it
+    /// wants are delivered later, and the message itself now (`Some`) or
+    /// later (`None`).
+    fn through_chaos(&self, chaos: &ChaosHandle, input: Input) -> Option<Input> {
+        let message = match &input {
+            Input::RequestVote { request, .. } => PeerMessage::RequestVote(request.clone()),
+            Input::AppendEntries { request, .. } => PeerMessage::AppendEntries(request.clone()),
+            Input::RequestVoteResponse { from, response } => PeerMessage::RequestVoteResponse {
+                from: *from,
+                response: response.clone(),
+            },
+            Input::AppendEntriesResponse { from, response } => PeerMessage::AppendEntriesResponse {
+                from: *from,
+                response: response.clone(),
+            },
+            _ => return Some(input),
+        };
+        let verdict = chaos.0.arrived(self.raft.id(), &message);
+        for (delay, copy) in verdict.copies {
+            let copy = match copy {
+                PeerMessage::RequestVote(request) => Input::RequestVote {
+                    request,
+                    reply: oneshot::channel().0,
+                },
+                PeerMessage::AppendEntries(request) => Input::AppendEntries {
+                    request,
+                    reply: oneshot::channel().0,
+                },
+                PeerMessage::RequestVoteResponse { from, response } => {
+                    Input::RequestVoteResponse { from, response }
+                }
+                PeerMessage::AppendEntriesResponse { from, response } => {
+                    Input::AppendEntriesResponse { from, response }
+                }
+            };
+            self.deliver_later(delay, copy);
+        }
+        match verdict.delay {
+            Some(delay) => {
+                self.deliver_later(delay, input);
+                None
+            }
+            None => Some(input),
+        }
+    }
+
+    fn deliver_later(&self, delay: Duration, input: Input) {
+        let inbox = self.own_inbox.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = inbox.send(Input::Delayed(Box::new(input))).await;
+        });
     }
 
     fn leader_kv_addr(&self) -> Option<String> {
@@ -565,9 +757,12 @@ impl Driver {
         }
     }
 
-    fn read(&mut self, key: Vec<u8>, reply: oneshot::Sender<Result<Option<Vec<u8>>>>) {
+    fn read(&mut self, key: Vec<u8>, reply: oneshot::Sender<Result<ReadValue>>) {
         if self.unsafe_local_reads {
-            let _ = reply.send(Ok(self.kv.get(&key).cloned()));
+            let _ = reply.send(Ok(ReadValue {
+                value: self.kv.get(&key).cloned(),
+                applied_index: self.kv.applied(),
+            }));
             return;
         }
         let context = self.read_context_next;
@@ -587,33 +782,37 @@ impl Driver {
         }
     }
 
-    /// Carries out one `Ready`: persist, then send, then apply.
-    fn process_ready(&mut self) -> Result<()> {
+    /// Carries out one `Ready` (see [`Ready`] for the order): hand the write
+    /// to the disk task, send or hold messages and answers, apply, answer.
+    /// Fails only if the disk task has stopped.
+    async fn process_ready(&mut self) -> std::result::Result<(), ()> {
         let mut ready: Ready = self.raft.ready();
         // A leader's AppendEntries may go out before its own disk has the
         // entries (Raft thesis 10.2.1): the core counts the leader's own copy
-        // only once `advance` reports it persisted. Messages of a Ready that
+        // only once the disk reports it durable. Messages of a Ready that
         // changes term or vote (RequestVote, a first AppendEntries) wait.
-        if ready.hard_state.is_none() {
+        let is_sent_now = ready.hard_state.is_none() && self.raft.role() == Role::Leader;
+        if is_sent_now {
             self.send(std::mem::take(&mut ready.messages));
         }
-        if let Some(hard_state) = ready.hard_state {
-            self.storage.save_hard_state(hard_state)?;
+        if ready.hard_state.is_some() || !ready.entries.is_empty() {
+            self.write_seq_issued += 1;
+            let write = disk::Write {
+                seq: self.write_seq_issued,
+                hard_state: ready.hard_state,
+                entries: std::mem::take(&mut ready.entries),
+            };
+            self.disk.send(write).await.map_err(|_| ())?;
         }
-        if !ready.entries.is_empty() {
-            self.storage.append(&ready.entries)?;
-            if !self.unsafe_no_fsync {
-                self.storage.sync()?;
-            }
+        let seq = self.write_seq_issued;
+        for answer in self.answers.drain(..) {
+            self.held.push_back((seq, answer));
         }
-        // Durable now: answers and messages that depend on it may leave.
-        for (reply, response) in self.held_votes.drain(..) {
-            let _ = reply.send(response);
+        if !ready.messages.is_empty() {
+            let messages = std::mem::take(&mut ready.messages);
+            self.held.push_back((seq, Held::Messages(messages)));
         }
-        for (reply, response) in self.held_appends.drain(..) {
-            let _ = reply.send(response);
-        }
-        self.send(ready.messages);
+        self.release_held();
 
         for entry in ready.committed {
             let outcome = self.kv.apply(&entry);
@@ -653,11 +852,33 @@ impl Driver {
             }
             for read in entry.remove() {
                 let value = self.kv.get(&read.key).cloned();
-                let _ = read.reply.send(Ok(value));
+                let _ = read.reply.send(Ok(ReadValue {
+                    value,
+                    applied_index: applied,
+                }));
             }
         }
-        self.raft.advance();
         Ok(())
+    }
+
+    /// Sends what waited for writes that are now durable.
+    fn release_held(&mut self) {
+        while self
+            .held
+            .front()
+            .is_some_and(|(seq, _)| *seq <= self.write_seq_durable)
+        {
+            let (_, held) = self.held.pop_front().expect("front exists");
+            match held {
+                Held::Vote(reply, response) => {
+                    let _ = reply.send(response);
+                }
+                Held::Append(reply, response) => {
+                    let _ = reply.send(response);
+                }
+                Held::Messages(messages) => self.send(messages),
+            }
+        }
     }
 
     /// Hands messages to the peers' sender tasks, never blocking the loop.
@@ -694,6 +915,11 @@ impl Driver {
             if current.role != status.role || current.term != status.term {
                 if let Some(observer) = observer {
                     observer.0.role_changed(status.id, status.term, status.role);
+                }
+            }
+            if current.commit_index != status.commit_index {
+                if let Some(observer) = observer {
+                    observer.0.committed(status.id, status.commit_index);
                 }
             }
             *current = status;

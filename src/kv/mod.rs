@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use prost::Message as _;
 use tracing::warn;
 
+use crate::planted::{is_planted, Bug};
 use crate::proto;
 use crate::raft::{Entry, LogIndex};
 use crate::{Error, Result};
@@ -248,7 +249,11 @@ impl KvStore {
                 return Some(Outcome::Rejected(e.to_string()));
             }
         };
-        if let Some(session) = self.sessions.get(&command.client_id) {
+        let session = self
+            .sessions
+            .get(&command.client_id)
+            .filter(|_| !is_planted(Bug::RetriedWriteAppliedTwice));
+        if let Some(session) = session {
             if command.sequence == session.sequence {
                 if session.command_crc != crc32fast::hash(&entry.data) {
                     return Some(Outcome::Rejected(format!(

@@ -1,5 +1,6 @@
 //! The in-memory view of the log: every entry (no compaction yet), the commit
-//! index and the persisted index.
+//! index, how far the log was handed to storage and how far storage has made
+//! it durable.
 //!
 //! Invariants, asserted where they could break:
 //! - entries are contiguous: `entries[i].index == offset + 1 + i`;
@@ -16,8 +17,10 @@ pub struct RaftLog {
     entries: Vec<Entry>,
     /// Highest index known committed (volatile; relearned after a restart).
     commit: LogIndex,
-    /// Highest index durably stored by this node. Entries above it are handed to
-    /// storage by the next `Ready`.
+    /// Highest index handed to storage (by a `Ready`). Entries above it go
+    /// out with the next `Ready`.
+    persisting: LogIndex,
+    /// Highest index storage reported durable. Never above `persisting`.
     persisted: LogIndex,
 }
 
@@ -28,6 +31,7 @@ impl RaftLog {
         for entry in entries {
             log.push(entry);
         }
+        log.persisting = log.last_index();
         log.persisted = log.last_index();
         log
     }
@@ -150,6 +154,15 @@ impl RaftLog {
         for entry in new {
             self.push(entry);
         }
+        if crate::planted::is_planted(crate::planted::Bug::TruncateOnStaleAppend) {
+            // Takes the message for the whole truth after its anchor: a stale
+            // one cuts entries that were acknowledged.
+            if let Some(last) = last_given {
+                if last < self.last_index() && last >= self.commit {
+                    self.truncate_from(last.next());
+                }
+            }
+        }
         last_given
     }
 
@@ -164,9 +177,11 @@ impl RaftLog {
         assert!(index > self.offset, "truncation below the log start");
         self.entries
             .truncate((index.0 - self.offset.0 - 1) as usize);
-        if self.persisted >= index {
-            self.persisted = index.prev();
-        }
+        // The truncation reaches storage with the next write (its first
+        // entry's index says where to cut); what was durable above it is not
+        // ours any more.
+        self.persisting = self.persisting.min(index.prev());
+        self.persisted = self.persisted.min(index.prev());
     }
 
     /// Moves the commit index forward to `index` (never backwards).
@@ -184,19 +199,30 @@ impl RaftLog {
         true
     }
 
-    /// Entries not yet handed to storage.
-    pub fn unpersisted(&self) -> Vec<Entry> {
-        self.slice(
-            self.persisted.next(),
+    /// Highest index handed to storage so far.
+    pub fn persisting(&self) -> LogIndex {
+        self.persisting
+    }
+
+    /// Hands the entries not yet given to storage (they start where storage
+    /// must truncate, if a conflict cut the log).
+    pub fn take_unpersisted(&mut self) -> Vec<Entry> {
+        let entries = self.slice(
+            self.persisting.next(),
             self.last_index(),
             usize::MAX,
             usize::MAX,
-        )
+        );
+        self.persisting = self.last_index();
+        entries
     }
 
-    /// Storage has made everything up to `index` durable.
-    pub fn persisted_to(&mut self, index: LogIndex) {
-        if index > self.persisted && index <= self.last_index() {
+    /// Storage made its log durable up to the entry (`index`, `term`). An
+    /// answer about entries since truncated (their term differs now) is
+    /// ignored: (index, term) names one entry for good, so a match means
+    /// everything up to `index` is ours and durable.
+    pub fn persisted_to(&mut self, index: LogIndex, term: Term) {
+        if index > self.persisted && index <= self.persisting && self.term(index) == Some(term) {
             self.persisted = index;
         }
     }

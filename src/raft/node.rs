@@ -13,6 +13,7 @@ use super::{
     AppendEntries, AppendEntriesResponse, Entry, HardState, LogIndex, Message, NodeId, RaftLog,
     RequestVote, RequestVoteResponse, Term,
 };
+use crate::planted::{is_planted, Bug};
 
 /// Everything the core needs to know about its cluster and its pace.
 #[derive(Clone, Debug)]
@@ -109,13 +110,23 @@ struct PendingRead {
     round: u64,
 }
 
-/// What the driver must do, in this order:
-/// 1. persist `hard_state` (if any) and `entries` (truncating any stored suffix
-///    from `entries[0].index`), and sync;
-/// 2. only then send `messages` and the responses held for peers;
-/// 3. apply `committed` in order; serve `read_states` once applied; fail the
-///    reads in `reads_dropped`;
-/// 4. call [`Raft::advance`].
+/// What the driver must do with a `Ready`. Storage may work in the
+/// background (etcd's asynchronous storage writes): the core hands each entry
+/// to storage once and learns what is durable from [`Raft::persisted`].
+/// 1. Hand `hard_state` (if any) and `entries` to storage, in order after
+///    every earlier write (storage first truncates any stored suffix from
+///    `entries[0].index`), and sync.
+/// 2. `messages`: if `hard_state` is `None` and this node leads, send them at
+///    once (a leader's own copy need not be durable before its followers
+///    get the entries, thesis 10.2.1: the core counts it only once
+///    persisted). Otherwise hold them until this write is durable. Answers
+///    to peer requests (`handle_request_vote`, `handle_append_entries`) are
+///    held until every write handed out after they were made is durable.
+/// 3. Apply `committed` in order (committed means durable on a majority, so
+///    this node's own copy need not be durable yet); serve `read_states`
+///    once applied; fail the reads in `reads_dropped`.
+/// 4. When a write is durable, call [`Raft::persisted`] with its last entry.
+///    ([`Raft::advance`] does that for storage that writes synchronously.)
 #[derive(Debug, Default)]
 pub struct Ready {
     pub hard_state: Option<HardState>,
@@ -155,10 +166,8 @@ pub struct Raft {
     messages: Vec<(NodeId, Message)>,
     read_states: Vec<ReadState>,
     reads_dropped: Vec<u64>,
-    /// The hard state as last persisted (or handed out by `ready`).
-    hard_state_persisted: HardState,
-    /// Set by `ready`, consumed by `advance`: what was handed out.
-    ready_outstanding: Option<(HardState, LogIndex)>,
+    /// The hard state as last handed to storage by `ready`.
+    hard_state_handed: HardState,
 }
 
 impl Raft {
@@ -197,8 +206,7 @@ impl Raft {
             messages: Vec::new(),
             read_states: Vec::new(),
             reads_dropped: Vec::new(),
-            hard_state_persisted: hard_state,
-            ready_outstanding: None,
+            hard_state_handed: hard_state,
             config,
         };
         assert!(
@@ -365,13 +373,23 @@ impl Raft {
     /// next `Ready` is persisted (it may carry a new term and vote).
     pub fn handle_request_vote(&mut self, request: RequestVote) -> RequestVoteResponse {
         if request.term > self.term {
+            // A follower or candidate keeps its election timer: only a vote
+            // granted or a leader heard restarts it (Raft figure 2). Else a
+            // candidate whose log is behind, on a fast clock, would keep
+            // every up-to-date node from ever campaigning.
+            let elapsed = self.election_elapsed_ticks;
+            let is_leader = self.role == Role::Leader;
             self.become_follower(request.term, None);
+            if !is_leader {
+                self.election_elapsed_ticks = elapsed;
+            }
         }
         let is_up_to_date = (request.last_log_term, request.last_log_index)
             >= (self.log.last_term(), self.log.last_index());
         let vote_granted = request.term == self.term
-            && self.vote.is_none_or(|v| v == request.candidate)
-            && is_up_to_date;
+            && (self.vote.is_none_or(|v| v == request.candidate)
+                || is_planted(Bug::TwoVotesInOneTerm))
+            && (is_up_to_date || is_planted(Bug::VoteForOlderLog));
         if vote_granted {
             self.vote = Some(request.candidate);
             self.reset_election_timer();
@@ -393,7 +411,8 @@ impl Raft {
             self.become_follower(response.term, None);
             return;
         }
-        if self.role != Role::Candidate || response.term != self.term || !response.vote_granted {
+        let is_stale = response.term != self.term && !is_planted(Bug::StaleVoteCounted);
+        if self.role != Role::Candidate || is_stale || !response.vote_granted {
             return;
         }
         if !self.peers.contains(&from) {
@@ -462,6 +481,10 @@ impl Raft {
             return response;
         }
         let last_given = self.log.merge(request.entries).unwrap_or(prev);
+        if is_planted(Bug::CommitPastVerifiedMatch) {
+            self.log
+                .commit_to(request.leader_commit.min(self.log.last_index()));
+        }
         self.log.commit_to(request.leader_commit.min(last_given));
         response.success = true;
         response.match_index = last_given;
@@ -663,11 +686,18 @@ impl Raft {
             .progress
             .values()
             .map(|p| p.match_index)
-            .chain([self.log.persisted()])
+            .chain([if is_planted(Bug::OwnUnsyncedEntriesCounted) {
+                self.log.last_index()
+            } else {
+                self.log.persisted()
+            }])
             .collect();
         matched.sort_unstable_by(|a, b| b.cmp(a));
         let candidate = matched[self.quorum() - 1];
-        if candidate > self.log.commit() && self.log.term(candidate) == Some(self.term) {
+        if candidate > self.log.commit()
+            && (self.log.term(candidate) == Some(self.term)
+                || is_planted(Bug::CommitOlderTermByCounting))
+        {
             self.log.commit_to(candidate);
             return true;
         }
@@ -703,11 +733,13 @@ impl Raft {
                 leader: self.leader,
             }));
         }
-        if self.log.term(self.log.commit()) != Some(self.term) {
+        if self.log.term(self.log.commit()) != Some(self.term)
+            && !is_planted(Bug::ReadBeforeOwnTermCommit)
+        {
             return Err(ReadRejected::NotReady);
         }
         let index = self.log.commit();
-        if self.peers.is_empty() {
+        if self.peers.is_empty() || is_planted(Bug::ReadWithoutQuorumRound) {
             self.read_states.push(ReadState { context, index });
             return Ok(());
         }
@@ -751,8 +783,8 @@ impl Raft {
     // ------------------------------------------------------------ ready / advance
 
     pub fn has_ready(&self) -> bool {
-        self.hard_state() != self.hard_state_persisted
-            || self.log.persisted() < self.log.last_index()
+        self.hard_state() != self.hard_state_handed
+            || self.log.persisting() < self.log.last_index()
             || self.applied < self.log.commit()
             || !self.messages.is_empty()
             || !self.read_states.is_empty()
@@ -774,13 +806,9 @@ impl Raft {
         self.role == Role::Leader && self.is_read_round_wanted && !is_in_flight
     }
 
-    /// Hands out what to persist, send and apply. Call [`Raft::advance`] once
-    /// it is done, before the next `ready`.
+    /// Hands out what to persist, send and apply (see [`Ready`]); each entry
+    /// and hard state is handed out once.
     pub fn ready(&mut self) -> Ready {
-        assert!(
-            self.ready_outstanding.is_none(),
-            "ready() called twice without advance()"
-        );
         let is_read_round_starting = self.is_read_round_startable();
         if self.role == Role::Leader {
             let mut is_sent = BTreeSet::new();
@@ -817,10 +845,11 @@ impl Raft {
             .log
             .slice(self.applied.next(), commit, usize::MAX, usize::MAX);
         self.applied = commit;
-        self.ready_outstanding = Some((hard_state, self.log.last_index()));
+        let hard_state_changed = (hard_state != self.hard_state_handed).then_some(hard_state);
+        self.hard_state_handed = hard_state;
         Ready {
-            hard_state: (hard_state != self.hard_state_persisted).then_some(hard_state),
-            entries: self.log.unpersisted(),
+            hard_state: hard_state_changed,
+            entries: self.log.take_unpersisted(),
             messages: std::mem::take(&mut self.messages),
             committed,
             read_states: std::mem::take(&mut self.read_states),
@@ -828,16 +857,21 @@ impl Raft {
         }
     }
 
-    /// The last `Ready` was persisted (and its messages sent).
-    pub fn advance(&mut self) {
-        let (hard_state, persisted) = self
-            .ready_outstanding
-            .take()
-            .expect("advance() without a preceding ready()");
-        self.hard_state_persisted = hard_state;
-        self.log.persisted_to(persisted);
+    /// Storage made its log durable up to the entry (`index`, `term`) (the
+    /// last entry of a completed write). A leader may now count its own copy.
+    pub fn persisted(&mut self, index: LogIndex, term: Term) {
+        self.log.persisted_to(index, term);
         if self.role == Role::Leader {
             self.maybe_commit();
+        }
+    }
+
+    /// Everything handed out so far is durable: for storage that writes
+    /// synchronously while the `Ready` is processed (and for tests).
+    pub fn advance(&mut self) {
+        let index = self.log.persisting();
+        if let Some(term) = self.log.term(index) {
+            self.persisted(index, term);
         }
     }
 }

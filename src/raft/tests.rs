@@ -772,6 +772,42 @@ fn heartbeats_keep_followers_from_campaigning() {
     assert_eq!(c.node(1).term(), Term(1), "no election happened");
 }
 
+/// Found by the simulation with skewed clocks: a candidate whose log is
+/// behind, ticking fast, asked for votes every few ticks with ever higher
+/// terms; each refusal restarted the up-to-date nodes' election timers, so
+/// none ever campaigned and the cluster had no leader for good.
+#[test]
+fn refused_vote_requests_do_not_hold_back_an_up_to_date_follower() {
+    let entries = vec![Entry {
+        term: Term(1),
+        index: LogIndex(1),
+        data: vec![],
+    }];
+    let state = HardState {
+        term: Term(1),
+        vote: None,
+    };
+    let mut raft = Raft::new(config(1, 3), state, entries);
+    let mut term = 1;
+    for tick in 0..=20 {
+        if tick % 5 == 0 {
+            term += 1;
+            let response = raft.handle_request_vote(RequestVote {
+                term: Term(term),
+                candidate: NodeId(2),
+                last_log_index: LogIndex(0),
+                last_log_term: Term(0),
+            });
+            assert!(!response.vote_granted, "node 2's log is behind");
+        }
+        raft.tick();
+        if raft.role() == Role::Candidate {
+            return;
+        }
+    }
+    panic!("node 1 never campaigned: refused vote requests kept restarting its timer");
+}
+
 #[test]
 fn an_isolated_follower_campaigns_after_its_timeout() {
     let mut c = Cluster::new(3);

@@ -27,6 +27,12 @@ pub trait Storage: Send {
     fn sync(&mut self) -> Result<()>;
     /// The index of the last stored entry.
     fn last_index(&self) -> LogIndex;
+    /// How long the next `sync` takes beyond its own work: a simulated disk's
+    /// latency (the disk task waits it out before syncing, so a crash in
+    /// between loses the unsynced writes). Real storage: zero.
+    fn sync_delay(&mut self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
 }
 
 /// Storage that lives in memory. Recovery returns whatever it was created with.

@@ -390,7 +390,7 @@ impl KvService {
             key: message.key,
             reply,
         };
-        let value = match tokio::time::timeout_at(deadline, self.inbox.send(input)).await {
+        let read = match tokio::time::timeout_at(deadline, self.inbox.send(input)).await {
             Err(_) => Err(Error::Unavailable("node overloaded".into())),
             Ok(Err(_)) => Err(Error::Unavailable("node stopped".into())),
             Ok(Ok(())) => match tokio::time::timeout_at(deadline, answer).await {
@@ -402,8 +402,9 @@ impl KvService {
             },
         }?;
         Ok(proto::GetResponse {
-            found: value.is_some(),
-            value: value.unwrap_or_default(),
+            found: read.value.is_some(),
+            value: read.value.unwrap_or_default(),
+            applied_index: read.applied_index.0,
         })
     }
 

@@ -1,0 +1,113 @@
+//! The disk task: it owns the node's [`Storage`] and carries out the writes
+//! the driver hands it, in order, syncing once for all the writes that queued
+//! up meanwhile (group commit). The driver goes on stepping the core while a
+//! sync is under way and learns what is durable from a watch, so the disk
+//! never waits on the driver and the driver waits on the disk only when
+//! `WRITES_QUEUED_MAX` writes are already queued.
+
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::{error, Instrument, Span};
+
+use crate::planted::{is_planted, Bug};
+use crate::raft::{Entry, HardState, LogIndex, Term};
+use crate::storage::Storage;
+use crate::Result;
+
+/// Writes queued for the disk task before the driver waits.
+pub(super) const WRITES_QUEUED_MAX: usize = 256;
+/// Writes made durable by one sync.
+const WRITES_PER_SYNC_MAX: usize = 256;
+
+/// One `Ready`'s durable state, numbered in the order it was handed out.
+pub(super) struct Write {
+    pub seq: u64,
+    pub hard_state: Option<HardState>,
+    /// Contiguous; storage first removes what it holds from `entries[0].index`.
+    pub entries: Vec<Entry>,
+}
+
+/// What is durable: every write up to `seq`, and the log up to `last`.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Durable {
+    pub seq: u64,
+    /// The last entry in storage after the latest write that had entries.
+    pub last: Option<(LogIndex, Term)>,
+    /// Set when storage failed; the task has stopped.
+    pub failure: Option<String>,
+}
+
+pub(super) fn spawn(
+    storage: Box<dyn Storage>,
+    is_sync_skipped: bool,
+    span: Span,
+) -> (
+    mpsc::Sender<Write>,
+    watch::Receiver<Durable>,
+    JoinHandle<()>,
+) {
+    let (writes_tx, writes_rx) = mpsc::channel(WRITES_QUEUED_MAX);
+    let (durable_tx, durable_rx) = watch::channel(Durable::default());
+    let task = tokio::spawn(run(storage, writes_rx, durable_tx, is_sync_skipped).instrument(span));
+    (writes_tx, durable_rx, task)
+}
+
+async fn run(
+    mut storage: Box<dyn Storage>,
+    mut writes: mpsc::Receiver<Write>,
+    durable: watch::Sender<Durable>,
+    is_sync_skipped: bool,
+) {
+    let mut batch = Vec::new();
+    while writes.recv_many(&mut batch, WRITES_PER_SYNC_MAX).await > 0 {
+        match write_batch(&mut *storage, &batch, is_sync_skipped).await {
+            Ok(last) => {
+                let seq = batch.last().map_or(0, |w| w.seq);
+                durable.send_modify(|d| {
+                    d.seq = seq;
+                    if last.is_some() {
+                        d.last = last;
+                    }
+                });
+            }
+            Err(e) => {
+                error!(error = %e, "storage failed");
+                durable.send_modify(|d| d.failure = Some(e.to_string()));
+                return;
+            }
+        }
+        batch.clear();
+    }
+}
+
+/// Writes `batch` in order and syncs once. Returns the last entry written.
+async fn write_batch(
+    storage: &mut dyn Storage,
+    batch: &[Write],
+    is_sync_skipped: bool,
+) -> Result<Option<(LogIndex, Term)>> {
+    let mut last = None;
+    for write in batch {
+        if let Some(hard_state) = write.hard_state {
+            if !is_planted(Bug::HardStateNotPersisted) {
+                storage.save_hard_state(hard_state)?;
+            }
+        }
+        if let Some(entry) = write.entries.last() {
+            storage.append(&write.entries)?;
+            last = Some((entry.index, entry.term));
+        }
+    }
+    if last.is_some() {
+        let delay = storage.sync_delay();
+        if delay > Duration::ZERO {
+            tokio::time::sleep(delay).await;
+        }
+        if !is_sync_skipped {
+            storage.sync()?;
+        }
+    }
+    Ok(last)
+}
