@@ -8,6 +8,8 @@
 #   scripts/cluster.sh status        which nodes run, and who leads
 #   scripts/cluster.sh kill ID       kill -9 one node
 #   scripts/cluster.sh restart ID    (kill -9 and) start one node again
+#   scripts/cluster.sh pause ID      SIGSTOP one node (it keeps its beliefs)
+#   scripts/cluster.sh resume ID     SIGCONT a paused node
 #   scripts/cluster.sh endpoints     the KV endpoints, comma separated
 #
 # Environment: LATTICE_DIR (data, logs, pids; default ./live-cluster),
@@ -108,11 +110,19 @@ case "$command" in
         kill_node "$2"
         start_node "$2"
         ;;
+    pause|resume)
+        [ -n "${2:-}" ] || die "usage: $0 $command ID"
+        check_id "$2"
+        is_running "$2" || die "node $2 is not running"
+        if [ "$command" = pause ]; then signal=STOP; else signal=CONT; fi
+        kill -"$signal" "$(pid_of "$2")"
+        echo "node $2 ${command}d (SIG$signal $(pid_of "$2"))"
+        ;;
     endpoints)
         endpoints
         ;;
     *)
-        sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
         [ -z "$command" ] || [ "$command" = help ] || [ "$command" = -h ] || [ "$command" = --help ] || exit 2
         ;;
 esac

@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # A live Jepsen run: a real 3-node cluster of processes in a private network
 # namespace (unshare -n: the machine's own firewall is never touched), five
-# recording clients, and real faults: iptables partitions (scripts/partition.sh)
-# and kill -9 of nodes (the leader included), each healed. Then the checker
-# decides. Exit 0 only if the history is linearizable and the majority side
-# kept serving during every fault.
+# recording clients that follow the leader plus one pinned to each node (as
+# Jepsen binds its clients), and real faults: iptables partitions
+# (scripts/partition.sh), kill -9 of nodes (the leader included) and a
+# SIGSTOP pause of the leader longer than an election timeout, each healed.
+# Then the checker decides. Exit 0 only if the history is linearizable and
+# the majority side kept serving during every fault.
 #
 #   sudo scripts/live-jepsen.sh          (root: unshare and iptables need it)
 #
-# Environment: LATTICE_LIVE_SECS (workload length, default 60; the faults take
-# about 45 s and must all fall inside it),
+# Environment: LATTICE_LIVE_SECS (workload length, default 70; the faults take
+# about 55 s and must all fall inside it),
 # LATTICE_LIVE_DIR (output; default target/live-jepsen): history.jsonl,
 # report.html, checker.txt, faults.tsv, node logs.
 set -euo pipefail
@@ -25,7 +27,7 @@ if [ "${LATTICE_IN_NETNS:-}" != 1 ]; then
 fi
 
 ip link set lo up
-duration=${LATTICE_LIVE_SECS:-60}
+duration=${LATTICE_LIVE_SECS:-70}
 out=${LATTICE_LIVE_DIR:-$root/target/live-jepsen}
 rm -rf "$out"
 mkdir -p "$out"
@@ -46,6 +48,7 @@ cluster="$root/scripts/cluster.sh"
 partition="$root/scripts/partition.sh"
 
 cleanup() {
+    for i in 1 2 3; do "$cluster" resume "$i" >/dev/null 2>&1 || true; done
     "$partition" heal >/dev/null 2>&1 || true
     "$cluster" stop >/dev/null 2>&1 || true
 }
@@ -65,7 +68,7 @@ for _ in $(seq 1 40); do leader_id >/dev/null && break; sleep 0.5; done
 leader_id >/dev/null || die "no leader was elected"
 echo "leader: node $(leader_id)"
 
-"$lattice" workload --endpoints "$endpoints" --clients 5 --keys 5 --duration-secs "$duration" \
+"$lattice" workload --endpoints "$endpoints" --clients 5 --pinned --keys 5 --duration-secs "$duration" \
     --history "$out/history.jsonl" > "$out/workload.log" 2>&1 &
 workload=$!
 
@@ -95,6 +98,13 @@ l=$(leader_id); set -- $(others "$l")
 fault "split {$l,$1} | {$2}" 6 "$partition" split "$l,$1" "$2"; heal; sleep 3
 l=$(leader_id); set -- $(others "$l")
 fault "leader (node $l) sends nothing to the others" 6 bash -c "'$partition' oneway $l $1 && '$partition' oneway $l $2"; heal; sleep 3
+l=$(leader_id)
+# Jepsen's pause nemesis: the leader freezes for 4 s (the election timeout is
+# at most 1 s) and wakes up believing it still leads; its pinned client is
+# still talking to it.
+fault "pause the leader (node $l, SIGSTOP)" 4 "$cluster" pause "$l"
+[ "$(leader_id)" != "$l" ] || die "pausing node $l did not change the leader"
+"$cluster" resume "$l" >/dev/null; sleep 3
 l=$(leader_id)
 fault "kill -9 the leader (node $l)" 5 "$cluster" kill "$l"; "$cluster" restart "$l" >/dev/null; sleep 3
 l=$(leader_id); set -- $(others "$l")

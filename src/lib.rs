@@ -12,6 +12,8 @@
 //!   code run over real TCP or a simulated network.
 //! - [`server`]: the driver: one task owns a raft core, ticks it, persists,
 //!   sends, applies and answers clients. [`server::Node`] starts one node.
+//! - [`planted`]: the catalogue of classic bugs the test suite must catch,
+//!   compiled in only with the `planted-bugs` feature (tests).
 //! - [`client`]: the KV client: finds the leader, retries, and tells ok,
 //!   definitely failed and unknown outcome apart.
 //!
@@ -21,12 +23,13 @@
 pub mod client;
 mod error;
 pub mod kv;
+pub mod planted;
 pub mod raft;
 pub mod server;
 pub mod storage;
 pub mod transport;
 
-pub use client::{Client, ClientConfig, ClientError};
+pub use client::{Client, ClientConfig, ClientError, ReadResult};
 pub use error::{Error, Result};
 pub use raft::{LogIndex, NodeId, Term};
 pub use server::{Node, NodeConfig, PeerConfig};

@@ -1,17 +1,23 @@
 //! `cargo test --test jepsen`: the real node library (tonic services, driver,
 //! raft core, storage) on five nodes over turmoil's simulated network, with
-//! partitions, crashes and disk faults injected while five clients read and
-//! write five keys. Every history is checked for linearizability, liveness
+//! partitions, crashes, pauses, slow disks, late and duplicated messages and
+//! skewed clocks, while eight client sessions read and write five keys: some
+//! follow the leader, some are pinned to one node (as Jepsen binds its
+//! clients), one picks a node at random. Every history is checked for
+//! linearizability, every read against the white-box read oracle, liveness
 //! after healing is required, and white-box invariants are observed across
 //! nodes. One `u64` seed drives everything: the network, the fault schedule,
-//! every node's RNG and the workload.
+//! every node's RNG and clock rate, the disks and the workload.
 //!
 //! - `LATTICE_SEED=S cargo test --test jepsen` replays one seed;
 //! - `LATTICE_SEEDS=N cargo test --test jepsen` runs N seeds (default 32).
+//! - `cargo test --features planted-bugs --test jepsen -- planted` runs the
+//!   default seeds with each bug of `lattice::planted` in turn and fails
+//!   unless every one is caught (`LATTICE_BUG=Name` picks one).
 //!
 //! A failing seed prints its fault schedule and the replay command, and writes
 //! the history and the checker's HTML report under `target/jepsen/<seed>/`.
-//! See `tests/README.md` for the fault table.
+//! See `tests/README.md` for the fault table and the catalogue.
 
 mod common;
 
@@ -23,18 +29,20 @@ use std::time::Duration;
 
 use checker::search::{check, CheckOptions, Outcome};
 use checker::{EventType, KvModel, Recorder};
-use common::{SimDisk, SimStorage, TurmoilTransport, WhiteBox, WhiteBoxObserver};
-use lattice::server::ObserverHandle;
+use common::{
+    DiskLatency, SimChaos, SimDisk, SimStorage, TurmoilTransport, WhiteBox, WhiteBoxObserver,
+};
+use lattice::planted::Bug;
+use lattice::server::{ChaosHandle, ObserverHandle};
 use lattice::{Client, ClientConfig, ClientError, Node, NodeConfig, NodeId, PeerConfig};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
+use tokio::sync::watch;
 
 const NODES: u64 = 5;
-/// Client processes in each history: `CLIENT_HOSTS` hosts, each running
-/// `SESSIONS_PER_HOST` sessions that share its connections (and so one
-/// `Batch` stream per node, as a loaded application would).
-const CLIENT_HOSTS: u64 = 3;
+/// Client hosts, each running `SESSIONS_PER_HOST` sessions. See [`routing`].
+const CLIENT_HOSTS: u64 = 4;
 const SESSIONS_PER_HOST: u64 = 2;
 const CLIENTS: u64 = CLIENT_HOSTS * SESSIONS_PER_HOST;
 const KEYS: u64 = 5;
@@ -48,6 +56,8 @@ const LIVENESS_BOUND: Duration = Duration::from_secs(8);
 /// Clients stop invoking at this simulated time.
 const WORKLOAD_END: Duration = Duration::from_secs(34);
 const DEFAULT_SEEDS: u64 = 32;
+/// The nodes' tick at rate 1x; with clock skew each node ticks at 0.5x-2x.
+const TICK: Duration = Duration::from_millis(50);
 
 /// The faults the schedule draws from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -63,9 +73,11 @@ enum FaultKind {
     LatencySpike,
     MessageLoss,
     CrashLosingUnsynced,
+    PauseLeader,
+    Churn,
 }
 
-const ALL_FAULTS: [FaultKind; 11] = [
+const ALL_FAULTS: [FaultKind; 13] = [
     FaultKind::PartitionHalves,
     FaultKind::IsolateLeader,
     FaultKind::MajoritiesRing,
@@ -77,17 +89,32 @@ const ALL_FAULTS: [FaultKind; 11] = [
     FaultKind::LatencySpike,
     FaultKind::MessageLoss,
     FaultKind::CrashLosingUnsynced,
+    FaultKind::PauseLeader,
+    FaultKind::Churn,
 ];
 
+/// One fault window: a network or process fault, and the conditions laid
+/// over it (each drawn on its own, so they compose with every kind).
 #[derive(Clone, Copy, Debug)]
 struct ScheduledFault {
     at: Duration,
     duration: Duration,
     kind: FaultKind,
+    /// Every disk syncs slowly and sometimes stalls ([`DiskLatency::SLOW`]).
+    slow_disk: bool,
+    /// Peer messages arrive late, after newer ones, and twice ([`SimChaos`]).
+    chaos: bool,
+    /// Kill -9 the leader this long into the window (losing what its disk
+    /// had not synced), and restart it `.1` later: crashes composed with
+    /// every other fault.
+    crash_leader: Option<(Duration, Duration)>,
 }
 
+/// How likely each overlay is in a fault window.
+const OVERLAY_P: f64 = 0.4;
+
 /// The fault schedule of a seed. The first fault cycles through every kind
-/// across consecutive seeds, so any 11 seeds draw each kind at least once.
+/// across consecutive seeds, so any 13 seeds draw each kind at least once.
 fn schedule(seed: u64) -> Vec<ScheduledFault> {
     let mut rng = StdRng::seed_from_u64(seed ^ 0xFA17_5C4E_D01E);
     let mut faults = Vec::new();
@@ -100,10 +127,51 @@ fn schedule(seed: u64) -> Vec<ScheduledFault> {
         };
         let duration = Duration::from_millis(rng.random_range(1000..4000));
         let duration = duration.min(HEAL_AT - at);
-        faults.push(ScheduledFault { at, duration, kind });
+        let slow_disk = rng.random_bool(OVERLAY_P);
+        let chaos = rng.random_bool(OVERLAY_P);
+        let crash_leader = rng.random_bool(OVERLAY_P).then(|| {
+            (
+                duration.mul_f64(rng.random_range(0.2..0.9)),
+                Duration::from_millis(rng.random_range(100..1500)),
+            )
+        });
+        faults.push(ScheduledFault {
+            at,
+            duration,
+            kind,
+            slow_disk,
+            chaos,
+            crash_leader,
+        });
         at += duration + Duration::from_millis(rng.random_range(500..2000));
     }
     faults
+}
+
+/// Election timeouts of this seed, in ticks: every third seed draws them
+/// from a narrow range, so candidates often run at once and split votes.
+fn election_timeout_ticks(seed: u64) -> (u32, u32) {
+    if seed % 3 == 0 {
+        (10, 12)
+    } else {
+        (10, 20)
+    }
+}
+
+/// Whether the nodes' clocks run at different rates in this seed (half the
+/// seeds), and node `id`'s tick in its `incarnation`: 0.5x to 2x the rate.
+fn tick_interval(seed: u64, id: u64, incarnation: u64) -> Duration {
+    if !is_clock_skewed(seed) {
+        return TICK;
+    }
+    let mut rng = StdRng::seed_from_u64(seed ^ (id << 40) ^ (incarnation << 48) ^ 0xC10C);
+    // A rate of 2^x for x in [-1, 1]: 0.5x to 2x, as likely slow as fast.
+    let rate = 2f64.powf(rng.random_range(-1.0..=1.0));
+    TICK.div_f64(rate)
+}
+
+fn is_clock_skewed(seed: u64) -> bool {
+    seed % 2 == 0
 }
 
 /// Options a user could turn on that give up safety: the suite must catch them.
@@ -113,16 +181,36 @@ struct Unsafe {
     no_fsync: bool,
 }
 
+/// What runs in a seed besides the fault schedule: unsafe options, or a
+/// planted bug of the catalogue.
+#[derive(Clone, Copy, Debug, Default)]
+struct Variant {
+    unsafe_options: Unsafe,
+    bug: Option<Bug>,
+}
+
 fn host(id: u64) -> String {
     format!("n{id}")
+}
+
+fn client_host_name(index: u64) -> String {
+    format!("c{index}")
+}
+
+/// Per node, what every incarnation of it shares with the test.
+#[derive(Clone)]
+struct NodeHarness {
+    observer: WhiteBoxObserver,
+    chaos: SimChaos,
+    pause: watch::Receiver<bool>,
 }
 
 fn node_config(
     id: u64,
     seed: u64,
     incarnation: u64,
-    unsafe_options: Unsafe,
-    observer: &WhiteBoxObserver,
+    variant: Variant,
+    harness: &NodeHarness,
 ) -> NodeConfig {
     let peers = (1..=NODES)
         .filter(|&p| p != id)
@@ -143,12 +231,22 @@ fn node_config(
         .wrapping_mul(31)
         .wrapping_add(id)
         .wrapping_add(incarnation << 32);
+    config.tick_interval = tick_interval(seed, id, incarnation);
+    (
+        config.election_timeout_ticks_min,
+        config.election_timeout_ticks_max,
+    ) = election_timeout_ticks(seed);
+    // Small batches: a follower's match index moves a few entries at a
+    // time, so more interleavings (figure 8's among them) are reachable.
+    config.append_entries_max = 16;
     config.request_timeout = Duration::from_secs(2);
     config.peer_channel.rpc_timeout = Duration::from_secs(1);
     config.peer_channel.connect_timeout = Duration::from_millis(300);
-    config.observer = Some(ObserverHandle(Arc::new(observer.clone())));
-    config.unsafe_local_reads = unsafe_options.local_reads;
-    config.unsafe_no_fsync = unsafe_options.no_fsync;
+    config.observer = Some(ObserverHandle(Arc::new(harness.observer.clone())));
+    config.chaos = Some(ChaosHandle(Arc::new(harness.chaos.clone())));
+    config.pause = Some(harness.pause.clone());
+    config.unsafe_local_reads = variant.unsafe_options.local_reads;
+    config.unsafe_no_fsync = variant.unsafe_options.no_fsync;
     config
 }
 
@@ -162,32 +260,138 @@ struct SeedRun {
     /// Why this seed failed, if it did.
     failures: Vec<String>,
     is_linearizable: bool,
+    /// A white-box invariant or the read oracle failed.
+    is_white_box_violated: bool,
+    /// A node's invariant `assert!` fired (the node panicked).
+    is_asserted: bool,
+    /// Simulated time at which the first safety violation happened (the
+    /// white-box check's, or the failing operation's return).
+    detected_at: Option<Duration>,
+    stats: RunStats,
+}
+
+/// Counts of what the nemesis did in a run.
+#[derive(Clone, Copy, Debug, Default)]
+struct RunStats {
+    reads_checked: u64,
+    messages_delayed: u64,
+    messages_duplicated: u64,
+}
+
+impl SeedRun {
+    /// A safety check failed (not just liveness).
+    fn is_caught(&self) -> bool {
+        !self.is_linearizable || self.is_white_box_violated || self.is_asserted
+    }
+
+    fn caught_by(&self) -> String {
+        let checks: Vec<&str> = [
+            (!self.is_linearizable, "history"),
+            (self.is_white_box_violated, "white-box"),
+            (self.is_asserted, "node assertion"),
+        ]
+        .into_iter()
+        .filter_map(|(is, name)| is.then_some(name))
+        .collect();
+        if checks.is_empty() {
+            "-".into()
+        } else {
+            checks.join(" and ")
+        }
+    }
 }
 
 fn now() -> Duration {
     turmoil::sim_elapsed().unwrap_or_default()
 }
 
-/// One client host: its sessions run side by side over one `Client`'s
-/// connections.
-async fn client_host(seed: u64, host_index: u64, recorder: Recorder) -> turmoil::Result {
-    let endpoints: Vec<String> = (1..=NODES)
-        .map(|p| format!("{}:{KV_PORT}", host(p)))
-        .collect();
+/// Log lines stamped with simulated time (`LATTICE_LOG=info` turns them on).
+struct SimTimer;
+
+impl tracing_subscriber::fmt::time::FormatTime for SimTimer {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        write!(w, "{:>9.3}s", now().as_secs_f64())
+    }
+}
+
+/// How a session picks the node for each attempt.
+#[derive(Clone, Copy, Debug)]
+enum Routing {
+    /// Follows `not-leader` hints and caches the leader (the default client).
+    Leader,
+    /// Talks to this node only, as Jepsen binds a client to a node: a deposed
+    /// leader keeps its clients.
+    Pinned(u64),
+    /// A random node first for every operation, then the next ones in turn.
+    Random,
+}
+
+/// Session `index`'s routing: host 0's two sessions follow the leader (and
+/// share their connections); the next five are pinned one to each node (in
+/// an order drawn from the seed); the last picks at random.
+fn routing(seed: u64, index: u64) -> Routing {
+    let mut nodes: Vec<u64> = (1..=NODES).collect();
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x0B1D);
+    for i in (1..nodes.len()).rev() {
+        nodes.swap(i, rng.random_range(0..=i));
+    }
+    match index {
+        0 | 1 => Routing::Leader,
+        i if i < 2 + NODES => Routing::Pinned(nodes[(i - 2) as usize]),
+        _ => Routing::Random,
+    }
+}
+
+fn kv_endpoint(node: u64) -> String {
+    format!("{}:{KV_PORT}", host(node))
+}
+
+/// One client host: its sessions run side by side. Sessions that follow the
+/// leader share one `Client`'s connections (so its `Batch` stream to each
+/// node); the others have their own, with short attempt deadlines.
+async fn client_host(
+    seed: u64,
+    host_index: u64,
+    recorder: Recorder,
+    observer: WhiteBoxObserver,
+) -> turmoil::Result {
+    let all: Vec<String> = (1..=NODES).map(kv_endpoint).collect();
     let first = host_index * SESSIONS_PER_HOST;
-    let config = ClientConfig {
+    let leader_config = ClientConfig {
         client_id: Some(1000 + first),
         operation_timeout: Duration::from_secs(3),
         rpc_timeout: Duration::from_millis(2500),
         connect_timeout: Duration::from_millis(300),
         backoff_min: Duration::from_millis(20),
         backoff_max: Duration::from_millis(400),
+        follow_leader_hints: true,
     };
-    let connections = Client::with_config(&endpoints, config, Arc::new(TurmoilTransport))?;
+    let shared = Client::with_config(&all, leader_config.clone(), Arc::new(TurmoilTransport))?;
     let mut sessions = Vec::new();
     for index in first..first + SESSIONS_PER_HOST {
-        let client = connections.new_session_with_id(1000 + index)?;
-        sessions.push(session_workload(seed, index, client, recorder.clone()));
+        let routing = routing(seed, index);
+        let direct = ClientConfig {
+            client_id: Some(1000 + index),
+            operation_timeout: Duration::from_millis(1500),
+            rpc_timeout: Duration::from_millis(700),
+            follow_leader_hints: false,
+            ..leader_config.clone()
+        };
+        let client = match routing {
+            Routing::Leader => shared.new_session_with_id(1000 + index)?,
+            Routing::Pinned(node) => {
+                Client::with_config(&[kv_endpoint(node)], direct, Arc::new(TurmoilTransport))?
+            }
+            Routing::Random => Client::with_config(&all, direct, Arc::new(TurmoilTransport))?,
+        };
+        sessions.push(session_workload(
+            seed,
+            index,
+            routing,
+            client,
+            recorder.clone(),
+            observer.clone(),
+        ));
     }
     for result in futures_util::future::join_all(sessions).await {
         result?;
@@ -196,46 +400,76 @@ async fn client_host(seed: u64, host_index: u64, recorder: Recorder) -> turmoil:
 }
 
 /// One session: random operations on few keys with unique values, recorded.
+/// Every read it completes goes to the read oracle.
 async fn session_workload(
     seed: u64,
     index: u64,
+    routing: Routing,
     mut client: Client,
     recorder: Recorder,
+    observer: WhiteBoxObserver,
 ) -> turmoil::Result {
     let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(7919).wrapping_add(index));
     let mut last_seen: BTreeMap<String, Option<String>> = BTreeMap::new();
     let mut n = 0u64;
     while now() < WORKLOAD_END {
         n += 1;
+        if let Routing::Random = routing {
+            client.prefer_endpoint(rng.random_range(0..NODES as usize));
+        }
         let key = format!("k{}", rng.random_range(0..KEYS));
         let value = format!("c{index}-{n}");
-        match rng.random_range(0..10) {
+        let is_failed = match rng.random_range(0..10) {
             0..=3 => {
+                let commit_at_invoke = observer.commit_max();
                 let op = recorder.invoke(index, "get", Some(&key), Value::Null);
-                match client.get(key.as_bytes()).await {
+                match client.read(key.as_bytes()).await {
                     Ok(read) => {
-                        let read = read.map(|v| String::from_utf8_lossy(&v).into_owned());
-                        last_seen.insert(key, read.clone());
-                        op.ok(json!(read));
+                        observer.check_read(index, &key, commit_at_invoke, read.applied_index);
+                        let value = read.value.map(|v| String::from_utf8_lossy(&v).into_owned());
+                        last_seen.insert(key, value.clone());
+                        op.ok(json!(value));
+                        false
                     }
                     // A read has no effect: failed and unknown are alike.
-                    Err(_) => op.fail(Value::Null),
+                    Err(_) => {
+                        op.fail(Value::Null);
+                        true
+                    }
                 }
             }
             4..=6 => {
                 let op = recorder.invoke(index, "put", Some(&key), json!(value));
                 match client.put(key.as_bytes(), value.as_bytes()).await {
-                    Ok(()) => op.ok(json!(value)),
-                    Err(ClientError::Failed(_)) => op.fail(json!(value)),
-                    Err(ClientError::Unknown(_)) => op.info(),
+                    Ok(()) => {
+                        op.ok(json!(value));
+                        false
+                    }
+                    Err(ClientError::Failed(_)) => {
+                        op.fail(json!(value));
+                        true
+                    }
+                    Err(ClientError::Unknown(_)) => {
+                        op.info();
+                        true
+                    }
                 }
             }
             7 => {
                 let op = recorder.invoke(index, "delete", Some(&key), Value::Null);
                 match client.delete(key.as_bytes()).await {
-                    Ok(_) => op.ok(Value::Null),
-                    Err(ClientError::Failed(_)) => op.fail(Value::Null),
-                    Err(ClientError::Unknown(_)) => op.info(),
+                    Ok(_) => {
+                        op.ok(Value::Null);
+                        false
+                    }
+                    Err(ClientError::Failed(_)) => {
+                        op.fail(Value::Null);
+                        true
+                    }
+                    Err(ClientError::Unknown(_)) => {
+                        op.info();
+                        true
+                    }
                 }
             }
             _ => {
@@ -257,14 +491,43 @@ async fn session_workload(
                     // means "did not swap": unknown is the honest weaker record.
                     Err(_) => op.info(),
                 }
+                false
             }
+        };
+        // A session pinned to a follower is told "not the leader" at once:
+        // pause as a real client would, rather than spin.
+        if is_failed && !matches!(routing, Routing::Leader) {
+            tokio::time::sleep(Duration::from_millis(rng.random_range(50..250))).await;
         }
     }
     Ok(())
 }
 
-/// Runs one seed to the end and checks it.
-fn run_seed(seed: u64, unsafe_options: Unsafe) -> SeedRun {
+/// Runs one seed to the end (or to the first white-box violation) and checks it.
+fn run_seed(seed: u64, variant: Variant) -> SeedRun {
+    #[cfg(feature = "planted-bugs")]
+    lattice::planted::plant(variant.bug);
+    #[cfg(not(feature = "planted-bugs"))]
+    assert!(
+        variant.bug.is_none(),
+        "planting a bug needs --features planted-bugs"
+    );
+    let run = run_seed_planted(seed, variant);
+    #[cfg(feature = "planted-bugs")]
+    lattice::planted::plant(None);
+    run
+}
+
+fn run_seed_planted(seed: u64, variant: Variant) -> SeedRun {
+    if std::env::var_os("LATTICE_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_env("LATTICE_LOG"))
+            .with_timer(SimTimer)
+            .with_ansi(false)
+            .try_init();
+    }
+    common::capture_panics();
+    common::take_panics();
     let faults = schedule(seed);
     let mut sim = turmoil::Builder::new()
         .simulation_duration(WORKLOAD_END + Duration::from_secs(30))
@@ -274,20 +537,31 @@ fn run_seed(seed: u64, unsafe_options: Unsafe) -> SeedRun {
         .rng_seed(seed)
         .build();
     let observer = WhiteBoxObserver::default();
-    let writeback = unsafe_options.no_fsync.then_some(Duration::from_secs(2));
+    let chaos = SimChaos::new(seed ^ 0xC4A0_5000);
+    let writeback = variant
+        .unsafe_options
+        .no_fsync
+        .then_some(Duration::from_secs(2));
     let disks: BTreeMap<u64, Arc<Mutex<SimDisk>>> = (1..=NODES)
-        .map(|id| (id, SimDisk::new(writeback)))
+        .map(|id| (id, SimDisk::new(seed ^ (id << 56) ^ 0xD15C, writeback)))
         .collect();
+    let mut pauses = BTreeMap::new();
     for id in 1..=NODES {
         let disk = disks[&id].clone();
-        let observer = observer.clone();
+        let (pause_tx, pause_rx) = watch::channel(false);
+        pauses.insert(id, pause_tx);
+        let harness = NodeHarness {
+            observer: observer.clone(),
+            chaos: chaos.clone(),
+            pause: pause_rx,
+        };
         let incarnations = Arc::new(AtomicUsize::new(0));
         sim.host(host(id), move || {
             let disk = disk.clone();
-            let observer = observer.clone();
+            let harness = harness.clone();
             let incarnation = incarnations.fetch_add(1, Ordering::Relaxed) as u64;
             async move {
-                let config = node_config(id, seed, incarnation, unsafe_options, &observer);
+                let config = node_config(id, seed, incarnation, variant, &harness);
                 let storage = SimStorage::open(disk);
                 let _node =
                     Node::start_with(config, Box::new(storage), Arc::new(TurmoilTransport)).await?;
@@ -300,15 +574,31 @@ fn run_seed(seed: u64, unsafe_options: Unsafe) -> SeedRun {
     let recorder = Recorder::with_clock(clock);
     for host_index in 0..CLIENT_HOSTS {
         sim.client(
-            format!("c{host_index}"),
-            client_host(seed, host_index, recorder.clone()),
+            client_host_name(host_index),
+            client_host(seed, host_index, recorder.clone(), observer.clone()),
         );
     }
 
     let mut failures = Vec::new();
+    let mut panic_at = None;
     let mut actions = Controller::new(seed, &faults);
+    let nemesis = Nemesis {
+        observer: &observer,
+        disks: &disks,
+        chaos: &chaos,
+        pauses: &pauses,
+    };
     loop {
-        actions.apply_due(&mut sim, &observer, &disks);
+        actions.apply_due(&mut sim, &nemesis);
+        // A white-box violation is final: stop here, and check the history
+        // recorded so far.
+        if observer.has_violations() {
+            break;
+        }
+        if common::panic_count() > 0 {
+            panic_at = Some(sim.elapsed());
+            break;
+        }
         match sim.step() {
             Ok(true) => break,
             Ok(false) => {}
@@ -318,6 +608,13 @@ fn run_seed(seed: u64, unsafe_options: Unsafe) -> SeedRun {
             }
         }
     }
+    let panics = common::take_panics();
+    let is_asserted = !panics.is_empty();
+    let is_cut_short = observer.has_violations() || is_asserted;
+    let mut failures: Vec<String> = failures
+        .into_iter()
+        .chain(panics.iter().map(|p| format!("a node panicked: {p}")))
+        .collect();
 
     // Linearizability.
     let events: Vec<(usize, checker::Event)> = recorder
@@ -335,35 +632,68 @@ fn run_seed(seed: u64, unsafe_options: Unsafe) -> SeedRun {
     };
     let verdict = check(&KvModel::kv(), &history.operations, &options);
     let is_linearizable = verdict.outcome == Outcome::Linearizable;
+    let mut detected_at = None;
     match verdict.outcome {
         Outcome::Linearizable => {}
-        Outcome::NotLinearizable => failures.push(format!(
-            "not linearizable:\n{}",
-            checker::report::text(&KvModel::kv(), &history.operations, &verdict)
-        )),
+        Outcome::NotLinearizable => {
+            // The operation whose return the failing window could not meet.
+            detected_at = verdict
+                .failure()
+                .and_then(|p| p.failure.as_ref())
+                .and_then(|f| history.operations[f.deadline_op].ret_line)
+                .and_then(|line| events.get(line - 1))
+                .and_then(|(_, e)| e.time)
+                .map(Duration::from_nanos);
+            failures.push(format!(
+                "not linearizable:\n{}",
+                checker::report::text(&KvModel::kv(), &history.operations, &verdict)
+            ))
+        }
         Outcome::Unknown => failures.push("the checker ran out of time or memory".into()),
     }
-    // Liveness: after healing, every client completes an operation in time.
+    // Liveness: after healing, every session that may go to any node
+    // completes an operation in time, and so does one pinned session (the
+    // one pinned to the leader).
     let heal = HEAL_AT.as_nanos() as u64;
     let bound = (HEAL_AT + LIVENESS_BOUND).as_nanos() as u64;
-    for index in 0..CLIENTS {
-        let is_live = events.iter().any(|(_, e)| {
+    let is_live = |index: u64| {
+        events.iter().any(|(_, e)| {
             e.process == index
                 && e.kind == EventType::Ok
                 && e.time.is_some_and(|t| t >= heal && t <= bound)
-        });
-        if !is_live {
+        })
+    };
+    let (pinned, free): (Vec<u64>, Vec<u64>) =
+        (0..CLIENTS).partition(|&i| matches!(routing(seed, i), Routing::Pinned(_)));
+    if !is_cut_short {
+        for index in free.into_iter().filter(|&i| !is_live(i)) {
             failures.push(format!(
-                "liveness: client {index} completed nothing within {LIVENESS_BOUND:?} of healing"
+                "liveness: client {index} ({:?}) completed nothing within {LIVENESS_BOUND:?} of healing",
+                routing(seed, index)
+            ));
+        }
+        if !pinned.iter().any(|&i| is_live(i)) {
+            failures.push(format!(
+                "liveness: no pinned client completed anything within {LIVENESS_BOUND:?} of healing"
             ));
         }
     }
     // White-box invariants.
     let white_box: WhiteBox = std::mem::take(&mut *observer.0.lock().expect("white box"));
+    let is_white_box_violated = !white_box.violations.is_empty();
     failures.extend(white_box.violations.iter().cloned());
     if white_box.applies == 0 {
         failures.push("nothing was ever applied".into());
     }
+    for at in white_box.first_violation_at.into_iter().chain(panic_at) {
+        detected_at = Some(detected_at.map_or(at, |d: Duration| d.min(at)));
+    }
+    let chaos_state = chaos.0.lock().expect("chaos");
+    let stats = RunStats {
+        reads_checked: white_box.reads_checked,
+        messages_delayed: chaos_state.delayed,
+        messages_duplicated: chaos_state.duplicated,
+    };
 
     let counts = [history.oks, history.fails, history.infos];
     let run = SeedRun {
@@ -374,6 +704,10 @@ fn run_seed(seed: u64, unsafe_options: Unsafe) -> SeedRun {
         elections: white_box.leaders.len(),
         failures,
         is_linearizable,
+        is_white_box_violated,
+        is_asserted,
+        detected_at,
+        stats,
     };
     if !run.failures.is_empty() {
         write_artifacts(&run, &history, &verdict);
@@ -400,34 +734,70 @@ fn write_artifacts(run: &SeedRun, history: &checker::History, verdict: &checker:
     let _ = std::fs::write(dir.join("failures.txt"), run.failures.join("\n\n"));
 }
 
+/// What the controller acts on besides the simulation.
+struct Nemesis<'a> {
+    observer: &'a WhiteBoxObserver,
+    disks: &'a BTreeMap<u64, Arc<Mutex<SimDisk>>>,
+    chaos: &'a SimChaos,
+    /// Freezes each node's driver (every incarnation of it).
+    pauses: &'a BTreeMap<u64, watch::Sender<bool>>,
+}
+
 /// Applies the fault schedule as simulated time passes, and heals it.
 struct Controller {
     rng: StdRng,
     /// (when, action), in time order.
     actions: Vec<(Duration, Action)>,
     next: usize,
+    /// The node the current pause froze.
+    paused: Option<u64>,
+    /// The node the crash overlay killed.
+    crashed: Option<u64>,
+    /// The links the current fault cut, as (from, to) node pairs.
+    cuts: std::collections::BTreeSet<(u64, u64)>,
 }
 
 #[derive(Clone, Debug)]
 enum Action {
-    Start(FaultKind),
+    /// Starts a fault window: its kind, then its overlays.
+    Start(ScheduledFault),
     /// Ends the current fault: repair every link, restore latency and loss,
-    /// restart crashed nodes.
+    /// restart crashed nodes, resume a paused one, calm the disks and the
+    /// messages.
     Heal,
     /// Part of "kill the leader repeatedly".
     KillLeader,
+    /// Part of "churn": heal the node links and cut them anew.
+    Repartition,
+    /// The crash overlay: kill -9 the leader, losing unsynced writes.
+    CrashLeader,
+    /// The crash overlay: restart the node it killed.
+    RestartCrashed,
 }
 
 impl Controller {
     fn new(seed: u64, faults: &[ScheduledFault]) -> Controller {
+        let mut rng = StdRng::seed_from_u64(seed ^ 0xC4_0A11);
         let mut actions = Vec::new();
         for fault in faults {
-            actions.push((fault.at, Action::Start(fault.kind)));
+            actions.push((fault.at, Action::Start(*fault)));
+            let end = fault.at + fault.duration;
             if fault.kind == FaultKind::KillLeaderRepeatedly {
                 let mut at = fault.at + Duration::from_millis(1200);
-                while at + Duration::from_millis(400) < fault.at + fault.duration {
+                while at + Duration::from_millis(400) < end {
                     actions.push((at, Action::KillLeader));
                     at += Duration::from_millis(1200);
+                }
+            }
+            if let Some((after, down)) = fault.crash_leader {
+                actions.push((fault.at + after, Action::CrashLeader));
+                actions.push(((fault.at + after + down).min(end), Action::RestartCrashed));
+            }
+            if fault.kind == FaultKind::Churn {
+                let mut at = fault.at + Duration::from_millis(rng.random_range(300..800));
+                while at < end {
+                    actions.push((at, Action::Repartition));
+                    at += Duration::from_millis(rng.random_range(300..800));
                 }
             }
             actions.push((fault.at + fault.duration, Action::Heal));
@@ -437,21 +807,19 @@ impl Controller {
             rng: StdRng::seed_from_u64(seed ^ 0x7A26_E7ED),
             actions,
             next: 0,
+            paused: None,
+            crashed: None,
+            cuts: Default::default(),
         }
     }
 
-    fn apply_due(
-        &mut self,
-        sim: &mut turmoil::Sim<'_>,
-        observer: &WhiteBoxObserver,
-        disks: &BTreeMap<u64, Arc<Mutex<SimDisk>>>,
-    ) {
+    fn apply_due(&mut self, sim: &mut turmoil::Sim<'_>, nemesis: &Nemesis<'_>) {
         while let Some((at, action)) = self.actions.get(self.next).cloned() {
             if sim.elapsed() < at {
                 return;
             }
             self.next += 1;
-            self.apply(action, sim, observer, disks);
+            self.apply(action, sim, nemesis);
         }
     }
 
@@ -470,85 +838,190 @@ impl Controller {
             .map_or_else(|| self.rng.random_range(1..=NODES), |l| l.0)
     }
 
-    fn cut(sim: &turmoil::Sim<'_>, a: u64, b: u64) {
-        sim.partition(host(a), host(b));
+    fn cut(&mut self, sim: &turmoil::Sim<'_>, a: u64, b: u64) {
+        self.cut_oneway(sim, a, b);
+        self.cut_oneway(sim, b, a);
     }
 
-    fn crash(sim: &mut turmoil::Sim<'_>, disks: &BTreeMap<u64, Arc<Mutex<SimDisk>>>, node: u64) {
+    fn cut_oneway(&mut self, sim: &turmoil::Sim<'_>, from: u64, to: u64) {
+        self.cuts.insert((from, to));
+        sim.partition_oneway(host(from), host(to));
+    }
+
+    fn repair_all(&mut self, sim: &turmoil::Sim<'_>) {
+        self.cuts.clear();
+        for a in 1..=NODES {
+            for b in (a + 1)..=NODES {
+                sim.repair(host(a), host(b));
+            }
+        }
+    }
+
+    /// kill -9, losing what the disk had not synced. The node is cut off
+    /// first, so the connections its crash closes vanish from the network
+    /// without a trace (as at a power loss: its peers learn from silence).
+    /// Otherwise the order tokio closes them in (by task id, a counter of
+    /// the whole process) would draw the network's random numbers in a
+    /// different order in each process, and a seed would not replay.
+    fn crash(
+        &mut self,
+        sim: &mut turmoil::Sim<'_>,
+        disks: &BTreeMap<u64, Arc<Mutex<SimDisk>>>,
+        node: u64,
+    ) {
         if sim.is_host_running(host(node)) {
+            for other in Self::others(node) {
+                sim.partition(host(node), other);
+            }
             sim.crash(host(node));
             disks[&node].lock().expect("disk").crash();
         }
     }
 
-    fn apply(
-        &mut self,
-        action: Action,
-        sim: &mut turmoil::Sim<'_>,
-        observer: &WhiteBoxObserver,
-        disks: &BTreeMap<u64, Arc<Mutex<SimDisk>>>,
-    ) {
+    /// Restarts a crashed node, with the links the current fault gives it.
+    fn restart(&mut self, sim: &mut turmoil::Sim<'_>, node: u64) {
+        if sim.is_host_running(host(node)) {
+            return;
+        }
+        sim.bounce(host(node));
+        for other in Self::others(node) {
+            sim.repair(host(node), other);
+        }
+        for &(from, to) in &self.cuts {
+            if from == node || to == node {
+                sim.partition_oneway(host(from), host(to));
+            }
+        }
+    }
+
+    /// Every other host: the other nodes and the clients.
+    fn others(node: u64) -> Vec<String> {
+        (1..=NODES)
+            .filter(|&o| o != node)
+            .map(host)
+            .chain((0..CLIENT_HOSTS).map(client_host_name))
+            .collect()
+    }
+
+    /// Cuts the nodes into two sides at random: one or two nodes (the
+    /// leader among them half the time) against the rest.
+    fn repartition(&mut self, sim: &turmoil::Sim<'_>, observer: &WhiteBoxObserver) {
+        self.repair_all(sim);
+        let mut nodes = self.shuffled_nodes();
+        if self.rng.random_bool(0.5) {
+            let leader = self.leader_or_any(observer);
+            let at = nodes.iter().position(|&n| n == leader).expect("a node");
+            nodes.swap(0, at);
+        }
+        let small = self.rng.random_range(1..=2);
+        let (a, b) = nodes.split_at(small);
+        for &x in a {
+            for &y in b {
+                self.cut(sim, x, y);
+            }
+        }
+    }
+
+    fn apply(&mut self, action: Action, sim: &mut turmoil::Sim<'_>, nemesis: &Nemesis<'_>) {
+        let observer = nemesis.observer;
+        let disks = nemesis.disks;
+        if let Action::Start(fault) = &action {
+            if fault.slow_disk {
+                for disk in disks.values() {
+                    disk.lock().expect("disk").latency = DiskLatency::SLOW;
+                }
+            }
+            nemesis.chaos.set_active(fault.chaos);
+        }
         match action {
-            Action::Start(FaultKind::PartitionHalves) => {
+            Action::Start(ScheduledFault {
+                kind: FaultKind::PartitionHalves,
+                ..
+            }) => {
                 let nodes = self.shuffled_nodes();
                 let (a, b) = nodes.split_at(2);
                 for &x in a {
                     for &y in b {
-                        Self::cut(sim, x, y);
+                        self.cut(sim, x, y);
                     }
                 }
             }
-            Action::Start(FaultKind::IsolateLeader) => {
+            Action::Start(ScheduledFault {
+                kind: FaultKind::IsolateLeader,
+                ..
+            }) => {
                 let leader = self.leader_or_any(observer);
                 for other in (1..=NODES).filter(|&o| o != leader) {
-                    Self::cut(sim, leader, other);
+                    self.cut(sim, leader, other);
                 }
             }
-            Action::Start(FaultKind::MajoritiesRing) => {
+            Action::Start(ScheduledFault {
+                kind: FaultKind::MajoritiesRing,
+                ..
+            }) => {
                 // Each node keeps its two ring neighbours: it sees 3 of 5 (a
                 // majority), and no two nodes see the same majority.
                 let ring = self.shuffled_nodes();
                 let n = ring.len();
                 for i in 0..n {
-                    Self::cut(sim, ring[i], ring[(i + 2) % n]);
+                    self.cut(sim, ring[i], ring[(i + 2) % n]);
                 }
             }
-            Action::Start(FaultKind::Bridge) => {
+            Action::Start(ScheduledFault {
+                kind: FaultKind::Bridge,
+                ..
+            }) => {
                 // Two halves that only the bridge node (ring[2]) connects.
                 let ring = self.shuffled_nodes();
                 for &x in &ring[..2] {
                     for &y in &ring[3..] {
-                        Self::cut(sim, x, y);
+                        self.cut(sim, x, y);
                     }
                 }
             }
-            Action::Start(FaultKind::OneWay) => {
+            Action::Start(ScheduledFault {
+                kind: FaultKind::OneWay,
+                ..
+            }) => {
                 let node = self.leader_or_any(observer);
                 let is_outbound = self.rng.random_bool(0.5);
                 for other in (1..=NODES).filter(|&o| o != node) {
                     if is_outbound {
-                        sim.partition_oneway(host(node), host(other));
+                        self.cut_oneway(sim, node, other);
                     } else {
-                        sim.partition_oneway(host(other), host(node));
+                        self.cut_oneway(sim, other, node);
                     }
                 }
             }
-            Action::Start(FaultKind::CrashRestartOne) => {
+            Action::Start(ScheduledFault {
+                kind: FaultKind::CrashRestartOne,
+                ..
+            }) => {
                 let node = self.rng.random_range(1..=NODES);
-                Self::crash(sim, disks, node);
+                self.crash(sim, disks, node);
             }
-            Action::Start(FaultKind::CrashRestartAll) => {
+            Action::Start(ScheduledFault {
+                kind: FaultKind::CrashRestartAll,
+                ..
+            }) => {
                 for node in 1..=NODES {
-                    Self::crash(sim, disks, node);
+                    self.crash(sim, disks, node);
                 }
             }
-            Action::Start(FaultKind::KillLeaderRepeatedly) | Action::KillLeader => {
+            Action::Start(ScheduledFault {
+                kind: FaultKind::KillLeaderRepeatedly,
+                ..
+            })
+            | Action::KillLeader => {
                 let leader = self.leader_or_any(observer);
-                Self::crash(sim, disks, leader);
+                self.crash(sim, disks, leader);
                 // Back quickly: the next kill picks whoever leads then.
-                sim.bounce(host(leader));
+                self.restart(sim, leader);
             }
-            Action::Start(FaultKind::LatencySpike) => {
+            Action::Start(ScheduledFault {
+                kind: FaultKind::LatencySpike,
+                ..
+            }) => {
                 let latency = Duration::from_millis(self.rng.random_range(150..600));
                 for a in 1..=NODES {
                     for b in (a + 1)..=NODES {
@@ -556,30 +1029,76 @@ impl Controller {
                     }
                 }
             }
-            Action::Start(FaultKind::MessageLoss) => {
+            Action::Start(ScheduledFault {
+                kind: FaultKind::MessageLoss,
+                ..
+            }) => {
                 for a in 1..=NODES {
                     for b in (a + 1)..=NODES {
                         sim.set_link_fail_rate(host(a), host(b), 0.02);
                     }
                 }
             }
-            Action::Start(FaultKind::CrashLosingUnsynced) => {
+            Action::Start(ScheduledFault {
+                kind: FaultKind::CrashLosingUnsynced,
+                ..
+            }) => {
                 // The leader holds the newest writes: crash it, losing whatever
                 // its disk had not synced.
                 let leader = self.leader_or_any(observer);
-                Self::crash(sim, disks, leader);
+                self.crash(sim, disks, leader);
+            }
+            Action::Start(ScheduledFault {
+                kind: FaultKind::PauseLeader,
+                ..
+            }) => {
+                // Jepsen's pause nemesis: freeze (mostly) the leader, as
+                // SIGSTOP would. What it sends and what is sent to it waits
+                // in the network; it wakes up with its old beliefs.
+                let node = if self.rng.random_bool(0.8) {
+                    self.leader_or_any(observer)
+                } else {
+                    self.rng.random_range(1..=NODES)
+                };
+                nemesis.pauses[&node].send_replace(true);
+                for other in Self::others(node) {
+                    sim.hold(host(node), other);
+                }
+                self.paused = Some(node);
+            }
+            Action::Start(ScheduledFault {
+                kind: FaultKind::Churn,
+                ..
+            })
+            | Action::Repartition => self.repartition(sim, observer),
+            Action::CrashLeader => {
+                let leader = self.leader_or_any(observer);
+                if sim.is_host_running(host(leader)) && self.paused != Some(leader) {
+                    self.crash(sim, disks, leader);
+                    self.crashed = Some(leader);
+                }
+            }
+            Action::RestartCrashed => {
+                if let Some(node) = self.crashed.take() {
+                    self.restart(sim, node);
+                }
             }
             Action::Heal => {
+                if let Some(node) = self.paused.take() {
+                    for other in Self::others(node) {
+                        sim.release(host(node), other);
+                    }
+                    nemesis.pauses[&node].send_replace(false);
+                }
+                for disk in disks.values() {
+                    disk.lock().expect("disk").latency = DiskLatency::BASELINE;
+                }
+                nemesis.chaos.set_active(false);
+                self.repair_all(sim);
                 for a in 1..=NODES {
                     for b in 1..=NODES {
                         if a != b {
                             sim.set_link_fail_rate(host(a), host(b), 0.0);
-                            sim.repair(host(a), host(b));
-                            sim.set_link_max_message_latency(
-                                host(a),
-                                host(b),
-                                Duration::from_millis(5),
-                            );
                             sim.set_link_latency(host(a), host(b), Duration::from_millis(1));
                             sim.set_link_max_message_latency(
                                 host(a),
@@ -590,9 +1109,7 @@ impl Controller {
                     }
                 }
                 for node in 1..=NODES {
-                    if !sim.is_host_running(host(node)) {
-                        sim.bounce(host(node));
-                    }
+                    self.restart(sim, node);
                 }
             }
         }
@@ -614,12 +1131,12 @@ fn seeds() -> Vec<u64> {
 }
 
 /// Runs seeds on both cores; with `stop_early`, stops handing out seeds once
-/// one's history is not linearizable (what `assert_caught` looks for: a seed
-/// failing only a white-box or liveness check must not end the search, or
-/// the verdict would depend on which thread finished first).
-fn run_seeds(seeds: &[u64], unsafe_options: Unsafe, stop_early: bool) -> Vec<SeedRun> {
+/// one is caught by a safety check (what `assert_caught` looks for: a seed
+/// failing only liveness must not end the search, or the verdict would
+/// depend on which thread finished first).
+fn run_seeds(seeds: &[u64], variant: Variant, stop_early: bool) -> Vec<SeedRun> {
     let next = AtomicUsize::new(0);
-    let failed = std::sync::atomic::AtomicBool::new(false);
+    let caught = std::sync::atomic::AtomicBool::new(false);
     let runs = Mutex::new(Vec::new());
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
@@ -627,14 +1144,14 @@ fn run_seeds(seeds: &[u64], unsafe_options: Unsafe, stop_early: bool) -> Vec<See
     std::thread::scope(|scope| {
         for _ in 0..threads {
             scope.spawn(|| loop {
-                if stop_early && failed.load(Ordering::Relaxed) {
+                if stop_early && caught.load(Ordering::Relaxed) {
                     break;
                 }
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(&seed) = seeds.get(i) else { break };
-                let run = run_seed(seed, unsafe_options);
-                if !run.is_linearizable {
-                    failed.store(true, Ordering::Relaxed);
+                let run = run_seed(seed, variant);
+                if run.is_caught() {
+                    caught.store(true, Ordering::Relaxed);
                 }
                 runs.lock().expect("runs").push(run);
             });
@@ -652,13 +1169,35 @@ fn report_failure(run: &SeedRun) {
     }
     eprintln!("fault schedule:");
     for fault in &run.schedule {
+        let mut overlays = String::new();
+        if fault.slow_disk {
+            overlays += " +SlowDisk";
+        }
+        if fault.chaos {
+            overlays += " +MessageChaos";
+        }
+        if let Some((after, down)) = fault.crash_leader {
+            overlays += &format!(
+                " +CrashLeader(at +{:.2}s, down {:.2}s)",
+                after.as_secs_f64(),
+                down.as_secs_f64()
+            );
+        }
         eprintln!(
-            "  at {:>6.2}s for {:.2}s: {:?}",
+            "  at {:>6.2}s for {:.2}s: {:?}{overlays}",
             fault.at.as_secs_f64(),
             fault.duration.as_secs_f64(),
             fault.kind
         );
     }
+    eprintln!(
+        "clock skew: {}",
+        if is_clock_skewed(run.seed) {
+            "on"
+        } else {
+            "off"
+        }
+    );
     eprintln!(
         "replay: LATTICE_SEED={} cargo test --test jepsen -- jepsen_seeds",
         run.seed
@@ -670,27 +1209,40 @@ fn report_failure(run: &SeedRun) {
 fn jepsen_seeds() {
     let seeds = seeds();
     let started = std::time::Instant::now();
-    let runs = run_seeds(&seeds, Unsafe::default(), false);
+    let runs = run_seeds(&seeds, Variant::default(), false);
     let mut faults: BTreeMap<FaultKind, usize> = BTreeMap::new();
     let (mut ok, mut fail, mut info, mut elections) = (0, 0, 0, 0);
+    let mut stats = RunStats::default();
+    let mut overlays = [0usize; 3]; // slow disk, message chaos, crash
     for run in &runs {
         for fault in &run.schedule {
             *faults.entry(fault.kind).or_default() += 1;
+            overlays[0] += usize::from(fault.slow_disk);
+            overlays[1] += usize::from(fault.chaos);
+            overlays[2] += usize::from(fault.crash_leader.is_some());
         }
         ok += run.counts[0];
         fail += run.counts[1];
         info += run.counts[2];
         elections += run.elections;
+        stats.reads_checked += run.stats.reads_checked;
+        stats.messages_delayed += run.stats.messages_delayed;
+        stats.messages_duplicated += run.stats.messages_duplicated;
     }
+    let skewed = runs.iter().filter(|r| is_clock_skewed(r.seed)).count();
     let failed: Vec<&SeedRun> = runs.iter().filter(|r| !r.failures.is_empty()).collect();
     println!("\n=== Jepsen summary ===");
     println!(
-        "seeds {} ({} simulated seconds each), wall time {:.1}s",
+        "seeds {} ({} simulated seconds each, {skewed} with skewed clocks), wall time {:.1}s",
         runs.len(),
         WORKLOAD_END.as_secs(),
         started.elapsed().as_secs_f64()
     );
     println!("operations: ok {ok}, fail {fail}, info {info}");
+    println!(
+        "reads checked by the read oracle: {}; peer messages delayed {}, duplicated {}",
+        stats.reads_checked, stats.messages_delayed, stats.messages_duplicated
+    );
     println!("elections (distinct leader terms): {elections}");
     println!("faults by kind:");
     for kind in ALL_FAULTS {
@@ -700,6 +1252,10 @@ fn jepsen_seeds() {
             faults.get(&kind).copied().unwrap_or(0)
         );
     }
+    println!(
+        "  overlaid: SlowDisk {}, MessageChaos {}, CrashLeader {}; ClockSkew in {skewed} seeds",
+        overlays[0], overlays[1], overlays[2]
+    );
     println!("violations: {} seed(s)", failed.len());
     for run in &failed {
         report_failure(run);
@@ -714,19 +1270,56 @@ fn jepsen_seeds() {
         ok > 100 * runs.len(),
         "the workload did work: {ok} ok operations"
     );
+    assert!(
+        stats.reads_checked > 10 * runs.len() as u64,
+        "the read oracle checked reads: {}",
+        stats.reads_checked
+    );
     if seeds.len() >= ALL_FAULTS.len() {
         for kind in ALL_FAULTS {
             assert!(faults.contains_key(&kind), "{kind:?} was never drawn");
         }
+        assert!(
+            stats.messages_delayed > 0 && stats.messages_duplicated > 0,
+            "message chaos delayed and duplicated messages"
+        );
+        assert!(
+            overlays[0] > 0 && skewed > 0,
+            "slow disks and skewed clocks ran"
+        );
     }
 }
 
 #[test]
 fn a_seed_replays_identically() {
-    let seed = seeds()[0].wrapping_add(1000);
-    let first = run_seed(seed, Unsafe::default());
-    let second = run_seed(seed, Unsafe::default());
+    // A seed whose first fault crashes every node, run twice at once on two
+    // threads (as `run_seeds` does), after other runs in this process: the
+    // state a process carries between runs (tokio's task ids) must not leak
+    // into the simulation.
+    let crash_all = ALL_FAULTS
+        .iter()
+        .position(|&k| k == FaultKind::CrashRestartAll)
+        .expect("a fault kind") as u64;
+    let base = seeds()[0].wrapping_add(1000);
+    let seed = (base..)
+        .find(|s| s % ALL_FAULTS.len() as u64 == crash_all)
+        .expect("a seed");
+    let (first, second) = std::thread::scope(|scope| {
+        let first = scope.spawn(|| run_seed(seed, Variant::default()));
+        let second = scope.spawn(|| run_seed(seed, Variant::default()));
+        (
+            first.join().expect("first run"),
+            second.join().expect("second run"),
+        )
+    });
     assert!(first.counts[0] > 100, "the run did work");
+    if first.history_jsonl != second.history_jsonl {
+        let dir = artifacts_dir(seed);
+        let _ = std::fs::create_dir_all(&dir);
+        let _ = std::fs::write(dir.join("replay-first.jsonl"), &first.history_jsonl);
+        let _ = std::fs::write(dir.join("replay-second.jsonl"), &second.history_jsonl);
+        eprintln!("both histories are in {}", dir.display());
+    }
     assert!(
         first.history_jsonl == second.history_jsonl,
         "seed {seed} gave two different histories ({} and {} bytes)",
@@ -735,26 +1328,29 @@ fn a_seed_replays_identically() {
     );
 }
 
-fn assert_caught(name: &str, unsafe_options: Unsafe) {
+/// Runs the default seeds with `variant` until one is caught; returns the
+/// first catching run, if any.
+fn first_caught(variant: Variant) -> (Option<SeedRun>, usize) {
     let seeds: Vec<u64> = (1..=DEFAULT_SEEDS).collect();
-    let runs = run_seeds(&seeds, unsafe_options, true);
-    let caught: Vec<&SeedRun> = runs.iter().filter(|r| !r.is_linearizable).collect();
+    let runs = run_seeds(&seeds, variant, true);
+    let count = runs.len();
+    (runs.into_iter().find(SeedRun::is_caught), count)
+}
+
+fn assert_caught(name: &str, unsafe_options: Unsafe) {
+    let (caught, runs) = first_caught(Variant {
+        unsafe_options,
+        bug: None,
+    });
+    let Some(run) = caught else {
+        panic!("{name} was never caught in {runs} seeds");
+    };
     println!(
-        "{name}: {} of {} seeds run caught a violation",
-        caught.len(),
-        runs.len()
-    );
-    if let Some(run) = caught.first() {
-        println!(
-            "first caught at seed {}: {}",
-            run.seed,
-            run.failures.first().map(String::as_str).unwrap_or("")
-        );
-    }
-    assert!(
-        !caught.is_empty(),
-        "{name} was never caught in {} seeds",
-        seeds.len()
+        "{name}: caught at seed {} by {} at {:.1}s: {}",
+        run.seed,
+        run.caught_by(),
+        run.detected_at.unwrap_or_default().as_secs_f64(),
+        run.failures.first().map(String::as_str).unwrap_or("")
     );
 }
 
@@ -778,4 +1374,56 @@ fn unsafe_no_fsync_is_caught() {
             no_fsync: true,
         },
     );
+}
+
+/// The catalogue: every planted bug of `lattice::planted` must be caught by
+/// the default seeds. Prints the table `tests/README.md` keeps.
+#[cfg(feature = "planted-bugs")]
+#[test]
+fn planted_bugs_are_caught() {
+    let wanted = std::env::var("LATTICE_BUG").ok();
+    let bugs: Vec<Bug> = Bug::ALL
+        .into_iter()
+        .filter(|bug| wanted.as_ref().is_none_or(|w| format!("{bug:?}") == *w))
+        .collect();
+    assert!(
+        !bugs.is_empty(),
+        "LATTICE_BUG names no bug of the catalogue"
+    );
+    let mut missed = Vec::new();
+    println!(
+        "\n| planted bug | caught at seed | by | simulated s to detection | seeds run | wall s |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for bug in bugs {
+        let started = std::time::Instant::now();
+        let (caught, runs) = first_caught(Variant {
+            unsafe_options: Unsafe::default(),
+            bug: Some(bug),
+        });
+        let wall = started.elapsed().as_secs_f64();
+        match caught {
+            Some(run) => {
+                println!(
+                    "| {bug:?} | {} | {} | {:.1} | {runs} | {wall:.0} |",
+                    run.seed,
+                    run.caught_by(),
+                    run.detected_at.unwrap_or_default().as_secs_f64(),
+                );
+                eprintln!(
+                    "{bug:?} at seed {}: {}",
+                    run.seed,
+                    run.failures
+                        .first()
+                        .map(|f| f.lines().next().unwrap_or(""))
+                        .unwrap_or("")
+                );
+            }
+            None => {
+                println!("| {bug:?} | MISSED | - | - | {runs} | {wall:.0} |");
+                missed.push(bug);
+            }
+        }
+    }
+    assert!(missed.is_empty(), "planted bugs not caught: {missed:?}");
 }

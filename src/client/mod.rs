@@ -41,6 +41,10 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// Go where a `not-leader` answer points. Off: stay on the endpoints
+    /// given, trying the next one after a failure (a client pinned to one
+    /// node, as Jepsen binds its clients, sees that node's answers only).
+    pub follow_leader_hints: bool,
 }
 
 impl Default for ClientConfig {
@@ -52,6 +56,7 @@ impl Default for ClientConfig {
             connect_timeout: Duration::from_millis(500),
             backoff_min: Duration::from_millis(20),
             backoff_max: Duration::from_millis(500),
+            follow_leader_hints: true,
         }
     }
 }
@@ -71,6 +76,16 @@ impl ClientError {
     pub fn is_definite(&self) -> bool {
         matches!(self, ClientError::Failed(_))
     }
+}
+
+/// The answer of a linearizable read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadResult {
+    /// `None` if the key is absent.
+    pub value: Option<Vec<u8>>,
+    /// The applied index of the state the value was read from: at least the
+    /// cluster's commit index when the read was sent.
+    pub applied_index: u64,
 }
 
 /// The answer of a compare-and-swap.
@@ -182,6 +197,12 @@ impl Client {
         self.leader.map(|i| self.endpoints[i].addr.as_str())
     }
 
+    /// Sends the next operation to endpoint `index` (modulo their number)
+    /// first, whoever leads.
+    pub fn prefer_endpoint(&mut self, index: usize) {
+        self.leader = Some(index % self.endpoints.len());
+    }
+
     fn endpoint_index(&mut self, addr: &str) -> crate::Result<usize> {
         let addr = normalize(addr);
         if let Some(i) = self.endpoints.iter().position(|e| e.addr == addr) {
@@ -216,9 +237,17 @@ impl Client {
 
     /// A linearizable read: `None` if the key is absent.
     pub async fn get(&mut self, key: impl Into<Vec<u8>>) -> Result<Option<Vec<u8>>, ClientError> {
+        Ok(self.read(key).await?.value)
+    }
+
+    /// A linearizable read, with the applied index it was served at.
+    pub async fn read(&mut self, key: impl Into<Vec<u8>>) -> Result<ReadResult, ClientError> {
         let operation = Operation::Get(proto::GetRequest { key: key.into() });
         self.call(false, operation, |answer| match answer {
-            Answer::Get(response) => Some(response.found.then_some(response.value)),
+            Answer::Get(response) => Some(ReadResult {
+                value: response.found.then_some(response.value),
+                applied_index: response.applied_index,
+            }),
             _ => None,
         })
         .await
@@ -313,7 +342,7 @@ impl Client {
                     return Err(ClientError::Unknown(reason))
                 }
                 Error::InvalidArgument(reason) => return Err(ClientError::Failed(reason)),
-                Error::NotLeader { leader: Some(hint) } => {
+                Error::NotLeader { leader: Some(hint) } if self.config.follow_leader_hints => {
                     if let Ok(i) = self.endpoint_index(&hint) {
                         if i != target {
                             self.leader = Some(i);

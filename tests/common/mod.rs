@@ -1,7 +1,9 @@
 //! The simulation seams for the Jepsen test: turmoil's network behind
 //! `lattice::transport::Transport`, a simulated disk behind
 //! `lattice::storage::Storage` that survives a crash but loses what was not
-//! synced, and a white-box observer of every node.
+//! synced and takes (seeded, random) time to sync, late and duplicated peer
+//! messages behind `lattice::server::MessageChaos`, and a white-box observer
+//! of every node.
 
 #![allow(dead_code)]
 
@@ -11,9 +13,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lattice::raft::{Entry, HardState, LogIndex, NodeId, Role, Term};
-use lattice::server::Observer;
+use lattice::server::{ChaosVerdict, MessageChaos, Observer, PeerMessage};
 use lattice::storage::Storage;
 use lattice::transport::{BoxFuture, Connection, Listener, Transport};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 /// turmoil's TCP. Binds on all addresses of the host at the given port;
 /// connects by host name (`n1:7000`).
@@ -56,9 +60,36 @@ fn futures_stream(listener: turmoil::net::TcpListener) -> Listener {
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))
 }
 
+/// How long a sync takes: uniform in `[0, sync_max]`, and with
+/// `stall_probability` a stall uniform in `stall`.
+#[derive(Clone, Copy, Debug)]
+pub struct DiskLatency {
+    pub sync_max: Duration,
+    pub stall_probability: f64,
+    pub stall: (Duration, Duration),
+}
+
+impl DiskLatency {
+    /// A healthy disk: a few milliseconds, so every "before it is durable"
+    /// window is open a little.
+    pub const BASELINE: DiskLatency = DiskLatency {
+        sync_max: Duration::from_millis(3),
+        stall_probability: 0.0,
+        stall: (Duration::ZERO, Duration::ZERO),
+    };
+    /// A struggling disk: slow syncs and stalls of 100 ms or more.
+    pub const SLOW: DiskLatency = DiskLatency {
+        sync_max: Duration::from_millis(40),
+        stall_probability: 0.05,
+        stall: (Duration::from_millis(100), Duration::from_millis(500)),
+    };
+}
+
 /// One node's disk: what is durable, and writes not yet synced.
-#[derive(Default)]
 pub struct SimDisk {
+    /// Draws sync latencies (seeded per node: the run replays).
+    rng: StdRng,
+    pub latency: DiskLatency,
     hard_state: HardState,
     durable: Vec<Entry>,
     /// Unsynced appends, oldest first: (when, entries). Each truncates from
@@ -77,11 +108,23 @@ fn apply_append(log: &mut Vec<Entry>, entries: &[Entry]) {
 }
 
 impl SimDisk {
-    pub fn new(writeback_after: Option<Duration>) -> Arc<Mutex<SimDisk>> {
+    pub fn new(seed: u64, writeback_after: Option<Duration>) -> Arc<Mutex<SimDisk>> {
         Arc::new(Mutex::new(SimDisk {
+            rng: StdRng::seed_from_u64(seed),
+            latency: DiskLatency::BASELINE,
+            hard_state: HardState::default(),
+            durable: Vec::new(),
+            pending: Vec::new(),
             writeback_after,
-            ..SimDisk::default()
         }))
+    }
+
+    fn sync_delay(&mut self) -> Duration {
+        let latency = self.latency;
+        if latency.stall_probability > 0.0 && self.rng.random_bool(latency.stall_probability) {
+            return self.rng.random_range(latency.stall.0..=latency.stall.1);
+        }
+        self.rng.random_range(Duration::ZERO..=latency.sync_max)
     }
 
     /// The machine lost power: unsynced writes are gone.
@@ -165,6 +208,9 @@ impl Storage for SimStorage {
     fn last_index(&self) -> LogIndex {
         self.last_index
     }
+    fn sync_delay(&mut self) -> Duration {
+        self.disk.lock().expect("disk").sync_delay()
+    }
 }
 
 /// Everything observed across nodes during a run, and the invariants checked
@@ -177,8 +223,21 @@ pub struct WhiteBox {
     pub applied: BTreeMap<LogIndex, (Term, u32)>,
     /// The latest role each node reported.
     pub roles: BTreeMap<NodeId, (Term, Role)>,
+    /// The highest commit index any node has reported.
+    pub commit_max: LogIndex,
     pub violations: Vec<String>,
+    /// Simulated time of the first violation.
+    pub first_violation_at: Option<Duration>,
     pub applies: u64,
+    /// Reads checked by the read oracle.
+    pub reads_checked: u64,
+}
+
+impl WhiteBox {
+    fn violate(&mut self, message: String) {
+        self.first_violation_at.get_or_insert_with(now);
+        self.violations.push(message);
+    }
 }
 
 /// The observer the nodes report to.
@@ -196,13 +255,18 @@ impl Observer for WhiteBoxObserver {
                     "state machine safety: node {node} applied (term {}, crc {:08x}) at index {} where (term {}, crc {:08x}) was applied before",
                     entry.term, seen.1, entry.index, first.0, first.1
                 );
-                w.violations.push(message);
+                w.violate(message);
             }
             Some(_) => {}
             None => {
                 w.applied.insert(entry.index, seen);
             }
         }
+    }
+
+    fn committed(&self, _node: NodeId, index: LogIndex) {
+        let mut w = self.0.lock().expect("white box");
+        w.commit_max = w.commit_max.max(index);
     }
 
     fn role_changed(&self, node: NodeId, term: Term, role: Role) {
@@ -213,7 +277,7 @@ impl Observer for WhiteBoxObserver {
                 Some(&other) if other != node => {
                     let message =
                         format!("election safety: nodes {other} and {node} both led term {term}");
-                    w.violations.push(message);
+                    w.violate(message);
                 }
                 Some(_) => {}
                 None => {
@@ -225,6 +289,28 @@ impl Observer for WhiteBoxObserver {
 }
 
 impl WhiteBoxObserver {
+    /// The highest index committed anywhere so far.
+    pub fn commit_max(&self) -> LogIndex {
+        self.0.lock().expect("white box").commit_max
+    }
+
+    /// The read oracle: a read invoked when `commit_at_invoke` was committed
+    /// somewhere must reflect at least that index.
+    pub fn check_read(&self, client: u64, key: &str, commit_at_invoke: LogIndex, applied: u64) {
+        let mut w = self.0.lock().expect("white box");
+        w.reads_checked += 1;
+        if applied < commit_at_invoke.0 {
+            let message = format!(
+                "stale read: client {client} read {key} at applied index {applied}, but index {commit_at_invoke} was committed when the read was invoked"
+            );
+            w.violate(message);
+        }
+    }
+
+    pub fn has_violations(&self) -> bool {
+        !self.0.lock().expect("white box").violations.is_empty()
+    }
+
     /// The node that most recently reported leading, in the highest term.
     pub fn leader(&self) -> Option<NodeId> {
         let w = self.0.lock().expect("white box");
@@ -243,4 +329,116 @@ fn crc(data: &[u8]) -> u32 {
         hash = (hash ^ u32::from(b)).wrapping_mul(0x0100_0193);
     }
     hash
+}
+
+/// Late, reordered and duplicated peer messages, while `active`.
+pub struct ChaosState {
+    rng: StdRng,
+    pub active: bool,
+    pub delayed: u64,
+    pub duplicated: u64,
+}
+
+/// The Jepsen test's [`MessageChaos`]: while active, each peer message is
+/// held back (arriving after later ones) with probability `DELAY_P` and
+/// delivered once more, later, with probability `DUPLICATE_P` (`VOTE_P`
+/// each for vote requests and responses).
+#[derive(Clone)]
+pub struct SimChaos(pub Arc<Mutex<ChaosState>>);
+
+impl SimChaos {
+    const DELAY_P: f64 = 0.05;
+    const DUPLICATE_P: f64 = 0.05;
+    const VOTE_P: f64 = 0.3;
+    const DELAY_MAX: Duration = Duration::from_millis(1500);
+
+    pub fn new(seed: u64) -> SimChaos {
+        SimChaos(Arc::new(Mutex::new(ChaosState {
+            rng: StdRng::seed_from_u64(seed),
+            active: false,
+            delayed: 0,
+            duplicated: 0,
+        })))
+    }
+
+    pub fn set_active(&self, active: bool) {
+        self.0.lock().expect("chaos").active = active;
+    }
+}
+
+impl MessageChaos for SimChaos {
+    fn arrived(&self, _node: NodeId, message: &PeerMessage) -> ChaosVerdict {
+        let mut c = self.0.lock().expect("chaos");
+        let mut verdict = ChaosVerdict::default();
+        if !c.active {
+            return verdict;
+        }
+        // Votes are few and their timing is what elections hinge on: shake
+        // them harder.
+        let is_vote = matches!(
+            message,
+            PeerMessage::RequestVote(_) | PeerMessage::RequestVoteResponse { .. }
+        );
+        let p = if is_vote { Self::VOTE_P } else { Self::DELAY_P };
+        if c.rng.random_bool(p) {
+            c.delayed += 1;
+            verdict.delay = Some(
+                c.rng
+                    .random_range(Duration::from_millis(10)..Self::DELAY_MAX),
+            );
+        }
+        let p = if is_vote {
+            Self::VOTE_P
+        } else {
+            Self::DUPLICATE_P
+        };
+        if c.rng.random_bool(p) {
+            c.duplicated += 1;
+            let after = c
+                .rng
+                .random_range(Duration::from_millis(10)..Self::DELAY_MAX);
+            verdict.copies.push((after, message.clone()));
+        }
+        verdict
+    }
+}
+
+thread_local! {
+    /// Panics on this thread since the last [`take_panics`]: the simulation
+    /// runs a whole cluster on one thread, and a node's task that panics
+    /// (an invariant's `assert!`) would otherwise die unseen inside tokio.
+    static PANICS: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Records every panic of the process per thread (and still prints it).
+pub fn capture_panics() {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let message = match info.payload().downcast_ref::<&str>() {
+                Some(s) => (*s).to_string(),
+                None => info
+                    .payload()
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .unwrap_or_default(),
+            };
+            let place = info
+                .location()
+                .map_or(String::new(), |l| format!(" at {}:{}", l.file(), l.line()));
+            PANICS.with(|p| p.borrow_mut().push(format!("{message}{place}")));
+            default(info);
+        }));
+    });
+}
+
+/// How many panics this thread recorded since the last [`take_panics`].
+pub fn panic_count() -> usize {
+    PANICS.with(|p| p.borrow().len())
+}
+
+/// The panics recorded on this thread since the last call.
+pub fn take_panics() -> Vec<String> {
+    PANICS.with(|p| std::mem::take(&mut *p.borrow_mut()))
 }

@@ -146,6 +146,11 @@ struct WorkloadArgs {
     /// Seeds the clients' choices.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Also run one client pinned to each endpoint, which never follows
+    /// leader hints (as Jepsen binds clients to nodes): a deposed or paused
+    /// leader keeps its clients, and stale answers reach the history.
+    #[arg(long)]
+    pinned: bool,
 }
 
 fn parse_peer(text: &str) -> Result<PeerConfig, String> {
@@ -293,17 +298,34 @@ async fn run_workload(args: WorkloadArgs) -> Result<()> {
     let deadline = started + Duration::from_secs(args.duration_secs);
     let oks = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
-    for index in 0..args.clients {
-        let endpoints = args.endpoints.clone();
+    let pinned = if args.pinned {
+        args.endpoints.len() as u64
+    } else {
+        0
+    };
+    for index in 0..args.clients + pinned {
+        let pin = index.checked_sub(args.clients);
+        let endpoints = match pin {
+            Some(i) => vec![args.endpoints[i as usize].clone()],
+            None => args.endpoints.clone(),
+        };
         let recorder = recorder.clone();
         let oks = oks.clone();
         let keys = args.keys;
         let seed = args.seed;
         tasks.push(tokio::spawn(async move {
-            let config = ClientConfig {
-                operation_timeout: Duration::from_secs(3),
-                rpc_timeout: Duration::from_millis(2500),
-                ..ClientConfig::default()
+            let config = match pin {
+                None => ClientConfig {
+                    operation_timeout: Duration::from_secs(3),
+                    rpc_timeout: Duration::from_millis(2500),
+                    ..ClientConfig::default()
+                },
+                Some(_) => ClientConfig {
+                    operation_timeout: Duration::from_millis(1500),
+                    rpc_timeout: Duration::from_millis(700),
+                    follow_leader_hints: false,
+                    ..ClientConfig::default()
+                },
             };
             let mut client = Client::with_config(
                 &endpoints,
@@ -378,6 +400,9 @@ async fn run_workload(args: WorkloadArgs) -> Result<()> {
                 };
                 if is_ok {
                     oks.fetch_add(1, Ordering::Relaxed);
+                } else if pin.is_some() {
+                    // Pinned to a follower: told "not the leader" at once.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
             anyhow::Ok(())

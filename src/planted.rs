@@ -1,0 +1,89 @@
+//! The catalogue of planted bugs: classic consensus mistakes that the test
+//! suite must catch. Each is a one-line deviation at its place in the code,
+//! guarded by [`is_planted`].
+//!
+//! Without the `planted-bugs` cargo feature (every normal build),
+//! [`is_planted`] is the constant `false` and the compiler removes each
+//! guarded branch: the shipped code has no trace of them. With the feature,
+//! a test plants one bug for the current thread ([`plant`]); the simulation
+//! runs a whole cluster on one thread, so seeds running side by side on
+//! other threads are not affected.
+//!
+//! `tests/jepsen.rs` (`planted_bugs_are_caught`) runs the default seeds with
+//! each bug planted in turn and fails unless every one is caught;
+//! `tests/README.md` has the table of what caught each, and when.
+
+/// One classic bug. The names say what the buggy code does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Bug {
+    /// A leader answers a read at its commit index without a majority round
+    /// (no ReadIndex confirmation): a deposed leader serves stale reads.
+    ReadWithoutQuorumRound,
+    /// A new leader answers reads before it has committed an entry of its own
+    /// term (its commit index may be behind the cluster's).
+    ReadBeforeOwnTermCommit,
+    /// A leader commits an entry of an older term by counting replicas
+    /// (Raft figure 8).
+    CommitOlderTermByCounting,
+    /// A candidate counts a vote granted in an earlier term of its own.
+    StaleVoteCounted,
+    /// A leader counts its own entries toward the quorum before its disk
+    /// has made them durable.
+    OwnUnsyncedEntriesCounted,
+    /// A follower drops the entries after a stale or duplicated
+    /// AppendEntries, though it had acknowledged them.
+    TruncateOnStaleAppend,
+    /// A node grants two votes in one term.
+    TwoVotesInOneTerm,
+    /// A node votes for a candidate whose log is older than its own.
+    VoteForOlderLog,
+    /// A follower commits up to the leader's commit index, past what it
+    /// verified matches the leader's log.
+    CommitPastVerifiedMatch,
+    /// The state machine applies a retried write twice (no session dedup).
+    RetriedWriteAppliedTwice,
+    /// Term and vote are not persisted (a restart forgets its vote).
+    HardStateNotPersisted,
+}
+
+impl Bug {
+    pub const ALL: [Bug; 11] = [
+        Bug::ReadWithoutQuorumRound,
+        Bug::ReadBeforeOwnTermCommit,
+        Bug::CommitOlderTermByCounting,
+        Bug::StaleVoteCounted,
+        Bug::OwnUnsyncedEntriesCounted,
+        Bug::TruncateOnStaleAppend,
+        Bug::TwoVotesInOneTerm,
+        Bug::VoteForOlderLog,
+        Bug::CommitPastVerifiedMatch,
+        Bug::RetriedWriteAppliedTwice,
+        Bug::HardStateNotPersisted,
+    ];
+}
+
+#[cfg(feature = "planted-bugs")]
+thread_local! {
+    static PLANTED: std::cell::Cell<Option<Bug>> = const { std::cell::Cell::new(None) };
+}
+
+/// Whether `bug` is planted on this thread. Always `false` (a constant)
+/// without the `planted-bugs` feature.
+#[inline(always)]
+pub fn is_planted(bug: Bug) -> bool {
+    #[cfg(feature = "planted-bugs")]
+    {
+        PLANTED.with(|planted| planted.get() == Some(bug))
+    }
+    #[cfg(not(feature = "planted-bugs"))]
+    {
+        let _ = bug;
+        false
+    }
+}
+
+/// Plants `bug` (or none) for the code that runs on this thread.
+#[cfg(feature = "planted-bugs")]
+pub fn plant(bug: Option<Bug>) {
+    PLANTED.with(|planted| planted.set(bug));
+}
