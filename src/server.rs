@@ -80,6 +80,13 @@ pub trait Observer: Send + Sync {
     fn role_changed(&self, node: NodeId, term: Term, role: Role);
     /// The node's commit index moved to `index`.
     fn committed(&self, _node: NodeId, _index: LogIndex) {}
+    /// The node's term or last log index changed (or it started).
+    fn log_changed(&self, _node: NodeId, _term: Term, _last_index: LogIndex) {}
+    /// The node's answer granting its vote in `term` to `candidate` left it.
+    fn vote_granted(&self, _node: NodeId, _term: Term, _candidate: NodeId) {}
+    /// The node's answer acknowledging its log up to `match_index` to the
+    /// leader of `term` left it (the entries are durable).
+    fn acknowledged(&self, _node: NodeId, _term: Term, _match_index: LogIndex) {}
 }
 
 /// An [`Observer`] in a [`NodeConfig`].
@@ -378,6 +385,11 @@ impl Node {
             last_index: raft.log().last_index(),
             failure: None,
         };
+        if let Some(observer) = &config.observer {
+            observer
+                .0
+                .log_changed(config.id, raft.term(), raft.log().last_index());
+        }
         let (status_tx, status_rx) = watch::channel(initial_status);
 
         let peer_ids: BTreeSet<NodeId> = config.peers.iter().map(|p| p.id).collect();
@@ -517,7 +529,12 @@ struct PendingRead {
 
 /// What may leave the node only once a write is durable.
 enum Held {
-    Vote(oneshot::Sender<RequestVoteResponse>, RequestVoteResponse),
+    /// The answer, and the candidate it answers.
+    Vote(
+        oneshot::Sender<RequestVoteResponse>,
+        RequestVoteResponse,
+        NodeId,
+    ),
     Append(
         oneshot::Sender<AppendEntriesResponse>,
         AppendEntriesResponse,
@@ -641,8 +658,9 @@ impl Driver {
         };
         match input {
             Input::RequestVote { request, reply } => {
+                let candidate = request.candidate;
                 let response = self.raft.handle_request_vote(request);
-                self.answers.push(Held::Vote(reply, response));
+                self.answers.push(Held::Vote(reply, response, candidate));
             }
             Input::AppendEntries { request, reply } => {
                 let response = self.raft.handle_append_entries(request);
@@ -870,10 +888,20 @@ impl Driver {
         {
             let (_, held) = self.held.pop_front().expect("front exists");
             match held {
-                Held::Vote(reply, response) => {
+                Held::Vote(reply, response, candidate) => {
+                    if let (Some(observer), true) = (&self.observer, response.vote_granted) {
+                        observer
+                            .0
+                            .vote_granted(self.raft.id(), response.term, candidate);
+                    }
                     let _ = reply.send(response);
                 }
                 Held::Append(reply, response) => {
+                    if let (Some(observer), true) = (&self.observer, response.success) {
+                        observer
+                            .0
+                            .acknowledged(self.raft.id(), response.term, response.match_index);
+                    }
                     let _ = reply.send(response);
                 }
                 Held::Messages(messages) => self.send(messages),
@@ -920,6 +948,13 @@ impl Driver {
             if current.commit_index != status.commit_index {
                 if let Some(observer) = observer {
                     observer.0.committed(status.id, status.commit_index);
+                }
+            }
+            if current.term != status.term || current.last_index != status.last_index {
+                if let Some(observer) = observer {
+                    observer
+                        .0
+                        .log_changed(status.id, status.term, status.last_index);
                 }
             }
             *current = status;

@@ -75,9 +75,10 @@ enum FaultKind {
     CrashLosingUnsynced,
     PauseLeader,
     Churn,
+    CutThenCrashLeader,
 }
 
-const ALL_FAULTS: [FaultKind; 13] = [
+const ALL_FAULTS: [FaultKind; 14] = [
     FaultKind::PartitionHalves,
     FaultKind::IsolateLeader,
     FaultKind::MajoritiesRing,
@@ -91,6 +92,7 @@ const ALL_FAULTS: [FaultKind; 13] = [
     FaultKind::CrashLosingUnsynced,
     FaultKind::PauseLeader,
     FaultKind::Churn,
+    FaultKind::CutThenCrashLeader,
 ];
 
 /// One fault window: a network or process fault, and the conditions laid
@@ -146,6 +148,18 @@ fn schedule(seed: u64) -> Vec<ScheduledFault> {
         at += duration + Duration::from_millis(rng.random_range(500..2000));
     }
     faults
+}
+
+/// Entries per AppendEntries: small, so a follower's match index moves a few
+/// entries at a time and more interleavings are reachable (figure 8's needs
+/// old-term entries acknowledged before the new leader's own); every fourth
+/// seed sends them one by one.
+fn append_entries_max(seed: u64) -> usize {
+    if seed % 4 == 1 {
+        1
+    } else {
+        16
+    }
 }
 
 /// Election timeouts of this seed, in ticks: every third seed draws them
@@ -236,9 +250,7 @@ fn node_config(
         config.election_timeout_ticks_min,
         config.election_timeout_ticks_max,
     ) = election_timeout_ticks(seed);
-    // Small batches: a follower's match index moves a few entries at a
-    // time, so more interleavings (figure 8's among them) are reachable.
-    config.append_entries_max = 16;
+    config.append_entries_max = append_entries_max(seed);
     config.request_timeout = Duration::from_secs(2);
     config.peer_channel.rpc_timeout = Duration::from_secs(1);
     config.peer_channel.connect_timeout = Duration::from_millis(300);
@@ -536,7 +548,7 @@ fn run_seed_planted(seed: u64, variant: Variant) -> SeedRun {
         .repair_rate(0.05)
         .rng_seed(seed)
         .build();
-    let observer = WhiteBoxObserver::default();
+    let observer = WhiteBoxObserver::new(NODES as usize);
     let chaos = SimChaos::new(seed ^ 0xC4A0_5000);
     let writeback = variant
         .unsafe_options
@@ -599,11 +611,22 @@ fn run_seed_planted(seed: u64, variant: Variant) -> SeedRun {
             panic_at = Some(sim.elapsed());
             break;
         }
-        match sim.step() {
-            Ok(true) => break,
-            Ok(false) => {}
-            Err(e) => {
+        // A node task that panics (an invariant's assert) shuts its host's
+        // runtime down, and that panic comes out of `step`: stop it here,
+        // so the simulation is not torn down while unwinding.
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sim.step())) {
+            Ok(Ok(true)) => break,
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => {
                 failures.push(format!("simulation error: {e}"));
+                panic_at.get_or_insert(sim.elapsed());
+                break;
+            }
+            Err(_) => {
+                panic_at.get_or_insert(sim.elapsed());
+                // Its hosts may be half torn down: leak it rather than run
+                // their destructors outside the simulation.
+                std::mem::forget(sim);
                 break;
             }
         }
@@ -773,6 +796,8 @@ enum Action {
     CrashLeader,
     /// The crash overlay: restart the node it killed.
     RestartCrashed,
+    /// Repair every node link (the disks, latency and message chaos stay).
+    HealCuts,
 }
 
 impl Controller {
@@ -788,6 +813,15 @@ impl Controller {
                     actions.push((at, Action::KillLeader));
                     at += Duration::from_millis(1200);
                 }
+            }
+            if fault.kind == FaultKind::CutThenCrashLeader {
+                // The minority cut starts the window; then the leader, its
+                // disk hung, dies; it comes back, and the cut heals.
+                let crash = fault.at + Duration::from_millis(rng.random_range(50..300));
+                let back = crash + Duration::from_millis(rng.random_range(50..300));
+                actions.push((crash, Action::CrashLeader));
+                actions.push((back, Action::RestartCrashed));
+                actions.push((back, Action::HealCuts));
             }
             if let Some((after, down)) = fault.crash_leader {
                 actions.push((fault.at + after, Action::CrashLeader));
@@ -1071,6 +1105,27 @@ impl Controller {
                 ..
             })
             | Action::Repartition => self.repartition(sim, observer),
+            Action::Start(ScheduledFault {
+                kind: FaultKind::CutThenCrashLeader,
+                ..
+            }) => {
+                // Two followers lose the cluster; the leader goes on with the
+                // other two, a bare majority, while its disk hangs: whatever
+                // it acknowledges now is durable on those two alone.
+                let leader = self.leader_or_any(observer);
+                let followers: Vec<u64> = self
+                    .shuffled_nodes()
+                    .into_iter()
+                    .filter(|&n| n != leader)
+                    .collect();
+                for &cut in &followers[..2] {
+                    for other in (1..=NODES).filter(|&o| o != cut) {
+                        self.cut(sim, cut, other);
+                    }
+                }
+                disks[&leader].lock().expect("disk").latency = DiskLatency::STALLED;
+            }
+            Action::HealCuts => self.repair_all(sim),
             Action::CrashLeader => {
                 let leader = self.leader_or_any(observer);
                 if sim.is_host_running(host(leader)) && self.paused != Some(leader) {

@@ -83,6 +83,12 @@ impl DiskLatency {
         stall_probability: 0.05,
         stall: (Duration::from_millis(100), Duration::from_millis(500)),
     };
+    /// A disk that hangs on every sync for a while.
+    pub const STALLED: DiskLatency = DiskLatency {
+        sync_max: Duration::ZERO,
+        stall_probability: 1.0,
+        stall: (Duration::from_millis(150), Duration::from_millis(400)),
+    };
 }
 
 /// One node's disk: what is durable, and writes not yet synced.
@@ -231,6 +237,13 @@ pub struct WhiteBox {
     pub applies: u64,
     /// Reads checked by the read oracle.
     pub reads_checked: u64,
+    /// How many votes a leader needs.
+    pub quorum: usize,
+    /// (term, candidate) -> the nodes whose granting answers left them.
+    pub votes: BTreeMap<(Term, NodeId), std::collections::BTreeSet<NodeId>>,
+    /// Per node: the highest index it acknowledged, in the latest term it
+    /// acknowledged anything.
+    pub acknowledged: BTreeMap<NodeId, (Term, LogIndex)>,
 }
 
 impl WhiteBox {
@@ -264,6 +277,37 @@ impl Observer for WhiteBoxObserver {
         }
     }
 
+    fn vote_granted(&self, node: NodeId, term: Term, candidate: NodeId) {
+        let mut w = self.0.lock().expect("white box");
+        w.votes.entry((term, candidate)).or_default().insert(node);
+    }
+
+    fn acknowledged(&self, node: NodeId, term: Term, match_index: LogIndex) {
+        let mut w = self.0.lock().expect("white box");
+        let entry = w.acknowledged.entry(node).or_insert((term, match_index));
+        if term > entry.0 {
+            *entry = (term, match_index);
+        } else if term == entry.0 {
+            entry.1 = entry.1.max(match_index);
+        }
+    }
+
+    /// What a node acknowledged to its term's leader it keeps for as long as
+    /// that term lasts (only a newer leader may make it cut entries), crash
+    /// and restart included: the leader counted on it to commit.
+    fn log_changed(&self, node: NodeId, term: Term, last_index: LogIndex) {
+        let mut w = self.0.lock().expect("white box");
+        let Some(&(acked_term, acked_index)) = w.acknowledged.get(&node) else {
+            return;
+        };
+        if term == acked_term && last_index < acked_index {
+            let message = format!(
+                "durability: node {node} acknowledged index {acked_index} in term {term}, but its log now ends at {last_index} in that term"
+            );
+            w.violate(message);
+        }
+    }
+
     fn committed(&self, _node: NodeId, index: LogIndex) {
         let mut w = self.0.lock().expect("white box");
         w.commit_max = w.commit_max.max(index);
@@ -273,6 +317,16 @@ impl Observer for WhiteBoxObserver {
         let mut w = self.0.lock().expect("white box");
         w.roles.insert(node, (term, role));
         if role == Role::Leader {
+            // A leader holds a quorum of votes of its term, its own included.
+            let mut voters = w.votes.get(&(term, node)).cloned().unwrap_or_default();
+            voters.insert(node);
+            if voters.len() < w.quorum {
+                let message = format!(
+                    "election: node {node} leads term {term} with the votes of {voters:?} only (a quorum is {})",
+                    w.quorum
+                );
+                w.violate(message);
+            }
             match w.leaders.get(&term) {
                 Some(&other) if other != node => {
                     let message =
@@ -289,6 +343,13 @@ impl Observer for WhiteBoxObserver {
 }
 
 impl WhiteBoxObserver {
+    /// An observer of a cluster of `voters` nodes.
+    pub fn new(voters: usize) -> WhiteBoxObserver {
+        let observer = WhiteBoxObserver::default();
+        observer.0.lock().expect("white box").quorum = voters / 2 + 1;
+        observer
+    }
+
     /// The highest index committed anywhere so far.
     pub fn commit_max(&self) -> LogIndex {
         self.0.lock().expect("white box").commit_max
