@@ -82,6 +82,11 @@ pub trait Observer: Send + Sync {
     fn committed(&self, _node: NodeId, _index: LogIndex) {}
     /// The node's term or last log index changed (or it started).
     fn log_changed(&self, _node: NodeId, _term: Term, _last_index: LogIndex) {}
+    /// The node started with this durable log.
+    fn log_recovered(&self, _node: NodeId, _entries: &[raft::Entry]) {}
+    /// The node handed these entries to its disk, cutting its log at the
+    /// first one's index first.
+    fn log_written(&self, _node: NodeId, _entries: &[raft::Entry]) {}
     /// The node's answer granting its vote in `term` to `candidate` left it.
     fn vote_granted(&self, _node: NodeId, _term: Term, _candidate: NodeId) {}
     /// The node's answer acknowledging its log up to `match_index` to the
@@ -330,6 +335,9 @@ impl Node {
         config.validate()?;
         let span = info_span!("node", id = config.id.0, addr = %config.raft_addr);
         let (hard_state, entries) = storage.recovered();
+        if let Some(observer) = &config.observer {
+            observer.0.log_recovered(config.id, &entries);
+        }
         let raft = Raft::new(config.raft_config(), hard_state, entries);
         let storage_last_index = storage.last_index();
 
@@ -589,8 +597,14 @@ impl Driver {
             if let Some(pause) = pause.as_mut() {
                 if *pause.borrow() {
                     info!("paused");
-                    if pause.wait_for(|is_paused| !*is_paused).await.is_err() {
-                        break;
+                    tokio::select! {
+                        biased;
+                        _ = shutdown.changed() => break,
+                        resumed = pause.wait_for(|is_paused| !*is_paused) => {
+                            if resumed.is_err() {
+                                break;
+                            }
+                        }
                     }
                     info!("resumed");
                 }
@@ -599,7 +613,13 @@ impl Driver {
                 biased;
                 _ = shutdown.changed() => break,
                 changed = self.durable.changed() => {
-                    if changed.is_err() || !self.on_durable() {
+                    if changed.is_err() {
+                        error!("the disk task ended: stopping this node");
+                        self.status
+                            .send_modify(|s| s.failure = Some("the disk task ended".into()));
+                        return;
+                    }
+                    if !self.on_durable() {
                         return;
                     }
                 }
@@ -814,6 +834,9 @@ impl Driver {
             self.send(std::mem::take(&mut ready.messages));
         }
         if ready.hard_state.is_some() || !ready.entries.is_empty() {
+            if let (Some(observer), false) = (&self.observer, ready.entries.is_empty()) {
+                observer.0.log_written(self.raft.id(), &ready.entries);
+            }
             self.write_seq_issued += 1;
             let write = disk::Write {
                 seq: self.write_seq_issued,
@@ -889,18 +912,22 @@ impl Driver {
             let (_, held) = self.held.pop_front().expect("front exists");
             match held {
                 Held::Vote(reply, response, candidate) => {
-                    if let (Some(observer), true) = (&self.observer, response.vote_granted) {
-                        observer
-                            .0
-                            .vote_granted(self.raft.id(), response.term, candidate);
+                    let (term, is_granted) = (response.term, response.vote_granted);
+                    // A grant counts only if it reached the service (not the
+                    // void a chaos copy or a timed-out call answers into).
+                    if let (Ok(()), Some(observer), true) =
+                        (reply.send(response), &self.observer, is_granted)
+                    {
+                        observer.0.vote_granted(self.raft.id(), term, candidate);
                     }
-                    let _ = reply.send(response);
                 }
                 Held::Append(reply, response) => {
                     if let (Some(observer), true) = (&self.observer, response.success) {
-                        observer
-                            .0
-                            .acknowledged(self.raft.id(), response.term, response.match_index);
+                        observer.0.acknowledged(
+                            self.raft.id(),
+                            response.term,
+                            response.match_index,
+                        );
                     }
                     let _ = reply.send(response);
                 }

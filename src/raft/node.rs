@@ -121,7 +121,8 @@ struct PendingRead {
 ///    get the entries, thesis 10.2.1: the core counts it only once
 ///    persisted). Otherwise hold them until this write is durable. Answers
 ///    to peer requests (`handle_request_vote`, `handle_append_entries`) are
-///    held until every write handed out after they were made is durable.
+///    held until the first write handed out after they were made (and so
+///    every write before it) is durable.
 /// 3. Apply `committed` in order (committed means durable on a majority, so
 ///    this node's own copy need not be durable yet); serve `read_states`
 ///    once applied; fail the reads in `reads_dropped`.
@@ -377,11 +378,11 @@ impl Raft {
             // granted or a leader heard restarts it (Raft figure 2). Else a
             // candidate whose log is behind, on a fast clock, would keep
             // every up-to-date node from ever campaigning.
-            let elapsed = self.election_elapsed_ticks;
+            let timer = (self.election_elapsed_ticks, self.election_timeout_ticks);
             let is_leader = self.role == Role::Leader;
             self.become_follower(request.term, None);
             if !is_leader {
-                self.election_elapsed_ticks = elapsed;
+                (self.election_elapsed_ticks, self.election_timeout_ticks) = timer;
             }
         }
         let is_up_to_date = (request.last_log_term, request.last_log_index)

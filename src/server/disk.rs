@@ -88,13 +88,16 @@ async fn write_batch(
     batch: &[Write],
     is_sync_skipped: bool,
 ) -> Result<Option<(LogIndex, Term)>> {
+    // Only the newest hard state matters: nothing that depends on any of
+    // them leaves the node before the whole batch is durable. Saving it
+    // before older entries is safe (a term ahead of the log is normal).
+    if let Some(hard_state) = batch.iter().rev().find_map(|w| w.hard_state) {
+        if !is_planted(Bug::HardStateNotPersisted) {
+            storage.save_hard_state(hard_state)?;
+        }
+    }
     let mut last = None;
     for write in batch {
-        if let Some(hard_state) = write.hard_state {
-            if !is_planted(Bug::HardStateNotPersisted) {
-                storage.save_hard_state(hard_state)?;
-            }
-        }
         if let Some(entry) = write.entries.last() {
             storage.append(&write.entries)?;
             last = Some((entry.index, entry.term));

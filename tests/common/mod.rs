@@ -244,12 +244,58 @@ pub struct WhiteBox {
     /// Per node: the highest index it acknowledged, in the latest term it
     /// acknowledged anything.
     pub acknowledged: BTreeMap<NodeId, (Term, LogIndex)>,
+    /// Per node: the term of each entry of its log (index i at i - 1), as
+    /// handed to its disk (or recovered from it).
+    pub logs: BTreeMap<NodeId, Vec<Term>>,
 }
 
 impl WhiteBox {
     fn violate(&mut self, message: String) {
         self.first_violation_at.get_or_insert_with(now);
         self.violations.push(message);
+    }
+
+    /// Leader completeness, as a state invariant: no node that lacks the
+    /// newest committed entry could win an election, that is, fewer than a
+    /// quorum of nodes (itself included) have logs no more up to date than
+    /// its own. True in every state of correct Raft (the committed entry is
+    /// on a majority, each of which refuses such a candidate), so a bad
+    /// commit is caught when it happens, not only once a leader loses it.
+    fn check_leader_completeness(&mut self) {
+        let Some((&index, &(term, _))) = self.applied.last_key_value() else {
+            return;
+        };
+        let position = (index.0 - 1) as usize;
+        let last = |log: &Vec<Term>| (log.last().copied().unwrap_or_default(), log.len());
+        let mut found = None;
+        for (node, log) in &self.logs {
+            if log.get(position) == Some(&term) {
+                continue;
+            }
+            let voters: Vec<NodeId> = self
+                .logs
+                .iter()
+                .filter(|(_, other)| last(other) <= last(log))
+                .map(|(voter, _)| *voter)
+                .collect();
+            if voters.len() >= self.quorum {
+                found = Some(format!(
+                    "leader completeness: node {node} lacks committed entry {index} (term {term}), yet nodes {voters:?} would vote for it"
+                ));
+                break;
+            }
+        }
+        if let Some(message) = found {
+            self.violate(message);
+        }
+    }
+
+    fn write_log(&mut self, node: NodeId, entries: &[Entry]) {
+        let log = self.logs.entry(node).or_default();
+        if let Some(first) = entries.first() {
+            log.truncate((first.index.0 - 1) as usize);
+            log.extend(entries.iter().map(|e| e.term));
+        }
     }
 }
 
@@ -273,8 +319,22 @@ impl Observer for WhiteBoxObserver {
             Some(_) => {}
             None => {
                 w.applied.insert(entry.index, seen);
+                w.check_leader_completeness();
             }
         }
+    }
+
+    fn log_recovered(&self, node: NodeId, entries: &[Entry]) {
+        let mut w = self.0.lock().expect("white box");
+        w.logs.insert(node, Vec::new());
+        w.write_log(node, entries);
+        w.check_leader_completeness();
+    }
+
+    fn log_written(&self, node: NodeId, entries: &[Entry]) {
+        let mut w = self.0.lock().expect("white box");
+        w.write_log(node, entries);
+        w.check_leader_completeness();
     }
 
     fn vote_granted(&self, node: NodeId, term: Term, candidate: NodeId) {
