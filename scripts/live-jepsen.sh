@@ -27,6 +27,9 @@ if [ "${LATTICE_IN_NETNS:-}" != 1 ]; then
 fi
 
 ip link set lo up
+# 20 keys: with 5, a key's share of a 70 s history (60,000+ operations) and
+# the unknown outcomes a pause leaves made the checker run out of memory
+# (verdict unknown) once in CI; see issue 16.
 duration=${LATTICE_LIVE_SECS:-70}
 out=${LATTICE_LIVE_DIR:-$root/target/live-jepsen}
 rm -rf "$out"
@@ -68,7 +71,7 @@ for _ in $(seq 1 40); do leader_id >/dev/null && break; sleep 0.5; done
 leader_id >/dev/null || die "no leader was elected"
 echo "leader: node $(leader_id)"
 
-"$lattice" workload --endpoints "$endpoints" --clients 5 --pinned --keys 5 --duration-secs "$duration" \
+"$lattice" workload --endpoints "$endpoints" --clients 5 --pinned --keys 20 --duration-secs "$duration" \
     --history "$out/history.jsonl" > "$out/workload.log" 2>&1 &
 workload=$!
 
