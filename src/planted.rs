@@ -44,10 +44,13 @@ pub enum Bug {
     RetriedWriteAppliedTwice,
     /// Term and vote are not persisted (a restart forgets its vote).
     HardStateNotPersisted,
+    /// The driver answers peers (vote grants, AppendEntries acknowledgements)
+    /// before the disk has made what they promise durable.
+    AnswerBeforeDurable,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 11] = [
+    pub const ALL: [Bug; 12] = [
         Bug::ReadWithoutQuorumRound,
         Bug::ReadBeforeOwnTermCommit,
         Bug::CommitOlderTermByCounting,
@@ -59,6 +62,7 @@ impl Bug {
         Bug::CommitPastVerifiedMatch,
         Bug::RetriedWriteAppliedTwice,
         Bug::HardStateNotPersisted,
+        Bug::AnswerBeforeDurable,
     ];
 }
 

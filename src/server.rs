@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use tracing::{error, info, info_span, warn, Instrument};
 
 use crate::kv::{Command, KvStore, Outcome};
+use crate::planted::{is_planted, Bug};
 use crate::raft::{
     self, AppendEntries, AppendEntriesResponse, LogIndex, Message, NodeId, Raft, Ready,
     RequestVote, RequestVoteResponse, Role, Term,
@@ -845,7 +846,11 @@ impl Driver {
             };
             self.disk.send(write).await.map_err(|_| ())?;
         }
-        let seq = self.write_seq_issued;
+        let seq = if is_planted(Bug::AnswerBeforeDurable) {
+            self.write_seq_durable
+        } else {
+            self.write_seq_issued
+        };
         for answer in self.answers.drain(..) {
             self.held.push_back((seq, answer));
         }
