@@ -68,16 +68,35 @@ struct TestCluster {
 }
 
 impl TestCluster {
+    /// Free ports are found by binding port 0 and letting go, so a test
+    /// running beside this one may take one first: then try again with
+    /// fresh ports.
     async fn start(data: &Path) -> Result<TestCluster> {
-        let mut cluster = TestCluster {
-            addrs: free_addrs(3),
-            data: data.to_path_buf(),
-            nodes: BTreeMap::new(),
-        };
-        for id in 1..=3 {
-            cluster.start_node(id).await?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut cluster = TestCluster {
+                addrs: free_addrs(3),
+                data: data.to_path_buf(),
+                nodes: BTreeMap::new(),
+            };
+            let mut started = Ok(());
+            for id in 1..=3 {
+                started = cluster.start_node(id).await;
+                if started.is_err() {
+                    break;
+                }
+            }
+            match started {
+                Ok(()) => return Ok(cluster),
+                Err(e) if attempt < 5 && format!("{e:#}").contains("Address already in use") => {
+                    for id in 1..=3 {
+                        cluster.stop_node(id).await;
+                    }
+                }
+                Err(e) => return Err(e),
+            }
         }
-        Ok(cluster)
     }
 
     async fn start_node(&mut self, id: u64) -> Result<()> {
