@@ -10,7 +10,7 @@
 
 use super::{Entry, LogIndex, Term};
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default, Hash)]
 pub struct RaftLog {
     /// The index just before `entries[0]`; 0 until snapshots exist.
     offset: LogIndex,

@@ -5,7 +5,7 @@
 use super::{LogIndex, NodeId, Term};
 
 /// One log entry. An empty `data` is the no-op a leader appends when elected.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Entry {
     pub term: Term,
     pub index: LogIndex,
@@ -13,7 +13,7 @@ pub struct Entry {
 }
 
 /// Candidate -> peer: "vote for me in `term`" (Raft 5.2).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct RequestVote {
     /// The candidate's term.
     pub term: Term,
@@ -23,7 +23,7 @@ pub struct RequestVote {
     pub last_log_term: Term,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct RequestVoteResponse {
     /// The voter's current term, so a stale candidate steps down.
     pub term: Term,
@@ -32,7 +32,7 @@ pub struct RequestVoteResponse {
 
 /// Leader -> follower: entries to append after (`prev_log_index`,
 /// `prev_log_term`), or none as a heartbeat (Raft 5.3).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct AppendEntries {
     pub term: Term,
     pub leader: NodeId,
@@ -44,7 +44,7 @@ pub struct AppendEntries {
     pub read_round: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct AppendEntriesResponse {
     /// The follower's current term.
     pub term: Term,
@@ -65,7 +65,7 @@ pub struct AppendEntriesResponse {
 
 /// A request the core wants sent to a peer; the driver delivers it and feeds the
 /// response (or the failure) back.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Message {
     RequestVote(RequestVote),
     AppendEntries(AppendEntries),
@@ -76,6 +76,23 @@ impl Message {
         match self {
             Message::RequestVote(m) => m.term,
             Message::AppendEntries(m) => m.term,
+        }
+    }
+}
+
+impl Message {
+    /// The same message with every node id passed through `rename` (the
+    /// model checker compares states up to a permutation of node ids).
+    pub fn renamed(&self, rename: &dyn Fn(NodeId) -> NodeId) -> Message {
+        match self {
+            Message::RequestVote(m) => Message::RequestVote(RequestVote {
+                candidate: rename(m.candidate),
+                ..m.clone()
+            }),
+            Message::AppendEntries(m) => Message::AppendEntries(AppendEntries {
+                leader: rename(m.leader),
+                ..m.clone()
+            }),
         }
     }
 }

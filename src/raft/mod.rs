@@ -99,7 +99,7 @@ impl fmt::Display for LogIndex {
 
 /// The state that must survive a crash before any message depending on it is
 /// sent: the current term and whom this node voted for in it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct HardState {
     pub term: Term,
     pub vote: Option<NodeId>,

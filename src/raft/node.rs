@@ -3,6 +3,7 @@
 //! and `advance` tells the core it was done.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::hash::{Hash, Hasher};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -72,7 +73,7 @@ impl Config {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Role {
     Follower,
     Candidate,
@@ -96,13 +97,13 @@ pub enum ReadRejected {
 }
 
 /// A read that may be served once the state machine has applied `index`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ReadState {
     pub context: u64,
     pub index: LogIndex,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug, Hash)]
 struct PendingRead {
     context: u64,
     index: LogIndex,
@@ -139,6 +140,7 @@ pub struct Ready {
 }
 
 /// One Raft node's consensus state. See the module documentation.
+#[derive(Clone)]
 pub struct Raft {
     config: Config,
     /// The other voters, sorted.
@@ -243,6 +245,48 @@ impl Raft {
             term: self.term,
             vote: self.vote,
         }
+    }
+
+    /// Feeds the protocol state into `state`, with every node id passed
+    /// through `rename`: the model checker (`tests/model.rs`) tells states
+    /// apart by it, up to a permutation of node ids. Left out: the identity
+    /// and configuration (the model knows them by position), and the timers
+    /// and their RNG (the model fires timeouts as its own choices).
+    pub fn hash_protocol_state<H: Hasher>(&self, state: &mut H, rename: &dyn Fn(NodeId) -> NodeId) {
+        let rename_all = |ids: &mut dyn Iterator<Item = NodeId>| {
+            let mut ids: Vec<NodeId> = ids.map(rename).collect();
+            ids.sort_unstable();
+            ids
+        };
+        self.term.hash(state);
+        self.vote.map(rename).hash(state);
+        self.role.hash(state);
+        self.leader.map(rename).hash(state);
+        self.log.hash(state);
+        self.applied.hash(state);
+        rename_all(&mut self.votes_granted.iter().copied()).hash(state);
+        let mut progress: Vec<(NodeId, &Progress)> = self
+            .progress
+            .iter()
+            .map(|(&peer, progress)| (rename(peer), progress))
+            .collect();
+        progress.sort_unstable_by_key(|&(peer, _)| peer);
+        progress.hash(state);
+        self.read_round.hash(state);
+        self.is_read_round_wanted.hash(state);
+        self.pending_reads.hash(state);
+        self.is_broadcast_wanted.hash(state);
+        let mut messages: Vec<(NodeId, Message)> = self
+            .messages
+            .iter()
+            .map(|(to, message)| (rename(*to), message.renamed(rename)))
+            .collect();
+        messages.sort_unstable_by_key(|(to, _)| *to);
+        messages.hash(state);
+        self.read_states.hash(state);
+        self.reads_dropped.hash(state);
+        self.hard_state_handed.term.hash(state);
+        self.hard_state_handed.vote.map(rename).hash(state);
     }
 
     fn quorum(&self) -> usize {

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use super::LogIndex;
 
 /// How the leader currently talks to a follower.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ProgressState {
     /// The match point is unknown: one AppendEntries at a time until one succeeds.
     Probe,
@@ -14,7 +14,7 @@ pub enum ProgressState {
     Replicate,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug, Hash)]
 pub struct Progress {
     /// Highest index known to be stored on the follower and to match ours.
     pub match_index: LogIndex,
