@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Model-checks the real Raft core (tests/model.rs) deeper than `cargo test`
-# does: every interleaving of up to LATTICE_MODEL_DEPTH steps (default 20)
+# does: every interleaving of up to LATTICE_MODEL_DEPTH steps (default 19)
 # within the deep bounds (3 terms, 2 proposals, 3 messages in flight, 1
-# crash, 1 duplicate, 1 read), release build, all cores. Needs ~16 GB of
-# memory at depth 20 (breadth-first: the frontier is kept in memory).
+# crash, 1 duplicate, 1 read), release build, all cores. Needs ~12 GB of
+# memory at depth 19 (breadth-first: the frontier is kept in memory).
 #
 #   scripts/model-check.sh                      # the deep run
 #   LATTICE_MODEL_DEPTH=22 scripts/model-check.sh

@@ -93,7 +93,7 @@ impl Bounds {
     fn deep() -> Bounds {
         Bounds {
             proposals: 2,
-            depth: 20,
+            depth: 19,
             ..Bounds::bounded()
         }
     }

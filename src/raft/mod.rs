@@ -40,6 +40,9 @@
 //! node; log entries are persisted before they are acknowledged. The core states
 //! these duties on [`Ready`]; the driver honours them.
 //!
+//! `tests/model.rs` model-checks this module as it is (stateright, every
+//! interleaving up to a bound): keep it deterministic and free of I/O.
+//!
 //! # Not implemented (yet)
 //! - Log compaction, snapshots and InstallSnapshot (the log always starts at 1;
 //!   `RaftLog` keeps an offset so a snapshot index can slot in).
