@@ -660,7 +660,9 @@ impl Model for RaftModel {
         let mut state = last.clone();
         #[cfg(feature = "planted-bugs")]
         lattice::planted::plant(self.bug);
+        IN_STEP.with(|in_step| in_step.set(true));
         let outcome = catch_unwind(AssertUnwindSafe(|| self.step(&mut state, action)));
+        IN_STEP.with(|in_step| in_step.set(false));
         match outcome {
             Ok(true) => {}
             Ok(false) => return None,
@@ -674,7 +676,10 @@ impl Model for RaftModel {
                 return Some(state);
             }
         }
-        if catch_unwind(AssertUnwindSafe(|| RaftModel::observe(&mut state))).is_err() {
+        IN_STEP.with(|in_step| in_step.set(true));
+        let observed = catch_unwind(AssertUnwindSafe(|| RaftModel::observe(&mut state)));
+        IN_STEP.with(|in_step| in_step.set(false));
+        if observed.is_err() {
             state.panicked = Some("a committed entry is missing from its node's log".into());
         }
         Some(state)
@@ -968,6 +973,12 @@ fn check(bounds: Bounds, bug: Option<Bug>, threads: usize) -> Outcome {
     }
 }
 
+thread_local! {
+    /// Set while a model step runs the real code (also when a path is
+    /// rebuilt for a story, on the test's own thread).
+    static IN_STEP: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// A panic inside a step is a finding (a core assertion failed), reported as
 /// a property; the default hook would print each one on stderr.
 fn quiet_checker_panics() {
@@ -975,10 +986,7 @@ fn quiet_checker_panics() {
     ONCE.call_once(|| {
         let default = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            let is_checker = std::thread::current()
-                .name()
-                .is_some_and(|name| name.starts_with("checker-"));
-            if !is_checker {
+            if !IN_STEP.with(|in_step| in_step.get()) {
                 default(info);
             }
         }));
@@ -994,9 +1002,16 @@ fn raft_core_is_safe_in_every_interleaving_within_bounds() {
     let bounds = Bounds::from_env();
     println!("model bounds: {bounds:?}");
     let outcome = check(bounds, None, threads());
-    println!(
+    // Straight to stderr, past the test harness's capture: the counts show
+    // in a plain `cargo test`.
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr(),
         "model checked: {} states generated, {} unique up to symmetry, max depth {}, {:.1} s",
-        outcome.states, outcome.unique, outcome.depth, outcome.seconds
+        outcome.states,
+        outcome.unique,
+        outcome.depth,
+        outcome.seconds
     );
     for (name, steps, story) in &outcome.failures {
         println!("PROPERTY VIOLATED: {name}, after {steps} steps\n{story}");
