@@ -58,7 +58,7 @@ const PERMUTATIONS: [[usize; NODES]; 6] = [
 ];
 
 /// What keeps the state space finite.
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 struct Bounds {
     /// Highest term any node may reach (a timeout past it is not taken).
     terms: u64,
@@ -108,32 +108,24 @@ impl Bounds {
 
     /// Each bound may be set by `LATTICE_MODEL_<BOUND>` (e.g. `_TERMS=4`).
     fn overridden(mut self) -> Bounds {
-        let bounds = &mut self;
         let number = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
-        if let Some(v) = number("LATTICE_MODEL_TERMS") {
-            bounds.terms = v;
+        macro_rules! set {
+            ($($field:ident: $name:literal),*) => {$(
+                if let Some(v) = number($name) {
+                    self.$field = v as _;
+                }
+            )*};
         }
-        if let Some(v) = number("LATTICE_MODEL_PROPOSALS") {
-            bounds.proposals = v as u8;
-        }
-        if let Some(v) = number("LATTICE_MODEL_IN_FLIGHT") {
-            bounds.in_flight = v as usize;
-        }
-        if let Some(v) = number("LATTICE_MODEL_CRASHES") {
-            bounds.crashes = v as u8;
-        }
-        if let Some(v) = number("LATTICE_MODEL_DUPLICATES") {
-            bounds.duplicates = v as u8;
-        }
-        if let Some(v) = number("LATTICE_MODEL_READS") {
-            bounds.reads = v as u8;
-        }
-        if let Some(v) = number("LATTICE_MODEL_DEPTH") {
-            bounds.depth = v as usize;
-        }
-        if let Some(v) = number("LATTICE_MODEL_APPEND_MAX") {
-            bounds.append_entries_max = v as usize;
-        }
+        set!(
+            terms: "LATTICE_MODEL_TERMS",
+            proposals: "LATTICE_MODEL_PROPOSALS",
+            in_flight: "LATTICE_MODEL_IN_FLIGHT",
+            crashes: "LATTICE_MODEL_CRASHES",
+            duplicates: "LATTICE_MODEL_DUPLICATES",
+            reads: "LATTICE_MODEL_READS",
+            depth: "LATTICE_MODEL_DEPTH",
+            append_entries_max: "LATTICE_MODEL_APPEND_MAX"
+        );
         self
     }
 }
@@ -615,15 +607,15 @@ impl Model for RaftModel {
         if state.panicked.is_some() || state.stale_read.is_some() {
             return;
         }
+        let is_duplicate_allowed =
+            state.duplicates < self.bounds.duplicates && state.in_flight() < self.bounds.in_flight;
         for (i, envelope) in state.network.iter().enumerate() {
             if state.network[..i].contains(envelope) {
                 continue;
             }
             actions.push(Action::Deliver(envelope.clone()));
             actions.push(Action::Drop(envelope.clone()));
-            if state.duplicates < self.bounds.duplicates
-                && state.in_flight() < self.bounds.in_flight
-            {
+            if is_duplicate_allowed {
                 actions.push(Action::Duplicate(envelope.clone()));
             }
         }
@@ -661,7 +653,13 @@ impl Model for RaftModel {
         #[cfg(feature = "planted-bugs")]
         lattice::planted::plant(self.bug);
         IN_STEP.with(|in_step| in_step.set(true));
-        let outcome = catch_unwind(AssertUnwindSafe(|| self.step(&mut state, action)));
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            let is_taken = self.step(&mut state, action);
+            if is_taken {
+                RaftModel::observe(&mut state);
+            }
+            is_taken
+        }));
         IN_STEP.with(|in_step| in_step.set(false));
         match outcome {
             Ok(true) => {}
@@ -673,14 +671,7 @@ impl Model for RaftModel {
                     .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                     .unwrap_or_else(|| "a panic".into());
                 state.panicked = Some(message);
-                return Some(state);
             }
-        }
-        IN_STEP.with(|in_step| in_step.set(true));
-        let observed = catch_unwind(AssertUnwindSafe(|| RaftModel::observe(&mut state)));
-        IN_STEP.with(|in_step| in_step.set(false));
-        if observed.is_err() {
-            state.panicked = Some("a committed entry is missing from its node's log".into());
         }
         Some(state)
     }
@@ -801,18 +792,18 @@ fn describe_node(node: &Node) -> String {
         "{:?} term {} vote {} log [{}] commit {} durable {}/{} (term {} vote {})",
         raft.role(),
         raft.term(),
-        raft.hard_state()
-            .vote
-            .map_or("-".to_string(), |v| format!("n{v}")),
+        describe_vote(raft.hard_state().vote),
         entries.join(" "),
         log.commit(),
         node.durable_log.len(),
         log.last_index(),
         node.durable_hard_state.term,
-        node.durable_hard_state
-            .vote
-            .map_or("-".to_string(), |v| format!("n{v}")),
+        describe_vote(node.durable_hard_state.vote),
     )
+}
+
+fn describe_vote(vote: Option<NodeId>) -> String {
+    vote.map_or("-".to_string(), |v| format!("n{v}"))
 }
 
 fn describe_envelope(e: &Envelope) -> String {
@@ -1055,47 +1046,70 @@ fn model_catalogue() -> Vec<(Bug, Bounds)> {
         append_entries_max: 1,
         depth: 40,
     };
-    let with = |f: &dyn Fn(&mut Bounds)| {
-        let mut bounds = base.clone();
-        f(&mut bounds);
-        bounds
-    };
     vec![
-        (Bug::ReadWithoutQuorumRound, with(&|b| b.reads = 1)),
-        (Bug::ReadBeforeOwnTermCommit, with(&|b| b.reads = 1)),
+        (Bug::ReadWithoutQuorumRound, Bounds { reads: 1, ..base }),
+        (Bug::ReadBeforeOwnTermCommit, Bounds { reads: 1, ..base }),
         // Figure 8 needs three terms; the leaders' no-ops are entries enough.
         (
             Bug::CommitOlderTermByCounting,
-            with(&|b| {
-                b.terms = 3;
-                b.proposals = 0;
-                b.in_flight = 2;
-            }),
+            Bounds {
+                terms: 3,
+                proposals: 0,
+                in_flight: 2,
+                ..base
+            },
         ),
-        (Bug::StaleVoteCounted, with(&|b| b.proposals = 0)),
-        (Bug::OwnUnsyncedEntriesCounted, with(&|b| b.proposals = 0)),
+        (
+            Bug::StaleVoteCounted,
+            Bounds {
+                proposals: 0,
+                ..base
+            },
+        ),
+        (
+            Bug::OwnUnsyncedEntriesCounted,
+            Bounds {
+                proposals: 0,
+                ..base
+            },
+        ),
         (
             Bug::TruncateOnStaleAppend,
-            with(&|b| {
-                b.duplicates = 1;
-                b.in_flight = 2;
-            }),
+            Bounds {
+                duplicates: 1,
+                in_flight: 2,
+                ..base
+            },
         ),
-        (Bug::TwoVotesInOneTerm, with(&|b| b.proposals = 0)),
-        (Bug::VoteForOlderLog, with(&|b| b.proposals = 0)),
+        (
+            Bug::TwoVotesInOneTerm,
+            Bounds {
+                proposals: 0,
+                ..base
+            },
+        ),
+        (
+            Bug::VoteForOlderLog,
+            Bounds {
+                proposals: 0,
+                ..base
+            },
+        ),
         (
             Bug::HardStateNotPersisted,
-            with(&|b| {
-                b.crashes = 1;
-                b.proposals = 0;
-            }),
+            Bounds {
+                crashes: 1,
+                proposals: 0,
+                ..base
+            },
         ),
         (
             Bug::AnswerBeforeDurable,
-            with(&|b| {
-                b.crashes = 1;
-                b.proposals = 0;
-            }),
+            Bounds {
+                crashes: 1,
+                proposals: 0,
+                ..base
+            },
         ),
     ]
 }
@@ -1117,7 +1131,7 @@ fn planted_bugs_are_caught_by_the_model() {
         // Breadth-first: the counterexample is a shortest one (with one
         // thread exactly; with more, at most a few steps longer).
         let bounds = bounds.overridden();
-        let outcome = check(bounds.clone(), Some(bug), threads());
+        let outcome = check(bounds, Some(bug), threads());
         let Some((property, steps, story)) = outcome.failures.first() else {
             println!(
                 "planted {bug:?}: NOT caught ({} states, depth {}, {:.1} s, {bounds:?})",

@@ -78,9 +78,7 @@ impl Message {
             Message::AppendEntries(m) => m.term,
         }
     }
-}
 
-impl Message {
     /// The same message with every node id passed through `rename` (the
     /// model checker compares states up to a permutation of node ids).
     pub fn renamed(&self, rename: &dyn Fn(NodeId) -> NodeId) -> Message {

@@ -253,18 +253,15 @@ impl Raft {
     /// and configuration (the model knows them by position), and the timers
     /// and their RNG (the model fires timeouts as its own choices).
     pub fn hash_protocol_state<H: Hasher>(&self, state: &mut H, rename: &dyn Fn(NodeId) -> NodeId) {
-        let rename_all = |ids: &mut dyn Iterator<Item = NodeId>| {
-            let mut ids: Vec<NodeId> = ids.map(rename).collect();
-            ids.sort_unstable();
-            ids
-        };
         self.term.hash(state);
         self.vote.map(rename).hash(state);
         self.role.hash(state);
         self.leader.map(rename).hash(state);
         self.log.hash(state);
         self.applied.hash(state);
-        rename_all(&mut self.votes_granted.iter().copied()).hash(state);
+        let mut votes: Vec<NodeId> = self.votes_granted.iter().copied().map(rename).collect();
+        votes.sort_unstable();
+        votes.hash(state);
         let mut progress: Vec<(NodeId, &Progress)> = self
             .progress
             .iter()
