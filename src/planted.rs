@@ -47,10 +47,22 @@ pub enum Bug {
     /// The driver answers peers (vote grants, AppendEntries acknowledgements)
     /// before the disk has made what they promise durable.
     AnswerBeforeDurable,
+    /// A follower installs a snapshot at or below its commit index and, as
+    /// figure 13's step 7 says for a snapshot it does not hold, discards its
+    /// whole log: acknowledged entries after the snapshot are lost.
+    InstallSnapshotOlderThanCommit,
+    /// The driver compacts the log (deletes WAL segments) as soon as it
+    /// starts writing a snapshot, before the snapshot is durable: a crash in
+    /// between leaves the older snapshot and a log that no longer continues
+    /// it (segments still needed are gone).
+    CompactBeforeSnapshotDurable,
+    /// The snapshot file is written in place (no temporary file and rename):
+    /// a crash in the middle leaves neither the old snapshot nor the new one.
+    NonAtomicSnapshotWrite,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 12] = [
+    pub const ALL: [Bug; 15] = [
         Bug::ReadWithoutQuorumRound,
         Bug::ReadBeforeOwnTermCommit,
         Bug::CommitOlderTermByCounting,
@@ -63,6 +75,9 @@ impl Bug {
         Bug::RetriedWriteAppliedTwice,
         Bug::HardStateNotPersisted,
         Bug::AnswerBeforeDurable,
+        Bug::InstallSnapshotOlderThanCommit,
+        Bug::CompactBeforeSnapshotDurable,
+        Bug::NonAtomicSnapshotWrite,
     ];
 }
 

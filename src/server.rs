@@ -21,10 +21,10 @@ use tracing::{error, info, info_span, warn, Instrument};
 use crate::kv::{Command, KvStore, Outcome};
 use crate::planted::{is_planted, Bug};
 use crate::raft::{
-    self, AppendEntries, AppendEntriesResponse, LogIndex, Message, NodeId, Raft, Ready,
-    RequestVote, RequestVoteResponse, Role, Term,
+    self, AppendEntries, AppendEntriesResponse, InstallSnapshot, LogIndex, Message, NodeId, Raft,
+    Ready, RequestVote, RequestVoteResponse, Role, SnapshotMeta, Term,
 };
-use crate::storage::{FileStorage, Storage};
+use crate::storage::{FileStorage, SnapshotFile, SnapshotStore, Storage};
 use crate::transport::{self, peer, service, ChannelConfig, TcpTransport, Transport};
 use crate::{Error, Result};
 
@@ -38,6 +38,19 @@ pub(crate) enum Input {
         request: AppendEntries,
         reply: oneshot::Sender<AppendEntriesResponse>,
     },
+    /// A whole snapshot received from the leader, verified.
+    InstallSnapshot {
+        request: InstallSnapshot,
+        file: Arc<SnapshotFile>,
+        reply: oneshot::Sender<AppendEntriesResponse>,
+    },
+    /// The snapshot task finished (or failed) writing a snapshot; the
+    /// state's digest there if an observer wants it.
+    SnapshotSaved {
+        meta: SnapshotMeta,
+        digest: Option<u32>,
+        result: Result<()>,
+    },
     RequestVoteResponse {
         from: NodeId,
         response: RequestVoteResponse,
@@ -48,6 +61,8 @@ pub(crate) enum Input {
     },
     /// A message to `peer` was dropped or its RPC failed.
     Unreachable { peer: NodeId },
+    /// Sending the snapshot to `peer` failed (or was not started).
+    SnapshotFailed { peer: NodeId },
     Propose {
         command: Command,
         reply: oneshot::Sender<Result<Outcome>>,
@@ -83,8 +98,16 @@ pub trait Observer: Send + Sync {
     fn committed(&self, _node: NodeId, _index: LogIndex) {}
     /// The node's term or last log index changed (or it started).
     fn log_changed(&self, _node: NodeId, _term: Term, _last_index: LogIndex) {}
-    /// The node started with this durable log.
-    fn log_recovered(&self, _node: NodeId, _entries: &[raft::Entry]) {}
+    /// The node started with this durable snapshot and log after it.
+    fn log_recovered(&self, _node: NodeId, _snapshot: SnapshotMeta, _entries: &[raft::Entry]) {}
+    /// The node made a snapshot of its state machine at `meta` durable; its
+    /// state's digest (`KvStore::digest`) there.
+    fn snapshot_taken(&self, _node: NodeId, _meta: SnapshotMeta, _digest: u32) {}
+    /// The node installed the leader's snapshot at `meta` (its state machine
+    /// now holds it, with this digest).
+    fn snapshot_installed(&self, _node: NodeId, _meta: SnapshotMeta, _digest: u32) {}
+    /// The node compacted its log up to `index`.
+    fn compacted(&self, _node: NodeId, _index: LogIndex) {}
     /// The node handed these entries to its disk, cutting its log at the
     /// first one's index first.
     fn log_written(&self, _node: NodeId, _entries: &[raft::Entry]) {}
@@ -111,6 +134,7 @@ impl std::fmt::Debug for ObserverHandle {
 pub enum PeerMessage {
     RequestVote(RequestVote),
     AppendEntries(AppendEntries),
+    InstallSnapshot(InstallSnapshot, Arc<SnapshotFile>),
     RequestVoteResponse {
         from: NodeId,
         response: RequestVoteResponse,
@@ -170,8 +194,21 @@ pub struct NodeConfig {
     pub kv_addr: String,
     /// The other voters.
     pub peers: Vec<PeerConfig>,
-    /// Where the WAL and hard state live.
+    /// Where the WAL, the snapshots and the hard state live.
     pub data_dir: PathBuf,
+    /// Snapshot the state machine once this many entries were applied since
+    /// the last snapshot (etcd's default since v3.6)...
+    pub snapshot_entries: u64,
+    /// ...or once the applied entries since it hold this many bytes.
+    pub snapshot_bytes: u64,
+    /// Entries kept in the log below a snapshot, so that a follower a little
+    /// behind catches up by entries rather than by a whole snapshot.
+    pub snapshot_catchup_entries: u64,
+    /// Snapshots this node streams to followers at once.
+    pub snapshot_sends_max: usize,
+    /// Write snapshots on a blocking thread (`false`: on the runtime, as the
+    /// deterministic simulation needs).
+    pub snapshot_on_blocking_thread: bool,
     /// One raft tick.
     pub tick_interval: Duration,
     pub election_timeout_ticks_min: u32,
@@ -223,6 +260,11 @@ impl NodeConfig {
             kv_addr: kv_addr.into(),
             peers,
             data_dir: data_dir.into(),
+            snapshot_entries: 10_000,
+            snapshot_bytes: 64 << 20,
+            snapshot_catchup_entries: 5_000,
+            snapshot_sends_max: 2,
+            snapshot_on_blocking_thread: true,
             tick_interval: Duration::from_millis(50),
             election_timeout_ticks_min: 10,
             election_timeout_ticks_max: 20,
@@ -273,6 +315,11 @@ impl NodeConfig {
                 self.id
             )));
         }
+        if self.snapshot_entries == 0 || self.snapshot_bytes == 0 || self.snapshot_sends_max == 0 {
+            return Err(Error::Config(
+                "snapshot thresholds and the snapshot send limit must be positive".into(),
+            ));
+        }
         if self.tick_interval.is_zero() || self.inbox_capacity == 0 {
             return Err(Error::Config(
                 "tick interval and inbox capacity must be positive".into(),
@@ -292,6 +339,13 @@ pub struct Status {
     pub commit_index: LogIndex,
     pub applied_index: LogIndex,
     pub last_index: LogIndex,
+    /// Where the newest durable snapshot ends (0: none).
+    pub snapshot_index: LogIndex,
+    /// Where the log in memory starts after.
+    pub compacted_index: LogIndex,
+    /// Snapshots taken here, and installed from a leader, since start.
+    pub snapshots_taken: u64,
+    pub snapshots_installed: u64,
     /// Set when the node stopped on a fatal error (a storage failure).
     pub failure: Option<String>,
 }
@@ -335,12 +389,50 @@ impl Node {
     ) -> Result<Node> {
         config.validate()?;
         let span = info_span!("node", id = config.id.0, addr = %config.raft_addr);
-        let (hard_state, entries) = storage.recovered();
-        if let Some(observer) = &config.observer {
-            observer.0.log_recovered(config.id, &entries);
+        let recovered = storage.recovered();
+        let snapshot = recovered.snapshot_meta();
+        let kv = match &recovered.snapshot {
+            Some(file) => KvStore::restore(file.data()).map_err(|e| Error::Storage {
+                path: format!("snapshot {}", snapshot.index),
+                offset: None,
+                reason: format!("the state machine does not load: {e}"),
+            })?,
+            None => KvStore::new(),
+        };
+        if kv.applied_meta() != snapshot {
+            return Err(Error::Storage {
+                path: format!("snapshot {}", snapshot.index),
+                offset: None,
+                reason: format!(
+                    "its state machine is at index {} (term {}), its header says {} (term {})",
+                    kv.applied(),
+                    kv.applied_meta().term,
+                    snapshot.index,
+                    snapshot.term
+                ),
+            });
         }
-        let raft = Raft::new(config.raft_config(), hard_state, entries);
+        if let Some(observer) = &config.observer {
+            observer
+                .0
+                .log_recovered(config.id, snapshot, &recovered.entries);
+        }
+        span.in_scope(|| {
+            info!(
+                snapshot = snapshot.index.0,
+                entries = recovered.entries.len(),
+                "restored from storage"
+            )
+        });
+        let raft = Raft::restore(
+            config.raft_config(),
+            recovered.hard_state,
+            snapshot,
+            recovered.entries,
+        );
         let storage_last_index = storage.last_index();
+        let snapshots = storage.snapshot_store();
+        let snapshot_sends = Arc::new(tokio::sync::Semaphore::new(config.snapshot_sends_max));
 
         let raft_listener = transport.bind(&config.raft_addr).await.map_err(|e| {
             Error::io(
@@ -370,6 +462,8 @@ impl Node {
                     config.peer_channel,
                 )?,
                 rpc_timeout: config.peer_channel.rpc_timeout,
+                snapshots: snapshots.clone(),
+                snapshot_sends: snapshot_sends.clone(),
             };
             let (sender, task) = peer::spawn(
                 config.id,
@@ -392,6 +486,10 @@ impl Node {
             commit_index: raft.log().commit(),
             applied_index: LogIndex(0),
             last_index: raft.log().last_index(),
+            snapshot_index: snapshot.index,
+            compacted_index: raft.log().offset().index,
+            snapshots_taken: 0,
+            snapshots_installed: 0,
             failure: None,
         };
         if let Some(observer) = &config.observer {
@@ -444,7 +542,21 @@ impl Node {
             durable,
             write_seq_issued: 0,
             write_seq_durable: 0,
-            kv: KvStore::new(),
+            kv,
+            snapshots,
+            snapshot_policy: SnapshotPolicy {
+                entries: config.snapshot_entries,
+                bytes: config.snapshot_bytes,
+                catchup_entries: config.snapshot_catchup_entries,
+                on_blocking_thread: config.snapshot_on_blocking_thread,
+            },
+            snapshot_base: snapshot.index,
+            bytes_since_snapshot: 0,
+            is_snapshotting: false,
+            install_pending: None,
+            compact_pending: None,
+            snapshots_taken: 0,
+            snapshots_installed: 0,
             own_kv_addr: config.kv_addr.clone(),
             peers,
             answers: Vec::new(),
@@ -523,6 +635,14 @@ impl Drop for Node {
     }
 }
 
+/// When to snapshot and how much log to keep (see [`NodeConfig`]).
+struct SnapshotPolicy {
+    entries: u64,
+    bytes: u64,
+    catchup_entries: u64,
+    on_blocking_thread: bool,
+}
+
 /// Inputs handled per batch before the driver persists and sends.
 const INPUT_BATCH_MAX: usize = 1024;
 
@@ -548,6 +668,11 @@ enum Held {
         oneshot::Sender<AppendEntriesResponse>,
         AppendEntriesResponse,
     ),
+    /// An installed snapshot's answer (it acknowledges like an append).
+    Installed(
+        oneshot::Sender<AppendEntriesResponse>,
+        AppendEntriesResponse,
+    ),
     Messages(Vec<(NodeId, Message)>),
 }
 
@@ -565,6 +690,22 @@ struct Driver {
     write_seq_issued: u64,
     write_seq_durable: u64,
     kv: KvStore,
+    /// This node's newest durable snapshot, for the peer senders.
+    snapshots: Arc<dyn SnapshotStore>,
+    snapshot_policy: SnapshotPolicy,
+    /// The applied index of the newest snapshot taken or installed, and the
+    /// entry bytes applied since.
+    snapshot_base: LogIndex,
+    bytes_since_snapshot: u64,
+    /// A snapshot is being written.
+    is_snapshotting: bool,
+    /// A snapshot accepted by the core, to hand to the disk with the next
+    /// `Ready`.
+    install_pending: Option<Arc<SnapshotFile>>,
+    /// Compact storage up to here with the next write.
+    compact_pending: Option<LogIndex>,
+    snapshots_taken: u64,
+    snapshots_installed: u64,
     own_kv_addr: String,
     /// Each peer's outgoing queue and KV address.
     peers: BTreeMap<NodeId, (mpsc::Sender<Message>, String)>,
@@ -662,6 +803,9 @@ impl Driver {
         if let Some((index, term)) = durable.last {
             self.raft.persisted(index, term);
         }
+        if let Some(meta) = durable.installed {
+            self.raft.snapshot_saved(meta);
+        }
         self.release_held();
         true
     }
@@ -687,6 +831,16 @@ impl Driver {
                 let response = self.raft.handle_append_entries(request);
                 self.answers.push(Held::Append(reply, response));
             }
+            Input::InstallSnapshot {
+                request,
+                file,
+                reply,
+            } => self.install_snapshot(request, file, reply),
+            Input::SnapshotSaved {
+                meta,
+                digest,
+                result,
+            } => self.snapshot_saved(meta, digest, result),
             Input::RequestVoteResponse { from, response } => {
                 self.raft.handle_request_vote_response(from, response)
             }
@@ -694,6 +848,7 @@ impl Driver {
                 self.raft.handle_append_entries_response(from, response)
             }
             Input::Unreachable { peer } => self.raft.report_unreachable(peer),
+            Input::SnapshotFailed { peer } => self.raft.report_snapshot_failed(peer),
             Input::Propose { command, reply } => self.propose(command, reply),
             Input::Read { key, reply } => self.read(key, reply),
             Input::Inspect { reply } => {
@@ -715,6 +870,9 @@ impl Driver {
         let message = match &input {
             Input::RequestVote { request, .. } => PeerMessage::RequestVote(request.clone()),
             Input::AppendEntries { request, .. } => PeerMessage::AppendEntries(request.clone()),
+            Input::InstallSnapshot { request, file, .. } => {
+                PeerMessage::InstallSnapshot(request.clone(), file.clone())
+            }
             Input::RequestVoteResponse { from, response } => PeerMessage::RequestVoteResponse {
                 from: *from,
                 response: response.clone(),
@@ -734,6 +892,11 @@ impl Driver {
                 },
                 PeerMessage::AppendEntries(request) => Input::AppendEntries {
                     request,
+                    reply: oneshot::channel().0,
+                },
+                PeerMessage::InstallSnapshot(request, file) => Input::InstallSnapshot {
+                    request,
+                    file,
                     reply: oneshot::channel().0,
                 },
                 PeerMessage::RequestVoteResponse { from, response } => {
@@ -822,6 +985,144 @@ impl Driver {
         }
     }
 
+    /// A snapshot from the leader: its data must load before the core sees
+    /// it; if the core accepts it, the state machine is replaced at once (it
+    /// is committed) and the disk installs the file with the next write.
+    fn install_snapshot(
+        &mut self,
+        request: InstallSnapshot,
+        file: Arc<SnapshotFile>,
+        reply: oneshot::Sender<AppendEntriesResponse>,
+    ) {
+        let meta = file.meta();
+        let kv = match KvStore::restore(file.data()) {
+            Ok(kv) if kv.applied_meta() == meta => kv,
+            Ok(kv) => {
+                warn!(
+                    index = meta.index.0,
+                    data_index = kv.applied().0,
+                    "snapshot whose data does not match its header: refused"
+                );
+                return;
+            }
+            Err(e) => {
+                warn!(index = meta.index.0, error = %e, "snapshot data does not load: refused");
+                return;
+            }
+        };
+        let (response, is_accepted) = self.raft.handle_install_snapshot(request, meta);
+        if is_accepted {
+            // Commands proposed here at or below it may or may not be in it.
+            let below: Vec<LogIndex> = self
+                .proposals
+                .range(..=meta.index)
+                .map(|(&index, _)| index)
+                .collect();
+            for index in below {
+                if let Some(proposal) = self.proposals.remove(&index) {
+                    let _ = proposal.reply.send(Err(Error::Indeterminate(
+                        "this node installed a snapshot past the command".into(),
+                    )));
+                }
+            }
+            self.kv = kv;
+            self.snapshot_base = meta.index;
+            self.bytes_since_snapshot = 0;
+            self.snapshots_installed += 1;
+            self.install_pending = Some(file);
+            if let Some(observer) = &self.observer {
+                observer
+                    .0
+                    .snapshot_installed(self.raft.id(), meta, self.kv.digest());
+            }
+        }
+        self.answers.push(Held::Installed(reply, response));
+    }
+
+    /// Starts a snapshot if the policy says so and none is being written. The
+    /// state machine is cloned (O(1): persistent maps) and written by a task
+    /// of its own, so the driver goes on applying meanwhile.
+    fn maybe_snapshot(&mut self) {
+        let applied = self.kv.applied();
+        let entries_since = applied.0.saturating_sub(self.snapshot_base.0);
+        let policy = &self.snapshot_policy;
+        let is_due = entries_since >= policy.entries
+            || (entries_since > 0 && self.bytes_since_snapshot >= policy.bytes);
+        if self.is_snapshotting || !is_due {
+            return;
+        }
+        let meta = self.kv.applied_meta();
+        let kv = self.kv.clone();
+        let digest = self.observer.as_ref().map(|_| kv.digest());
+        self.is_snapshotting = true;
+        self.snapshot_base = meta.index;
+        self.bytes_since_snapshot = 0;
+        let store = self.snapshots.clone();
+        let inbox = self.own_inbox.clone();
+        let delay = store.save_delay();
+        let save = move || store.save(meta, Box::new(move |out| kv.write_snapshot(out)));
+        if is_planted(Bug::CompactBeforeSnapshotDurable) {
+            self.raft.snapshot_saved(meta);
+            self.compact();
+        }
+        if self.snapshot_policy.on_blocking_thread {
+            tokio::task::spawn_blocking(move || {
+                let result = save();
+                let _ = inbox.blocking_send(Input::SnapshotSaved {
+                    meta,
+                    digest,
+                    result,
+                });
+            });
+        } else {
+            tokio::spawn(async move {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                let result = save();
+                let _ = inbox
+                    .send(Input::SnapshotSaved {
+                        meta,
+                        digest,
+                        result,
+                    })
+                    .await;
+            });
+        }
+    }
+
+    /// A snapshot is durable: the core may send it, and the log below it
+    /// (but the catch-up tail) goes, in memory now and on disk with the next
+    /// write.
+    fn snapshot_saved(&mut self, meta: SnapshotMeta, digest: Option<u32>, result: Result<()>) {
+        self.is_snapshotting = false;
+        if let Err(e) = result {
+            // The log is still whole: nothing is lost. Retried at the next
+            // threshold.
+            error!(index = meta.index.0, error = %e, "writing a snapshot failed");
+            return;
+        }
+        self.snapshots_taken += 1;
+        self.raft.snapshot_saved(meta);
+        if let (Some(observer), Some(digest)) = (&self.observer, digest) {
+            observer.0.snapshot_taken(self.raft.id(), meta, digest);
+        }
+        self.compact();
+    }
+
+    /// Compacts the log below the newest durable snapshot (but the catch-up
+    /// tail): in memory now, on disk with the next write.
+    fn compact(&mut self) {
+        let before = self.raft.log().offset().index;
+        let to = self.raft.compact(self.snapshot_policy.catchup_entries);
+        if to > before {
+            self.compact_pending = Some(to);
+            if let Some(observer) = &self.observer {
+                observer.0.compacted(self.raft.id(), to);
+            }
+        }
+    }
+
     /// Carries out one `Ready` (see [`Ready`] for the order): hand the write
     /// to the disk task, send or hold messages and answers, apply, answer.
     /// Fails only if the disk task has stopped.
@@ -835,7 +1136,19 @@ impl Driver {
         if is_sent_now {
             self.send(std::mem::take(&mut ready.messages));
         }
-        if ready.hard_state.is_some() || !ready.entries.is_empty() {
+        let install = ready.snapshot.map(|meta| {
+            let file = self
+                .install_pending
+                .take()
+                .expect("the core accepts only snapshots the driver holds");
+            assert_eq!(file.meta(), meta, "the accepted snapshot is the one held");
+            file
+        });
+        if ready.hard_state.is_some()
+            || !ready.entries.is_empty()
+            || install.is_some()
+            || self.compact_pending.is_some()
+        {
             if let (Some(observer), false) = (&self.observer, ready.entries.is_empty()) {
                 observer.0.log_written(self.raft.id(), &ready.entries);
             }
@@ -843,7 +1156,9 @@ impl Driver {
             let write = disk::Write {
                 seq: self.write_seq_issued,
                 hard_state: ready.hard_state,
+                install,
                 entries: std::mem::take(&mut ready.entries),
+                compact: self.compact_pending.take(),
             };
             self.disk.send(write).await.map_err(|_| ())?;
         }
@@ -862,6 +1177,7 @@ impl Driver {
         self.release_held();
 
         for entry in ready.committed {
+            self.bytes_since_snapshot += entry.data.len() as u64;
             let outcome = self.kv.apply(&entry);
             if let Some(observer) = &self.observer {
                 observer.0.applied(self.raft.id(), &entry);
@@ -892,6 +1208,7 @@ impl Driver {
                     .push(read);
             }
         }
+        self.maybe_snapshot();
         let applied = self.kv.applied();
         while let Some(entry) = self.reads_waiting.first_entry() {
             if *entry.key() > applied {
@@ -937,6 +1254,16 @@ impl Driver {
                     }
                     let _ = reply.send(response);
                 }
+                Held::Installed(reply, response) => {
+                    if let (Some(observer), true) = (&self.observer, response.success) {
+                        observer.0.acknowledged(
+                            self.raft.id(),
+                            response.term,
+                            response.match_index,
+                        );
+                    }
+                    let _ = reply.send(response);
+                }
                 Held::Messages(messages) => self.send(messages),
             }
         }
@@ -949,10 +1276,15 @@ impl Driver {
                 warn!(to = to.0, "message for an unknown peer dropped");
                 continue;
             };
+            let is_snapshot = matches!(message, Message::InstallSnapshot(_));
             if sender.try_send(message).is_err() {
                 // The peer's queue is full (it is slow or down): drop, and let
                 // the core fall back to probing rather than block the loop.
-                self.raft.report_unreachable(to);
+                if is_snapshot {
+                    self.raft.report_snapshot_failed(to);
+                } else {
+                    self.raft.report_unreachable(to);
+                }
             }
         }
     }
@@ -966,6 +1298,10 @@ impl Driver {
             commit_index: self.raft.log().commit(),
             applied_index: self.kv.applied(),
             last_index: self.raft.log().last_index(),
+            snapshot_index: self.raft.snapshot().index,
+            compacted_index: self.raft.log().offset().index,
+            snapshots_taken: self.snapshots_taken,
+            snapshots_installed: self.snapshots_installed,
             failure: None,
         };
         let observer = self.observer.as_ref();

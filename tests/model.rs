@@ -17,7 +17,14 @@
 //! and the messages of a `Ready` that changed term or vote wait for the
 //! newest write handed out; a leader's other messages go at once. A crash
 //! loses every write not yet synced and the messages held for them, and the
-//! node restarts from its durable hard state and log only.
+//! node restarts from its durable hard state, snapshot and log only.
+//!
+//! Snapshots: a step `snapshot` writes a node's state machine (the entries it
+//! applied) as its durable snapshot and compacts its log, in memory and on
+//! disk, as far as the core allows (no catch-up tail, so followers need the
+//! snapshot as soon as possible). A leader's `InstallSnapshot` carries its
+//! durable snapshot at the time it is sent; the follower installs it through
+//! the core and its disk queue as the driver does.
 //!
 //! The network is an unordered multiset: any message may be delivered,
 //! dropped (its sender learns the RPC failed) or duplicated. Timeouts and
@@ -37,7 +44,8 @@ use std::time::Instant;
 
 use lattice::planted::Bug;
 use lattice::raft::{
-    AppendEntriesResponse, Config, Entry, HardState, Message, Raft, RequestVoteResponse, Role,
+    AppendEntriesResponse, Config, Entry, HardState, InstallSnapshot, Message, Raft,
+    RequestVoteResponse, Role, SnapshotMeta,
 };
 use lattice::{LogIndex, NodeId, Term};
 use stateright::{Checker, HasDiscoveries, Model, Property};
@@ -68,6 +76,8 @@ struct Bounds {
     crashes: u8,
     duplicates: u8,
     reads: u8,
+    /// Snapshots taken (by any node).
+    snapshots: u8,
     /// Entries per AppendEntries (small, so that batches can be reordered).
     append_entries_max: usize,
     /// Steps from the start: every execution of at most this many steps.
@@ -84,6 +94,7 @@ impl Bounds {
             crashes: 1,
             duplicates: 1,
             reads: 1,
+            snapshots: 1,
             append_entries_max: 1,
             depth: 18,
         }
@@ -123,6 +134,7 @@ impl Bounds {
             crashes: "LATTICE_MODEL_CRASHES",
             duplicates: "LATTICE_MODEL_DUPLICATES",
             reads: "LATTICE_MODEL_READS",
+            snapshots: "LATTICE_MODEL_SNAPSHOTS",
             depth: "LATTICE_MODEL_DEPTH",
             append_entries_max: "LATTICE_MODEL_APPEND_MAX"
         );
@@ -139,8 +151,13 @@ struct RaftModel {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum Payload {
     Request(Message),
+    /// An `InstallSnapshot` with the snapshot the sender's driver streams:
+    /// its durable snapshot (end and state) when the message left.
+    Snapshot(InstallSnapshot, SnapshotMeta, Vec<Entry>),
     VoteResponse(RequestVoteResponse),
     AppendResponse(AppendEntriesResponse),
+    /// The answer to a snapshot (losing it fails the snapshot send).
+    SnapshotResponse(AppendEntriesResponse),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -158,6 +175,14 @@ impl Envelope {
             to: perm[self.to],
             payload: match &self.payload {
                 Payload::Request(m) => Payload::Request(m.renamed(&rename)),
+                Payload::Snapshot(m, meta, data) => {
+                    let Message::InstallSnapshot(m) =
+                        Message::InstallSnapshot(m.clone()).renamed(&rename)
+                    else {
+                        unreachable!("renaming keeps the kind")
+                    };
+                    Payload::Snapshot(m, *meta, data.clone())
+                }
                 other => other.clone(),
             },
         }
@@ -166,9 +191,20 @@ impl Envelope {
     /// The requester of this RPC (who learns when it fails) and its peer.
     fn requester_and_peer(&self) -> (usize, usize) {
         match self.payload {
-            Payload::Request(_) => (self.from, self.to),
+            Payload::Request(_) | Payload::Snapshot(..) => (self.from, self.to),
             _ => (self.to, self.from),
         }
+    }
+
+    fn is_request(&self) -> bool {
+        matches!(self.payload, Payload::Request(_) | Payload::Snapshot(..))
+    }
+
+    fn is_snapshot(&self) -> bool {
+        matches!(
+            self.payload,
+            Payload::Snapshot(..) | Payload::SnapshotResponse(_)
+        )
     }
 }
 
@@ -177,6 +213,8 @@ impl Envelope {
 #[derive(Clone, Debug)]
 struct Write {
     hard_state: Option<HardState>,
+    /// A snapshot from the leader to install (its end and state).
+    install: Option<(SnapshotMeta, Vec<Entry>)>,
     entries: Vec<Entry>,
     held: Vec<Envelope>,
 }
@@ -185,7 +223,15 @@ struct Write {
 struct Node {
     raft: Raft,
     durable_hard_state: HardState,
-    durable_log: Vec<Entry>,
+    /// The durable snapshot: its end and the state (applied entries) in it.
+    durable_snapshot: (SnapshotMeta, Vec<Entry>),
+    /// The durable log by index (compaction removes its start).
+    durable_log: std::collections::BTreeMap<LogIndex, Entry>,
+    /// The state machine: every entry applied, in order (from a snapshot
+    /// after an install or a restart).
+    applied: Vec<Entry>,
+    /// A snapshot the core accepted, for the next `Ready`.
+    install_pending: Option<(SnapshotMeta, Vec<Entry>)>,
     /// Oldest first; they become durable in order.
     writes: VecDeque<Write>,
     /// Ghost: the highest commit index of this incarnation.
@@ -214,11 +260,15 @@ struct State {
     stale_read: Option<String>,
     /// A core assertion failed (a panic in the real code).
     panicked: Option<String>,
+    /// Ghost: a snapshot installed at or below the node's commit index.
+    stale_install: Option<String>,
     read_released: bool,
+    installed: bool,
     proposals: u8,
     reads_started: u8,
     crashes: u8,
     duplicates: u8,
+    snapshots: u8,
 }
 
 fn node_id(index: usize) -> NodeId {
@@ -256,13 +306,17 @@ impl State {
             node.raft.hash_protocol_state(&mut h, &rename);
             node.durable_hard_state.term.hash(&mut h);
             node.durable_hard_state.vote.map(rename).hash(&mut h);
+            node.durable_snapshot.hash(&mut h);
             node.durable_log.hash(&mut h);
+            node.applied.len().hash(&mut h);
+            node.install_pending.hash(&mut h);
             node.writes.len().hash(&mut h);
             for write in &node.writes {
                 write
                     .hard_state
                     .map(|s| (s.term, s.vote.map(rename)))
                     .hash(&mut h);
+                write.install.hash(&mut h);
                 write.entries.hash(&mut h);
                 multiset_hash(write.held.iter().map(|e| e.renamed(perm))).hash(&mut h);
             }
@@ -282,12 +336,15 @@ impl State {
         .hash(&mut h);
         self.stale_read.hash(&mut h);
         self.panicked.hash(&mut h);
+        self.stale_install.hash(&mut h);
         (
             self.read_released,
+            self.installed,
             self.proposals,
             self.reads_started,
             self.crashes,
             self.duplicates,
+            self.snapshots,
         )
             .hash(&mut h);
         h.finish()
@@ -313,8 +370,17 @@ impl State {
         self.network.len() + held
     }
 
+    /// A node's entry at `index`: in its log, or in the state it holds
+    /// below its log's start (its snapshot's).
     fn log_entry(&self, node: usize, index: u64) -> Option<&Entry> {
-        self.nodes[node].raft.log().get(LogIndex(index))
+        let node = &self.nodes[node];
+        match node.raft.log().get(LogIndex(index)) {
+            Some(entry) => Some(entry),
+            None if index <= node.raft.log().offset().index.0 => {
+                node.applied.get(index as usize - 1)
+            }
+            None => None,
+        }
     }
 }
 
@@ -361,6 +427,7 @@ enum Action {
     Propose(usize),
     Read(usize),
     Sync(usize),
+    Snapshot(usize),
     Crash(usize),
 }
 
@@ -372,10 +439,18 @@ impl RaftModel {
         let is_sent_now = ready.hard_state.is_none() && node.raft.role() == Role::Leader;
         let mut held: Vec<Envelope> = answer.into_iter().collect();
         for (to, message) in ready.messages {
+            let payload = match message {
+                // The driver streams its durable snapshot.
+                Message::InstallSnapshot(m) => {
+                    let (meta, data) = node.durable_snapshot.clone();
+                    Payload::Snapshot(m, meta, data)
+                }
+                message => Payload::Request(message),
+            };
             let envelope = Envelope {
                 from: n,
                 to: index_of(to),
-                payload: Payload::Request(message),
+                payload,
             };
             if is_sent_now {
                 state.network.push(envelope);
@@ -383,9 +458,20 @@ impl RaftModel {
                 held.push(envelope);
             }
         }
-        if ready.hard_state.is_some() || !ready.entries.is_empty() {
+        let install = ready.snapshot.map(|meta| {
+            let (held_meta, data) = node
+                .install_pending
+                .take()
+                .expect("the core accepts only a snapshot the driver holds");
+            assert_eq!(held_meta, meta);
+            node.applied = data.clone();
+            (meta, data)
+        });
+        node.applied.extend(ready.committed);
+        if ready.hard_state.is_some() || !ready.entries.is_empty() || install.is_some() {
             node.writes.push_back(Write {
                 hard_state: ready.hard_state,
+                install,
                 entries: ready.entries,
                 held: Vec::new(),
             });
@@ -444,11 +530,31 @@ impl RaftModel {
                     Payload::Request(Message::AppendEntries(request)) => {
                         Some(Payload::AppendResponse(raft.handle_append_entries(request)))
                     }
+                    Payload::Snapshot(request, meta, data) => {
+                        let commit = raft.log().commit();
+                        let (response, is_accepted) = raft.handle_install_snapshot(request, meta);
+                        if is_accepted {
+                            if meta.index <= commit {
+                                state.stale_install = Some(format!(
+                                    "n{} installed a snapshot at {} with its commit index at {}",
+                                    envelope.to + 1,
+                                    meta.index,
+                                    commit
+                                ));
+                            }
+                            state.installed = true;
+                            state.nodes[envelope.to].install_pending = Some((meta, data));
+                        }
+                        Some(Payload::SnapshotResponse(response))
+                    }
+                    Payload::Request(Message::InstallSnapshot(_)) => {
+                        unreachable!("snapshots travel as Payload::Snapshot")
+                    }
                     Payload::VoteResponse(response) => {
                         raft.handle_request_vote_response(from, response);
                         None
                     }
-                    Payload::AppendResponse(response) => {
+                    Payload::AppendResponse(response) | Payload::SnapshotResponse(response) => {
                         raft.handle_append_entries_response(from, response);
                         None
                     }
@@ -463,9 +569,12 @@ impl RaftModel {
             Action::Drop(envelope) => {
                 remove_one(&mut state.network, &envelope);
                 let (requester, peer) = envelope.requester_and_peer();
-                state.nodes[requester]
-                    .raft
-                    .report_unreachable(node_id(peer));
+                let raft = &mut state.nodes[requester].raft;
+                if envelope.is_snapshot() {
+                    raft.report_snapshot_failed(node_id(peer));
+                } else {
+                    raft.report_unreachable(node_id(peer));
+                }
                 self.process_ready(state, requester, None);
             }
             Action::Duplicate(envelope) => {
@@ -512,22 +621,61 @@ impl RaftModel {
                 if let (Some(hard_state), false) = (write.hard_state, is_hard_state_lost) {
                     node.durable_hard_state = hard_state;
                 }
+                if let Some((meta, data)) = write.install {
+                    // Storage keeps the log after the snapshot only if it
+                    // holds the snapshot's last entry.
+                    if node.durable_log.get(&meta.index).map(|e| e.term) != Some(meta.term) {
+                        node.durable_log.clear();
+                    }
+                    node.durable_snapshot = (meta, data);
+                    node.raft.snapshot_saved(meta);
+                }
                 if let (Some(first), Some(last)) = (write.entries.first(), write.entries.last()) {
-                    node.durable_log.truncate((first.index.0 - 1) as usize);
+                    node.durable_log.split_off(&first.index);
                     let last = (last.index, last.term);
-                    node.durable_log.extend(write.entries);
+                    node.durable_log
+                        .extend(write.entries.into_iter().map(|e| (e.index, e)));
                     node.raft.persisted(last.0, last.1);
                 }
                 state.network.extend(write.held);
                 self.process_ready(state, n, None);
             }
+            Action::Snapshot(n) => {
+                let node = &mut state.nodes[n];
+                let Some(last) = node.applied.last() else {
+                    return false;
+                };
+                let meta = SnapshotMeta {
+                    index: last.index,
+                    term: last.term,
+                };
+                if meta.index <= node.durable_snapshot.0.index {
+                    return false;
+                }
+                node.durable_snapshot = (meta, node.applied.clone());
+                node.raft.snapshot_saved(meta);
+                let to = node.raft.compact(0);
+                node.durable_log = node.durable_log.split_off(&to.next());
+                state.snapshots += 1;
+                self.process_ready(state, n, None);
+            }
             Action::Crash(n) => {
                 let node = &mut state.nodes[n];
-                node.raft = Raft::new(
+                let (meta, data) = node.durable_snapshot.clone();
+                let entries = node.durable_log.values().cloned().collect();
+                let (entries, is_reset) = lattice::storage::resume_log(meta, entries, "model")
+                    .expect("the durable log continues the snapshot");
+                if is_reset {
+                    node.durable_log.clear();
+                }
+                node.raft = Raft::restore(
                     raft_config(n, &self.bounds),
                     node.durable_hard_state,
-                    node.durable_log.clone(),
+                    meta,
+                    entries,
                 );
+                node.applied = data;
+                node.install_pending = None;
                 node.writes.clear();
                 node.commit_high = LogIndex(0);
                 state.reads.retain(|r| r.node != n);
@@ -548,12 +696,12 @@ impl RaftModel {
             }
             let commit = raft.log().commit();
             while (state.committed.len() as u64) < commit.0 {
-                let index = LogIndex(state.committed.len() as u64 + 1);
-                let entry = raft
-                    .log()
-                    .get(index)
-                    .expect("committed entries are in the log");
-                state.committed.push(entry.clone());
+                let index = state.committed.len() as u64 + 1;
+                let entry = state
+                    .log_entry(n, index)
+                    .expect("committed entries are in the log or the snapshot")
+                    .clone();
+                state.committed.push(entry);
             }
             let node = &mut state.nodes[n];
             node.commit_high = node.commit_high.max(commit);
@@ -582,7 +730,10 @@ impl Model for RaftModel {
                     Vec::new(),
                 ),
                 durable_hard_state: HardState::default(),
-                durable_log: Vec::new(),
+                durable_snapshot: (SnapshotMeta::default(), Vec::new()),
+                durable_log: std::collections::BTreeMap::new(),
+                applied: Vec::new(),
+                install_pending: None,
                 writes: VecDeque::new(),
                 commit_high: LogIndex(0),
             })
@@ -595,11 +746,14 @@ impl Model for RaftModel {
             reads: Vec::new(),
             stale_read: None,
             panicked: None,
+            stale_install: None,
             read_released: false,
+            installed: false,
             proposals: 0,
             reads_started: 0,
             crashes: 0,
             duplicates: 0,
+            snapshots: 0,
         }]
     }
 
@@ -623,13 +777,15 @@ impl Model for RaftModel {
             if !node.writes.is_empty() {
                 actions.push(Action::Sync(n));
             }
+            if state.snapshots < self.bounds.snapshots
+                && node.applied.len() as u64 > node.durable_snapshot.0.index.0
+            {
+                actions.push(Action::Snapshot(n));
+            }
             if node.raft.role() == Role::Leader {
                 // A heartbeat interval is long next to a message's flight:
                 // it fires when none of this leader's requests is out.
-                let is_quiet = !state
-                    .network
-                    .iter()
-                    .any(|e| e.from == n && matches!(e.payload, Payload::Request(_)));
+                let is_quiet = !state.network.iter().any(|e| e.from == n && e.is_request());
                 if is_quiet {
                     actions.push(Action::Heartbeat(n));
                 }
@@ -704,16 +860,36 @@ impl Model for RaftModel {
             Property::always(
                 "committed entries stay durable on a quorum",
                 |_, s: &State| {
-                    s.committed.iter().enumerate().all(|(i, entry)| {
+                    s.committed.iter().all(|entry| {
                         s.nodes
                             .iter()
-                            .filter(|node| node.durable_log.get(i) == Some(entry))
+                            .filter(|node| {
+                                node.durable_log.get(&entry.index) == Some(entry)
+                                    || node.durable_snapshot.1.get(entry.index.0 as usize - 1)
+                                        == Some(entry)
+                            })
                             .count()
                             >= QUORUM
                     })
                 },
             ),
             Property::always("read safety", |_, s: &State| s.stale_read.is_none()),
+            Property::always(
+                "a snapshot is never installed at or below the commit index",
+                |_, s: &State| s.stale_install.is_none(),
+            ),
+            Property::always(
+                "every snapshot and state machine is a committed prefix",
+                |_, s: &State| {
+                    s.nodes.iter().all(|node| {
+                        let is_prefix = |entries: &[Entry]| {
+                            entries.len() <= s.committed.len()
+                                && entries == &s.committed[..entries.len()]
+                        };
+                        is_prefix(&node.durable_snapshot.1) && is_prefix(&node.applied)
+                    })
+                },
+            ),
             Property::always("no core assertion fails", |_, s: &State| {
                 s.panicked.is_none()
             }),
@@ -726,6 +902,7 @@ impl Model for RaftModel {
             Property::sometimes("two leaders and a restart in one run", |_, s: &State| {
                 s.crashes > 0 && s.elected.len() >= 2
             }),
+            Property::sometimes("a follower installs a snapshot", |_, s: &State| s.installed),
         ]
     }
 }
@@ -735,13 +912,14 @@ impl Model for RaftModel {
 fn logs_match(s: &State, a: usize, b: usize) -> bool {
     let (log_a, log_b) = (s.nodes[a].raft.log(), s.nodes[b].raft.log());
     let last = log_a.last_index().min(log_b.last_index()).0;
-    let Some(agreed) = (1..=last)
+    let first = log_a.offset().index.max(log_b.offset().index).0 + 1;
+    let Some(agreed) = (first..=last)
         .rev()
         .find(|&i| log_a.term(LogIndex(i)) == log_b.term(LogIndex(i)))
     else {
         return true;
     };
-    (1..=agreed).all(|i| s.log_entry(a, i) == s.log_entry(b, i))
+    (first..=agreed).all(|i| s.log_entry(a, i) == s.log_entry(b, i))
 }
 
 /// Leader completeness as a state invariant: a node that a quorum could elect
@@ -774,7 +952,7 @@ fn incomplete_electable(s: &State) -> Option<(usize, &Entry)> {
 fn describe_node(node: &Node) -> String {
     let raft = &node.raft;
     let log = raft.log();
-    let entries: Vec<String> = (1..=log.last_index().0)
+    let entries: Vec<String> = (log.offset().index.0 + 1..=log.last_index().0)
         .map(|i| {
             let entry = log.get(LogIndex(i)).expect("within the log");
             if entry.data.is_empty() {
@@ -788,14 +966,24 @@ fn describe_node(node: &Node) -> String {
             }
         })
         .collect();
+    let snapshot = if log.offset().index.0 > 0 || node.durable_snapshot.0.index.0 > 0 {
+        format!(
+            "snapshot {}@t{} (durable {}) ",
+            log.offset().index,
+            log.offset().term,
+            node.durable_snapshot.0.index
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "{:?} term {} vote {} log [{}] commit {} durable {}/{} (term {} vote {})",
+        "{:?} term {} vote {} {snapshot}log [{}] commit {} durable {}/{} (term {} vote {})",
         raft.role(),
         raft.term(),
         describe_vote(raft.hard_state().vote),
         entries.join(" "),
         log.commit(),
-        node.durable_log.len(),
+        node.durable_log.keys().next_back().map_or(0, |i| i.0),
         log.last_index(),
         node.durable_hard_state.term,
         describe_vote(node.durable_hard_state.vote),
@@ -827,6 +1015,19 @@ fn describe_envelope(e: &Envelope) -> String {
                 m.leader_commit
             )
         }
+        Payload::Request(Message::InstallSnapshot(m)) | Payload::Snapshot(m, ..) => {
+            let end = match &e.payload {
+                Payload::Snapshot(_, meta, _) => format!(" of {}@t{}", meta.index, meta.term),
+                _ => String::new(),
+            };
+            format!("InstallSnapshot(term {}{end})", m.term)
+        }
+        Payload::SnapshotResponse(r) => format!(
+            "snapshot answer: {} up to {} (term {})",
+            if r.success { "ok" } else { "refused" },
+            r.match_index,
+            r.term
+        ),
         Payload::VoteResponse(r) => format!(
             "vote {} (term {})",
             if r.vote_granted { "granted" } else { "refused" },
@@ -853,6 +1054,7 @@ fn describe_action(action: &Action) -> String {
         Action::Propose(n) => format!("n{}: a client proposes a value", n + 1),
         Action::Read(n) => format!("n{}: a client starts a read", n + 1),
         Action::Sync(n) => format!("n{}: disk syncs its oldest write", n + 1),
+        Action::Snapshot(n) => format!("n{}: snapshots its state machine, compacts", n + 1),
         Action::Crash(n) => format!("n{}: CRASH, restarts from its durable state", n + 1),
     }
 }
@@ -889,6 +1091,9 @@ fn story(path: stateright::Path<State, Action>) -> String {
                 entry.index,
                 entry.term
             );
+        }
+        if let Some(install) = &s.stale_install {
+            let _ = writeln!(out, "     => {install}");
         }
         if let Some(panic) = &s.panicked {
             let _ = writeln!(out, "     => a core assertion failed: {panic}");
@@ -1043,10 +1248,20 @@ fn model_catalogue() -> Vec<(Bug, Bounds)> {
         crashes: 0,
         duplicates: 0,
         reads: 0,
+        snapshots: 0,
         append_entries_max: 1,
         depth: 40,
     };
     vec![
+        // A duplicated snapshot arrives after the first one was installed.
+        (
+            Bug::InstallSnapshotOlderThanCommit,
+            Bounds {
+                snapshots: 1,
+                duplicates: 1,
+                ..base
+            },
+        ),
         (Bug::ReadWithoutQuorumRound, Bounds { reads: 1, ..base }),
         (Bug::ReadBeforeOwnTermCommit, Bounds { reads: 1, ..base }),
         // Figure 8 needs three terms; the leaders' no-ops are entries enough.

@@ -7,14 +7,15 @@
 //! Nothing here may depend on anything but the entries (no clock, no RNG, no
 //! `HashMap` order).
 
-use std::collections::BTreeMap;
+use std::io::{self, Write};
 
+use imbl::OrdMap;
 use prost::Message as _;
 use tracing::warn;
 
 use crate::planted::{is_planted, Bug};
 use crate::proto;
-use crate::raft::{Entry, LogIndex};
+use crate::raft::{Entry, LogIndex, SnapshotMeta, Term};
 use crate::{Error, Result};
 
 /// A key is 1 byte to 4 KiB.
@@ -176,7 +177,7 @@ impl Command {
     }
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct Session {
     sequence: u64,
     /// Checksum of the command that used `sequence`: a different command
@@ -189,13 +190,18 @@ struct Session {
 }
 
 /// The map, the sessions and how far the log has been applied.
-#[derive(Debug, Default)]
+///
+/// The maps are persistent (shared structure), so a clone costs O(1): the
+/// driver snapshots a clone while it goes on applying to the original.
+#[derive(Clone, Debug, Default)]
 pub struct KvStore {
-    data: BTreeMap<Vec<u8>, Vec<u8>>,
-    sessions: BTreeMap<u64, Session>,
+    data: OrdMap<Vec<u8>, Vec<u8>>,
+    sessions: OrdMap<u64, Session>,
     /// Session client ids by the index of their last command, oldest first.
-    sessions_by_index: BTreeMap<LogIndex, u64>,
+    sessions_by_index: OrdMap<LogIndex, u64>,
     applied: LogIndex,
+    /// The term of the entry at `applied`.
+    applied_term: Term,
 }
 
 impl KvStore {
@@ -205,6 +211,14 @@ impl KvStore {
 
     pub fn applied(&self) -> LogIndex {
         self.applied
+    }
+
+    /// Where a snapshot of the store now would end.
+    pub fn applied_meta(&self) -> SnapshotMeta {
+        SnapshotMeta {
+            index: self.applied,
+            term: self.applied_term,
+        }
     }
 
     pub fn get(&self, key: &[u8]) -> Option<&Vec<u8>> {
@@ -239,6 +253,7 @@ impl KvStore {
             "entries are applied in order, each exactly once"
         );
         self.applied = entry.index;
+        self.applied_term = entry.term;
         if entry.data.is_empty() {
             return None;
         }
@@ -333,12 +348,172 @@ impl KvStore {
         }
         self.sessions_by_index.insert(index, client_id);
         while self.sessions.len() > SESSIONS_MAX {
-            let (_, oldest) = self
+            let (&index, &oldest) = self
                 .sessions_by_index
-                .pop_first()
+                .get_min()
+                .map(|(index, client)| (index, client))
                 .expect("the index holds one row per session");
+            self.sessions_by_index.remove(&index);
             self.sessions.remove(&oldest);
         }
+    }
+}
+
+// ------------------------------------------------------------ snapshots
+//
+// The data of a snapshot (the file around it is `storage::snapshot`), little
+// endian: applied index: u64, applied term: u64, key count: u64, then per key
+// key length: u32, key, value length: u32, value; session count: u64, then
+// per session client id: u64, sequence: u64, command CRC: u32, last index:
+// u64, outcome (tag: u8, then its fields).
+
+const OUTCOME_PUT: u8 = 0;
+const OUTCOME_DELETE: u8 = 1;
+const OUTCOME_CAS: u8 = 2;
+const OUTCOME_REJECTED: u8 = 3;
+
+fn write_bytes(out: &mut dyn Write, bytes: &[u8]) -> io::Result<()> {
+    out.write_all(&(bytes.len() as u32).to_le_bytes())?;
+    out.write_all(bytes)
+}
+
+impl KvStore {
+    /// Writes the store as a snapshot's data (see the layout above).
+    pub fn write_snapshot(&self, out: &mut dyn Write) -> io::Result<()> {
+        out.write_all(&self.applied.0.to_le_bytes())?;
+        out.write_all(&self.applied_term.0.to_le_bytes())?;
+        out.write_all(&(self.data.len() as u64).to_le_bytes())?;
+        for (key, value) in &self.data {
+            write_bytes(out, key)?;
+            write_bytes(out, value)?;
+        }
+        out.write_all(&(self.sessions.len() as u64).to_le_bytes())?;
+        for (client_id, session) in &self.sessions {
+            out.write_all(&client_id.to_le_bytes())?;
+            out.write_all(&session.sequence.to_le_bytes())?;
+            out.write_all(&session.command_crc.to_le_bytes())?;
+            out.write_all(&session.last_index.0.to_le_bytes())?;
+            match &session.outcome {
+                Outcome::Put => out.write_all(&[OUTCOME_PUT])?,
+                Outcome::Delete { existed } => out.write_all(&[OUTCOME_DELETE, *existed as u8])?,
+                Outcome::CompareAndSwap { swapped, current } => {
+                    out.write_all(&[OUTCOME_CAS, *swapped as u8, current.is_some() as u8])?;
+                    write_bytes(out, current.as_deref().unwrap_or_default())?;
+                }
+                Outcome::Rejected(reason) => {
+                    out.write_all(&[OUTCOME_REJECTED])?;
+                    write_bytes(out, reason.as_bytes())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A store from a snapshot's data. Anything malformed is an error, never
+    /// a panic and never a partial store.
+    pub fn restore(data: &[u8]) -> Result<KvStore> {
+        let mut reader = SnapshotData { data, at: 0 };
+        let mut store = KvStore {
+            applied: LogIndex(reader.u64()?),
+            applied_term: Term(reader.u64()?),
+            ..KvStore::default()
+        };
+        let keys = reader.u64()?;
+        for _ in 0..keys {
+            let key = reader.bytes()?.to_vec();
+            let value = reader.bytes()?.to_vec();
+            validate_key(&key)?;
+            validate_value(&value)?;
+            store.data.insert(key, value);
+        }
+        let sessions = reader.u64()?;
+        for _ in 0..sessions {
+            let client_id = reader.u64()?;
+            let sequence = reader.u64()?;
+            let command_crc = reader.u32()?;
+            let last_index = LogIndex(reader.u64()?);
+            let outcome = match reader.u8()? {
+                OUTCOME_PUT => Outcome::Put,
+                OUTCOME_DELETE => Outcome::Delete {
+                    existed: reader.u8()? != 0,
+                },
+                OUTCOME_CAS => {
+                    let swapped = reader.u8()? != 0;
+                    let is_present = reader.u8()? != 0;
+                    let current = reader.bytes()?.to_vec();
+                    Outcome::CompareAndSwap {
+                        swapped,
+                        current: is_present.then_some(current),
+                    }
+                }
+                OUTCOME_REJECTED => {
+                    Outcome::Rejected(String::from_utf8_lossy(reader.bytes()?).into_owned())
+                }
+                tag => return Err(reader.bad(&format!("unknown outcome tag {tag}"))),
+            };
+            if store
+                .sessions_by_index
+                .insert(last_index, client_id)
+                .is_some()
+            {
+                return Err(reader.bad("two sessions with one last index"));
+            }
+            store.sessions.insert(
+                client_id,
+                Session {
+                    sequence,
+                    command_crc,
+                    outcome,
+                    last_index,
+                },
+            );
+        }
+        if store.sessions.len() as u64 != sessions || store.data.len() as u64 != keys {
+            return Err(reader.bad("duplicate keys or sessions"));
+        }
+        if reader.at != data.len() {
+            return Err(reader.bad("trailing bytes"));
+        }
+        Ok(store)
+    }
+}
+
+/// Reads a snapshot's data with bounds checks.
+struct SnapshotData<'a> {
+    data: &'a [u8],
+    at: usize,
+}
+
+impl<'a> SnapshotData<'a> {
+    fn bad(&self, reason: &str) -> Error {
+        Error::InvalidArgument(format!("snapshot data at byte {}: {reason}", self.at))
+    }
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|&end| end <= self.data.len())
+            .ok_or_else(|| self.bad("truncated"))?;
+        let bytes = &self.data[self.at..end];
+        self.at = end;
+        Ok(bytes)
+    }
+    fn u8(&mut self) -> Result<u8> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
+    }
+    fn u64(&mut self) -> Result<u64> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+    fn bytes(&mut self) -> Result<&'a [u8]> {
+        let len = self.u32()? as usize;
+        self.take(len)
     }
 }
 
@@ -537,5 +712,42 @@ mod tests {
         );
         assert!(log.store.sessions.contains_key(&(SESSIONS_MAX as u64 + 10)));
         assert_eq!(log.store.sessions_by_index.len(), SESSIONS_MAX);
+    }
+
+    #[test]
+    fn a_snapshot_restores_the_same_store_and_garbage_is_refused() {
+        let mut log = Log::new();
+        log.apply(1, 1, put("a", "1"));
+        log.apply(2, 1, cas("b", None, "2"));
+        log.apply(2, 2, cas("b", Some("x"), "3"));
+        log.apply(3, 1, Operation::Delete { key: "a".into() });
+        log.apply(3, 2, put("c", ""));
+        let mut data = Vec::new();
+        log.store.write_snapshot(&mut data).expect("write");
+        let restored = KvStore::restore(&data).expect("restore");
+        assert_eq!(restored.applied(), LogIndex(5));
+        assert_eq!(restored.applied_meta().term, Term(1));
+        assert_eq!(restored.digest(), log.store.digest());
+        assert_eq!(restored.len(), 2);
+        assert_eq!(restored.sessions, log.store.sessions);
+        assert_eq!(restored.sessions_by_index, log.store.sessions_by_index);
+        // A retry after the restore still gets its first answer.
+        let mut continued = Log {
+            store: restored,
+            next: 6,
+        };
+        assert_eq!(
+            continued.apply(2, 2, cas("b", Some("x"), "3")),
+            Some(Outcome::CompareAndSwap {
+                swapped: false,
+                current: Some(b"2".to_vec())
+            })
+        );
+        for cut in 0..data.len() {
+            assert!(KvStore::restore(&data[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut longer = data.clone();
+        longer.push(0);
+        assert!(KvStore::restore(&longer).is_err());
     }
 }

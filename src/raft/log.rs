@@ -1,19 +1,23 @@
-//! The in-memory view of the log: every entry (no compaction yet), the commit
-//! index, how far the log was handed to storage and how far storage has made
-//! it durable.
+//! The in-memory view of the log: the entries after the compaction point
+//! (`offset`, whose term is kept), the commit index, how far the log was
+//! handed to storage and how far storage has made it durable.
 //!
 //! Invariants, asserted where they could break:
 //! - entries are contiguous: `entries[i].index == offset + 1 + i`;
 //! - terms never decrease along the log;
 //! - `commit` never goes backwards and never passes the last index;
-//! - a committed entry is never truncated or replaced.
+//! - a committed entry is never truncated or replaced;
+//! - `offset <= commit`: only committed entries are compacted away.
 
-use super::{Entry, LogIndex, Term};
+use super::{Entry, LogIndex, SnapshotMeta, Term};
 
 #[derive(Clone, Debug, Default, Hash)]
 pub struct RaftLog {
-    /// The index just before `entries[0]`; 0 until snapshots exist.
+    /// The index just before `entries[0]`: the compaction point (0 before
+    /// any), covered by a snapshot.
     offset: LogIndex,
+    /// The term of the entry at `offset`.
+    offset_term: Term,
     entries: Vec<Entry>,
     /// Highest index known committed (volatile; relearned after a restart).
     commit: LogIndex,
@@ -25,9 +29,15 @@ pub struct RaftLog {
 }
 
 impl RaftLog {
-    /// A log recovered from storage: every entry given is already durable.
-    pub fn recovered(entries: Vec<Entry>) -> Self {
-        let mut log = RaftLog::default();
+    /// A log recovered from storage: the snapshot it starts after (committed)
+    /// and the entries after it, all durable.
+    pub fn recovered(snapshot: SnapshotMeta, entries: Vec<Entry>) -> Self {
+        let mut log = RaftLog {
+            offset: snapshot.index,
+            offset_term: snapshot.term,
+            commit: snapshot.index,
+            ..RaftLog::default()
+        };
         for entry in entries {
             log.push(entry);
         }
@@ -41,7 +51,15 @@ impl RaftLog {
     }
 
     pub fn last_term(&self) -> Term {
-        self.entries.last().map_or(Term(0), |e| e.term)
+        self.entries.last().map_or(self.offset_term, |e| e.term)
+    }
+
+    /// The compaction point: entries at and below it are gone from memory.
+    pub fn offset(&self) -> SnapshotMeta {
+        SnapshotMeta {
+            index: self.offset,
+            term: self.offset_term,
+        }
     }
 
     pub fn commit(&self) -> LogIndex {
@@ -52,10 +70,11 @@ impl RaftLog {
         self.persisted
     }
 
-    /// The term of the entry at `index`; `Term(0)` for index 0; `None` past the end.
+    /// The term of the entry at `index`; `Term(0)` for index 0; `None` past
+    /// the end or below the compaction point.
     pub fn term(&self, index: LogIndex) -> Option<Term> {
         if index == self.offset {
-            return Some(Term(0));
+            return Some(self.offset_term);
         }
         self.get(index).map(|e| e.term)
     }
@@ -164,6 +183,51 @@ impl RaftLog {
             }
         }
         last_given
+    }
+
+    /// Drops the entries up to `index` (committed, covered by a snapshot).
+    pub fn compact_to(&mut self, index: LogIndex) {
+        if index <= self.offset {
+            return;
+        }
+        assert!(
+            index <= self.commit && index <= self.persisting,
+            "only committed entries handed to storage are compacted: {} with commit {}",
+            index,
+            self.commit
+        );
+        let term = self.term(index).expect("index is in the log");
+        self.entries.drain(..(index.0 - self.offset.0) as usize);
+        self.offset = index;
+        self.offset_term = term;
+    }
+
+    /// A snapshot from the leader replaces the log up to `snapshot.index`: the
+    /// entries after it are kept if the log holds the snapshot's last entry
+    /// (they follow a committed entry), else the log is emptied. The snapshot
+    /// is committed.
+    pub fn install(&mut self, snapshot: SnapshotMeta) {
+        // The planted bug installs a snapshot at or below the commit index
+        // and, as figure 13's step 7 says for a snapshot that does not match,
+        // discards the whole log: acknowledged entries after it go too.
+        let is_suffix_kept = snapshot.index >= self.offset
+            && self.term(snapshot.index) == Some(snapshot.term)
+            && !crate::planted::is_planted(crate::planted::Bug::InstallSnapshotOlderThanCommit);
+        if is_suffix_kept {
+            self.entries
+                .drain(..(snapshot.index.0 - self.offset.0) as usize);
+            self.persisting = self.persisting.max(snapshot.index);
+            self.persisted = self.persisted.max(snapshot.index);
+        } else {
+            self.entries.clear();
+            self.persisting = snapshot.index;
+            self.persisted = snapshot.index;
+        }
+        self.offset = snapshot.index;
+        self.offset_term = snapshot.term;
+        // Above the commit index on the correct path (the core refuses older
+        // snapshots); only the planted bug moves it back.
+        self.commit = snapshot.index;
     }
 
     /// Removes every entry at `index` and after. Never below the commit index.

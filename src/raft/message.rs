@@ -63,12 +63,26 @@ pub struct AppendEntriesResponse {
     pub rejected_index: LogIndex,
 }
 
+/// Leader -> follower: "your next entry is compacted away here: install my
+/// newest snapshot". The driver streams the snapshot itself (its index and
+/// term travel in the file's header); the follower answers with an
+/// `AppendEntriesResponse` whose `match_index` is the snapshot's index (or its
+/// own commit index, if that is already past it).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct InstallSnapshot {
+    pub term: Term,
+    pub leader: NodeId,
+    /// The leader's ReadIndex round when this was sent; echoed in the response.
+    pub read_round: u64,
+}
+
 /// A request the core wants sent to a peer; the driver delivers it and feeds the
 /// response (or the failure) back.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Message {
     RequestVote(RequestVote),
     AppendEntries(AppendEntries),
+    InstallSnapshot(InstallSnapshot),
 }
 
 impl Message {
@@ -76,6 +90,7 @@ impl Message {
         match self {
             Message::RequestVote(m) => m.term,
             Message::AppendEntries(m) => m.term,
+            Message::InstallSnapshot(m) => m.term,
         }
     }
 
@@ -88,6 +103,10 @@ impl Message {
                 ..m.clone()
             }),
             Message::AppendEntries(m) => Message::AppendEntries(AppendEntries {
+                leader: rename(m.leader),
+                ..m.clone()
+            }),
+            Message::InstallSnapshot(m) => Message::InstallSnapshot(InstallSnapshot {
                 leader: rename(m.leader),
                 ..m.clone()
             }),

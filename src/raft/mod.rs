@@ -43,9 +43,19 @@
 //! `tests/model.rs` model-checks this module as it is (stateright, every
 //! interleaving up to a bound): keep it deterministic and free of I/O.
 //!
+//! # Snapshots and compaction (thesis chapter 5)
+//!
+//! The driver snapshots the state machine now and then and reports it with
+//! [`Raft::snapshot_saved`]; [`Raft::compact`] then drops the log up to a
+//! point at or below it (never below what a snapshot being sent still needs:
+//! the follower installing it must find the entries after it). A follower
+//! whose next entry was compacted away gets `InstallSnapshot`: the core says
+//! when, the driver streams the newest snapshot file, and the follower's core
+//! decides in [`Raft::handle_install_snapshot`] whether to install it (never
+//! one at or below its commit index). While a snapshot is out to a follower its
+//! progress is paused; a failure goes back to probing.
+//!
 //! # Not implemented (yet)
-//! - Log compaction, snapshots and InstallSnapshot (the log always starts at 1;
-//!   `RaftLog` keeps an offset so a snapshot index can slot in).
 //! - PreVote and CheckQuorum (a partitioned node that rejoins bumps the term).
 //! - Leadership transfer, membership changes, learners.
 
@@ -56,7 +66,8 @@ mod progress;
 
 pub use log::RaftLog;
 pub use message::{
-    AppendEntries, AppendEntriesResponse, Entry, Message, RequestVote, RequestVoteResponse,
+    AppendEntries, AppendEntriesResponse, Entry, InstallSnapshot, Message, RequestVote,
+    RequestVoteResponse,
 };
 pub use node::{Config, NotLeader, Raft, ReadRejected, ReadState, Ready, Role};
 
@@ -106,6 +117,14 @@ impl fmt::Display for LogIndex {
 pub struct HardState {
     pub term: Term,
     pub vote: Option<NodeId>,
+}
+
+/// Where a snapshot of the state machine ends: the last log entry it
+/// contains. `SnapshotMeta::default()` (index 0) is "no snapshot".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct SnapshotMeta {
+    pub index: LogIndex,
+    pub term: Term,
 }
 
 #[cfg(test)]

@@ -11,8 +11,8 @@ use tracing::{debug, info, warn};
 
 use super::progress::{Progress, ProgressState};
 use super::{
-    AppendEntries, AppendEntriesResponse, Entry, HardState, LogIndex, Message, NodeId, RaftLog,
-    RequestVote, RequestVoteResponse, Term,
+    AppendEntries, AppendEntriesResponse, Entry, HardState, InstallSnapshot, LogIndex, Message,
+    NodeId, RaftLog, RequestVote, RequestVoteResponse, SnapshotMeta, Term,
 };
 use crate::planted::{is_planted, Bug};
 
@@ -114,9 +114,13 @@ struct PendingRead {
 /// What the driver must do with a `Ready`. Storage may work in the
 /// background (etcd's asynchronous storage writes): the core hands each entry
 /// to storage once and learns what is durable from [`Raft::persisted`].
-/// 1. Hand `hard_state` (if any) and `entries` to storage, in order after
-///    every earlier write (storage first truncates any stored suffix from
-///    `entries[0].index`), and sync.
+/// 1. Hand `hard_state` (if any), `snapshot` (if any) and `entries` to
+///    storage, in that order and after every earlier write, and sync.
+///    `snapshot` names the snapshot this node received and accepted: storage
+///    installs it (durably), keeping its log after it only if the log holds
+///    the snapshot's last entry, and the state machine is reset from it
+///    (at once: it is committed). Storage first truncates any stored suffix
+///    from `entries[0].index`.
 /// 2. `messages`: if `hard_state` is `None` and this node leads, send them at
 ///    once (a leader's own copy need not be durable before its followers
 ///    get the entries, thesis 10.2.1: the core counts it only once
@@ -132,6 +136,7 @@ struct PendingRead {
 #[derive(Debug, Default)]
 pub struct Ready {
     pub hard_state: Option<HardState>,
+    pub snapshot: Option<SnapshotMeta>,
     pub entries: Vec<Entry>,
     pub messages: Vec<(NodeId, Message)>,
     pub committed: Vec<Entry>,
@@ -152,6 +157,10 @@ pub struct Raft {
     log: RaftLog,
     /// Highest index handed to the driver for application.
     applied: LogIndex,
+    /// The newest snapshot storage holds durably (what a leader sends).
+    snapshot: SnapshotMeta,
+    /// A snapshot accepted from the leader, for the next `Ready`.
+    snapshot_accepted: Option<SnapshotMeta>,
     rng: StdRng,
     election_elapsed_ticks: u32,
     election_timeout_ticks: u32,
@@ -174,8 +183,21 @@ pub struct Raft {
 }
 
 impl Raft {
-    /// A node restored from its durable state (empty for a new node).
+    /// A node restored from its durable state (empty for a new node), with
+    /// no snapshot.
     pub fn new(config: Config, hard_state: HardState, entries: Vec<Entry>) -> Self {
+        Raft::restore(config, hard_state, SnapshotMeta::default(), entries)
+    }
+
+    /// A node restored from its durable state: the hard state, the newest
+    /// snapshot (the state machine is restored from it) and the log entries
+    /// after it.
+    pub fn restore(
+        config: Config,
+        hard_state: HardState,
+        snapshot: SnapshotMeta,
+        entries: Vec<Entry>,
+    ) -> Self {
         if let Err(reason) = config.validate() {
             panic!("invalid raft config (validate before constructing): {reason}");
         }
@@ -186,6 +208,18 @@ impl Raft {
             .filter(|&v| v != config.id)
             .collect();
         peers.sort();
+        // A snapshot is written beside the disk queue, so it can be durable
+        // while the hard state of its term is not yet: the node heard of that
+        // term but never answered in it (answers wait for the hard state),
+        // so it resumes in that term without a vote.
+        let hard_state = if snapshot.term > hard_state.term {
+            HardState {
+                term: snapshot.term,
+                vote: None,
+            }
+        } else {
+            hard_state
+        };
         let rng =
             StdRng::seed_from_u64(config.seed ^ config.id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let mut raft = Raft {
@@ -194,8 +228,10 @@ impl Raft {
             vote: hard_state.vote,
             role: Role::Follower,
             leader: None,
-            log: RaftLog::recovered(entries),
-            applied: LogIndex(0),
+            log: RaftLog::recovered(snapshot, entries),
+            applied: snapshot.index,
+            snapshot,
+            snapshot_accepted: None,
             rng,
             election_elapsed_ticks: 0,
             election_timeout_ticks: 0,
@@ -240,6 +276,10 @@ impl Raft {
     pub fn log(&self) -> &RaftLog {
         &self.log
     }
+    /// The newest durable snapshot, as last reported by the driver.
+    pub fn snapshot(&self) -> SnapshotMeta {
+        self.snapshot
+    }
     pub fn hard_state(&self) -> HardState {
         HardState {
             term: self.term,
@@ -259,6 +299,8 @@ impl Raft {
         self.leader.map(rename).hash(state);
         self.log.hash(state);
         self.applied.hash(state);
+        self.snapshot.hash(state);
+        self.snapshot_accepted.hash(state);
         let mut votes: Vec<NodeId> = self.votes_granted.iter().copied().map(rename).collect();
         votes.sort_unstable();
         votes.hash(state);
@@ -504,6 +546,16 @@ impl Raft {
         self.election_elapsed_ticks = 0;
         response.term = self.term;
 
+        let mut request = request;
+        let offset = self.log.offset();
+        if request.prev_log_index < offset.index {
+            // Anchored inside our snapshot (a late message, or a leader that
+            // does not know we installed one). Everything up to the snapshot
+            // is committed, so the leader holds it too: re-anchor there.
+            request.entries.retain(|e| e.index > offset.index);
+            request.prev_log_index = offset.index;
+            request.prev_log_term = offset.term;
+        }
         let prev = request.prev_log_index;
         match self.log.term(prev) {
             None => {
@@ -531,6 +583,65 @@ impl Raft {
         response.success = true;
         response.match_index = last_given;
         response
+    }
+
+    /// The leader sent its snapshot, ending at `snapshot`. Installed only if
+    /// it is past this node's commit index (an older one, late or duplicated,
+    /// would move the state machine back and cut acknowledged entries).
+    /// Returns the answer, held like an AppendEntries answer until the next
+    /// `Ready` is persisted, and whether it was accepted: then the next
+    /// `Ready` carries it, and the driver installs the data it received.
+    pub fn handle_install_snapshot(
+        &mut self,
+        request: InstallSnapshot,
+        snapshot: SnapshotMeta,
+    ) -> (AppendEntriesResponse, bool) {
+        let append = AppendEntries {
+            term: request.term,
+            leader: request.leader,
+            prev_log_index: self.log.commit(),
+            prev_log_term: self.log.term(self.log.commit()).unwrap_or_default(),
+            entries: Vec::new(),
+            leader_commit: LogIndex(0),
+            read_round: request.read_round,
+        };
+        // The term checks and the step down are AppendEntries' own: an
+        // empty one anchored at our commit index (always present, always
+        // matching a current leader's log) answers "I hold up to my commit".
+        let mut response = self.handle_append_entries(append);
+        if !response.success {
+            return (response, false);
+        }
+        let is_older = snapshot.index <= self.log.commit();
+        if is_older && !is_planted(Bug::InstallSnapshotOlderThanCommit) {
+            debug!(
+                index = snapshot.index.0,
+                commit = self.log.commit().0,
+                "snapshot at or below the commit index: not installed"
+            );
+            return (response, false);
+        }
+        if snapshot.term > self.term || snapshot.index.0 == 0 {
+            warn!(
+                index = snapshot.index.0,
+                term = snapshot.term.0,
+                "snapshot from the future or empty: refused"
+            );
+            response.success = false;
+            response.rejected_index = LogIndex(0);
+            return (response, false);
+        }
+        info!(
+            index = snapshot.index.0,
+            term = snapshot.term.0,
+            commit = self.log.commit().0,
+            "installing the leader's snapshot"
+        );
+        self.log.install(snapshot);
+        self.applied = snapshot.index;
+        self.snapshot_accepted = Some(snapshot);
+        response.match_index = snapshot.index;
+        (response, true)
     }
 
     /// Bad input never reaches the log: entries must follow `prev` one by one,
@@ -588,6 +699,18 @@ impl Raft {
         progress.read_round_acked = progress
             .read_round_acked
             .max(response.read_round.min(self.read_round));
+        if progress.snapshot_pending().is_some()
+            && (!response.success || response.match_index < self.log.offset().index)
+        {
+            // A snapshot is out: answers to heartbeats meanwhile say nothing
+            // new (resending the snapshot on each is hashicorp/raft #212's
+            // loop). Only the snapshot's own answer, or a failure, moves on.
+            if response.success {
+                progress.acknowledge_match(response.match_index);
+            }
+            self.release_reads();
+            return;
+        }
         if response.success {
             if response.match_index > last_index {
                 warn!(
@@ -634,9 +757,22 @@ impl Raft {
     }
 
     /// The driver could not deliver a message to `peer` (or got no answer).
+    /// A snapshot being sent is not affected: it has its own report,
+    /// [`Raft::report_snapshot_failed`].
     pub fn report_unreachable(&mut self, peer: NodeId) {
         if let Some(progress) = self.progress.get_mut(&peer) {
             if progress.state == ProgressState::Replicate {
+                let next = progress.match_index.next();
+                progress.probe_from(next);
+            }
+        }
+    }
+
+    /// Sending the snapshot to `peer` failed (or its answer was lost): probe
+    /// again, which sends a snapshot again if it still needs one.
+    pub fn report_snapshot_failed(&mut self, peer: NodeId) {
+        if let Some(progress) = self.progress.get_mut(&peer) {
+            if progress.snapshot_pending().is_some() {
                 let next = progress.match_index.next();
                 progress.probe_from(next);
             }
@@ -658,10 +794,29 @@ impl Raft {
             return false;
         }
         let prev = next.prev();
-        let prev_term = self
-            .log
-            .term(prev)
-            .expect("next index is at most last index + 1, so prev is in the log");
+        let Some(prev_term) = self.log.term(prev) else {
+            // Compacted away: the follower needs the snapshot.
+            assert!(
+                prev < self.log.offset().index,
+                "next index is at most last index + 1"
+            );
+            debug!(
+                to = peer.0,
+                next_index = next.0,
+                snapshot = self.snapshot.index.0,
+                "follower's next entry is compacted away: sending the snapshot"
+            );
+            progress.snapshot_sent(self.snapshot.index);
+            self.messages.push((
+                peer,
+                Message::InstallSnapshot(InstallSnapshot {
+                    term: self.term,
+                    leader: self.config.id,
+                    read_round: self.read_round,
+                }),
+            ));
+            return true;
+        };
         let entries = self.log.slice(
             next,
             last_index,
@@ -686,12 +841,13 @@ impl Raft {
     }
 
     /// An empty AppendEntries anchored at what `peer` is known to hold, so it
-    /// always succeeds on a healthy follower.
+    /// always succeeds on a healthy follower (or, if that was compacted away,
+    /// at the compaction point).
     fn send_heartbeat(&mut self, peer: NodeId) {
         let Some(progress) = self.progress.get(&peer) else {
             return;
         };
-        let prev = progress.match_index;
+        let prev = progress.match_index.max(self.log.offset().index);
         let prev_term = self
             .log
             .term(prev)
@@ -719,6 +875,32 @@ impl Raft {
                 self.send_heartbeat(peer);
             }
         }
+    }
+
+    // ------------------------------------------------------------ snapshots
+
+    /// Storage holds a snapshot ending at `snapshot` durably (taken here or
+    /// installed from the leader): a leader sends it from now on.
+    pub fn snapshot_saved(&mut self, snapshot: SnapshotMeta) {
+        if snapshot.index > self.snapshot.index {
+            self.snapshot = snapshot;
+        }
+    }
+
+    /// Drops the log from memory up to `keep` entries below the newest
+    /// durable snapshot, but never past a snapshot still being sent (its
+    /// follower needs the entries after it). Returns where the log now starts
+    /// after: the driver compacts storage to the same point.
+    pub fn compact(&mut self, keep: u64) -> LogIndex {
+        let mut to = LogIndex(self.snapshot.index.0.saturating_sub(keep));
+        for progress in self.progress.values() {
+            if let Some(pending) = progress.snapshot_pending() {
+                to = to.min(pending);
+            }
+        }
+        let to = to.min(self.log.persisting()).min(self.log.commit());
+        self.log.compact_to(to);
+        self.log.offset().index
     }
 
     /// Commits the highest index stored on a majority, if it is of our term
@@ -826,6 +1008,7 @@ impl Raft {
 
     pub fn has_ready(&self) -> bool {
         self.hard_state() != self.hard_state_handed
+            || self.snapshot_accepted.is_some()
             || self.log.persisting() < self.log.last_index()
             || self.applied < self.log.commit()
             || !self.messages.is_empty()
@@ -891,6 +1074,7 @@ impl Raft {
         self.hard_state_handed = hard_state;
         Ready {
             hard_state: hard_state_changed,
+            snapshot: self.snapshot_accepted.take(),
             entries: self.log.take_unpersisted(),
             messages: std::mem::take(&mut self.messages),
             committed,

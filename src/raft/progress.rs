@@ -12,6 +12,10 @@ pub enum ProgressState {
     Probe,
     /// The follower is keeping up: pipeline entries, up to the in-flight limit.
     Replicate,
+    /// The follower's next entry was compacted away: a snapshot ending at
+    /// `index` is being sent. Nothing else is sent (heartbeats aside) until
+    /// it is acknowledged or fails.
+    Snapshot { index: LogIndex },
 }
 
 #[derive(Clone, Debug, Hash)]
@@ -52,6 +56,7 @@ impl Progress {
         match self.state {
             ProgressState::Probe => self.is_probe_sent,
             ProgressState::Replicate => self.inflight_last_index.len() >= self.inflight_max,
+            ProgressState::Snapshot { .. } => true,
         }
     }
 
@@ -66,6 +71,9 @@ impl Progress {
                 );
                 self.next_index = last_index.next();
                 self.inflight_last_index.push_back(last_index);
+            }
+            ProgressState::Snapshot { .. } => {
+                unreachable!("nothing is sent while a snapshot is out")
             }
         }
     }
@@ -87,13 +95,20 @@ impl Progress {
         if self.next_index <= match_index {
             self.next_index = match_index.next();
         }
-        if self.state == ProgressState::Probe {
-            // The match point is found (even if it did not move): replicate.
+        if self.state != ProgressState::Replicate {
+            // The match point is found (even if it did not move), or the
+            // snapshot arrived: replicate.
             self.state = ProgressState::Replicate;
             self.is_probe_sent = false;
             self.next_index = match_index.next();
         }
         is_forward
+    }
+
+    /// A success while a snapshot is out: the match point may move, but the
+    /// follower stays paused for its snapshot.
+    pub fn acknowledge_match(&mut self, match_index: LogIndex) {
+        self.match_index = self.match_index.max(match_index);
     }
 
     /// The follower no longer holds what it acknowledged: start over.
@@ -108,6 +123,21 @@ impl Progress {
         self.is_probe_sent = false;
         self.inflight_last_index.clear();
         self.next_index = next_index.max(self.match_index.next());
+    }
+
+    /// A snapshot ending at `index` is on its way to the follower.
+    pub fn snapshot_sent(&mut self, index: LogIndex) {
+        self.state = ProgressState::Snapshot { index };
+        self.is_probe_sent = false;
+        self.inflight_last_index.clear();
+    }
+
+    /// The snapshot being sent, if any.
+    pub fn snapshot_pending(&self) -> Option<LogIndex> {
+        match self.state {
+            ProgressState::Snapshot { index } => Some(index),
+            _ => None,
+        }
     }
 
     /// A heartbeat interval passed: a probe that went unanswered may be retried.

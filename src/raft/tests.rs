@@ -29,6 +29,8 @@ enum Envelope {
     Request(NodeId, NodeId, Message),
     VoteResponse(NodeId, NodeId, RequestVoteResponse),
     AppendResponse(NodeId, NodeId, AppendEntriesResponse),
+    /// The answer to an InstallSnapshot (its loss fails the snapshot).
+    SnapshotResponse(NodeId, NodeId, AppendEntriesResponse),
 }
 
 impl Envelope {
@@ -36,16 +38,31 @@ impl Envelope {
         match self {
             Envelope::Request(f, t, _)
             | Envelope::VoteResponse(f, t, _)
-            | Envelope::AppendResponse(f, t, _) => (*f, *t),
+            | Envelope::AppendResponse(f, t, _)
+            | Envelope::SnapshotResponse(f, t, _) => (*f, *t),
         }
     }
 }
 
-/// Durable state of a node, as its storage would hold it.
+/// Durable state of a node, as its storage would hold it: the newest
+/// snapshot (the state machine is the applied entries up to it) and the log
+/// by index (never compacted here: storage's business).
 #[derive(Default, Clone)]
 struct Disk {
     hard_state: HardState,
-    entries: Vec<Entry>,
+    snapshot: SnapshotMeta,
+    snapshot_state: Vec<Entry>,
+    log: BTreeMap<LogIndex, Entry>,
+}
+
+impl Disk {
+    /// What a restart finds after the snapshot (as `storage::resume_log`).
+    fn entries_after_snapshot(&self) -> Vec<Entry> {
+        let entries = self.log.values().cloned().collect();
+        crate::storage::resume_log(self.snapshot, entries, "disk")
+            .expect("the test disk never has a gap")
+            .0
+    }
 }
 
 struct Cluster {
@@ -64,6 +81,10 @@ struct Cluster {
     /// Reads released (context) and dropped, per node.
     reads_released: BTreeMap<NodeId, Vec<u64>>,
     reads_dropped: BTreeMap<NodeId, Vec<u64>>,
+    /// A snapshot a node accepted, for its next ready: (meta, state).
+    installing: BTreeMap<NodeId, (SnapshotMeta, Vec<Entry>)>,
+    /// Snapshots installed, by node.
+    installs: BTreeMap<NodeId, usize>,
     delivered: usize,
 }
 
@@ -84,6 +105,8 @@ impl Cluster {
             applied_at: BTreeMap::new(),
             reads_released: BTreeMap::new(),
             reads_dropped: BTreeMap::new(),
+            installing: BTreeMap::new(),
+            installs: BTreeMap::new(),
             delivered: 0,
         };
         for id in 1..=n {
@@ -135,9 +158,21 @@ impl Cluster {
         if let Some(hs) = ready.hard_state {
             disk.hard_state = hs;
         }
+        if let Some(meta) = ready.snapshot {
+            let (held, state) = self.installing.remove(&id).expect("an accepted snapshot");
+            assert_eq!(held, meta);
+            if disk.log.get(&meta.index).map(|e| e.term) != Some(meta.term) {
+                disk.log.clear();
+            }
+            disk.snapshot = meta;
+            disk.snapshot_state = state.clone();
+            *self.installs.entry(id).or_default() += 1;
+            self.applied.insert(id, state);
+        }
         if let Some(first) = ready.entries.first() {
-            disk.entries.truncate(first.index.0 as usize - 1);
-            disk.entries.extend(ready.entries.iter().cloned());
+            disk.log.split_off(&first.index);
+            disk.log
+                .extend(ready.entries.iter().map(|e| (e.index, e.clone())));
         }
         for (to, message) in ready.messages {
             self.queue.push_back(Envelope::Request(id, to, message));
@@ -211,11 +246,23 @@ impl Cluster {
                 self.queue
                     .push_back(Envelope::AppendResponse(to, from, response));
             }
+            Envelope::Request(_, _, Message::InstallSnapshot(m)) => {
+                // The driver streams the sender's newest durable snapshot.
+                let disk = &self.disks[&from];
+                let (meta, state) = (disk.snapshot, disk.snapshot_state.clone());
+                let (response, is_accepted) = raft.handle_install_snapshot(m, meta);
+                if is_accepted {
+                    self.installing.insert(to, (meta, state));
+                }
+                self.process(to);
+                self.queue
+                    .push_back(Envelope::SnapshotResponse(to, from, response));
+            }
             Envelope::VoteResponse(_, _, r) => {
                 raft.handle_request_vote_response(from, r);
                 self.process(to);
             }
-            Envelope::AppendResponse(_, _, r) => {
+            Envelope::AppendResponse(_, _, r) | Envelope::SnapshotResponse(_, _, r) => {
                 raft.handle_append_entries_response(from, r);
                 self.process(to);
             }
@@ -225,16 +272,22 @@ impl Cluster {
     /// A lost request or response fails the RPC: the driver reports the peer
     /// unreachable to the requester, and so does the harness.
     fn drop_envelope(&mut self, envelope: Envelope) {
+        let is_snapshot = matches!(
+            envelope,
+            Envelope::Request(_, _, Message::InstallSnapshot(_)) | Envelope::SnapshotResponse(..)
+        );
         let (requester, peer) = match envelope {
             Envelope::Request(from, to, _) => (from, to),
-            Envelope::VoteResponse(from, to, _) | Envelope::AppendResponse(from, to, _) => {
-                (to, from)
-            }
+            Envelope::VoteResponse(from, to, _)
+            | Envelope::AppendResponse(from, to, _)
+            | Envelope::SnapshotResponse(from, to, _) => (to, from),
         };
-        self.nodes
-            .get_mut(&requester)
-            .expect("node exists")
-            .report_unreachable(peer);
+        let raft = self.nodes.get_mut(&requester).expect("node exists");
+        if is_snapshot {
+            raft.report_snapshot_failed(peer);
+        } else {
+            raft.report_unreachable(peer);
+        }
         self.process(requester);
     }
 
@@ -319,10 +372,36 @@ impl Cluster {
         let mut cfg = config(id.0, self.n);
         cfg.append_entries_max = self.nodes[&id].config().append_entries_max;
         cfg.seed = self.nodes[&id].config().seed.wrapping_add(1);
-        self.nodes
-            .insert(id, Raft::new(cfg, disk.hard_state, disk.entries));
-        self.applied.insert(id, Vec::new());
+        let entries = disk.entries_after_snapshot();
+        self.nodes.insert(
+            id,
+            Raft::restore(cfg, disk.hard_state, disk.snapshot, entries),
+        );
+        self.applied.insert(id, disk.snapshot_state.clone());
+        self.installing.remove(&id);
         self.queue.retain(|e| e.route().1 != id);
+    }
+
+    /// Snapshots `id`'s state machine at its applied index (durably), then
+    /// compacts its log keeping `keep` entries below the snapshot.
+    fn snapshot(&mut self, id: u64, keep: u64) -> LogIndex {
+        let node = NodeId(id);
+        let state = self.applied[&node].clone();
+        let Some(last) = state.last() else {
+            return LogIndex(0);
+        };
+        let meta = SnapshotMeta {
+            index: last.index,
+            term: last.term,
+        };
+        let disk = self.disks.get_mut(&node).expect("disk exists");
+        if meta.index > disk.snapshot.index {
+            disk.snapshot = meta;
+            disk.snapshot_state = state;
+        }
+        let raft = self.node_mut(id);
+        raft.snapshot_saved(meta);
+        raft.compact(keep)
     }
 
     fn propose(&mut self, id: u64, data: &str) -> LogIndex {
@@ -336,7 +415,7 @@ impl Cluster {
 
     fn log_terms(&self, id: u64) -> Vec<u64> {
         let log = self.node(id).log();
-        (1..=log.last_index().0)
+        (log.offset().index.0 + 1..=log.last_index().0)
             .map(|i| log.term(LogIndex(i)).expect("in log").0)
             .collect()
     }
@@ -1057,7 +1136,7 @@ fn restart_from_durable_state_keeps_term_vote_and_log() {
     c.propose(1, "a");
     c.deliver_all();
     let disk = c.disks[&NodeId(2)].clone();
-    let restarted = Raft::new(config(2, 3), disk.hard_state, disk.entries.clone());
+    let restarted = Raft::new(config(2, 3), disk.hard_state, disk.entries_after_snapshot());
     assert_eq!(restarted.term(), Term(1));
     assert_eq!(restarted.hard_state().vote, Some(NodeId(1)));
     assert_eq!(restarted.log().last_index(), LogIndex(2));
@@ -1073,6 +1152,7 @@ fn restart_from_durable_state_keeps_term_vote_and_log() {
 /// every step, and this checks log matching and leader completeness at the end.
 #[test]
 fn randomized_runs_keep_the_safety_invariants() {
+    let (mut installs, mut compacted) = (0, 0);
     for seed in 0..40u64 {
         let mut rng = StdRng::seed_from_u64(seed);
         let n = if seed % 2 == 0 { 3 } else { 5 };
@@ -1115,10 +1195,16 @@ fn randomized_runs_keep_the_safety_invariants() {
                         c.cut_link(a, b);
                     }
                 }
-                92..=96 => c.heal(),
+                92..=95 => c.heal(),
+                96..=97 => {
+                    // Snapshot and compact a node, keeping 0-4 entries.
+                    let id = rng.random_range(1..=n);
+                    c.snapshot(id, rng.random_range(0..5));
+                }
                 _ => {
                     // Crash and restart a node from its disk.
-                    c.restart(rng.random_range(1..=n));
+                    let id = rng.random_range(1..=n);
+                    c.restart(id);
                 }
             }
         }
@@ -1128,8 +1214,9 @@ fn randomized_runs_keep_the_safety_invariants() {
             for &b in &ids {
                 let (la, lb) = (c.node(a).log(), c.node(b).log());
                 let last = la.last_index().min(lb.last_index());
+                let first = la.offset().index.max(lb.offset().index).0 + 1;
                 let mut is_matched = false;
-                for i in (1..=last.0).rev() {
+                for i in (first..=last.0).rev() {
                     let i = LogIndex(i);
                     if is_matched {
                         assert_eq!(
@@ -1151,7 +1238,8 @@ fn randomized_runs_keep_the_safety_invariants() {
         // Leader completeness: a leader holds every entry anyone applied.
         for id in 1..=n {
             if c.node(id).role() == Role::Leader {
-                for (index, entry) in &c.applied_at {
+                let offset = c.node(id).log().offset().index;
+                for (index, entry) in c.applied_at.range(offset.next()..) {
                     assert_eq!(
                         c.node(id).log().get(*index),
                         Some(entry),
@@ -1162,5 +1250,286 @@ fn randomized_runs_keep_the_safety_invariants() {
         }
         assert!(c.delivered > 100, "seed {seed}: the run did something");
         assert!(!c.applied_at.is_empty(), "seed {seed}: something committed");
+        installs += c.installs.values().sum::<usize>();
+        compacted += (1..=n)
+            .filter(|&id| c.node(id).log().offset().index.0 > 0)
+            .count();
     }
+    assert!(
+        installs > 0 && compacted > 0,
+        "snapshots were installed ({installs}) and logs compacted ({compacted})"
+    );
+}
+
+// ------------------------------------------------------------ snapshots
+
+/// A follower restored from a snapshot at (`index`, `term`) with `after`
+/// entries (terms) following it.
+fn follower_from_snapshot(index: u64, term: u64, after: &[u64], current: u64) -> Raft {
+    let entries = after
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| Entry {
+            term: Term(t),
+            index: LogIndex(index + 1 + i as u64),
+            data: vec![t as u8],
+        })
+        .collect();
+    Raft::restore(
+        config(2, 3),
+        HardState {
+            term: Term(current),
+            vote: None,
+        },
+        SnapshotMeta {
+            index: LogIndex(index),
+            term: Term(term),
+        },
+        entries,
+    )
+}
+
+fn install(term: u64) -> InstallSnapshot {
+    InstallSnapshot {
+        term: Term(term),
+        leader: NodeId(1),
+        read_round: 0,
+    }
+}
+
+fn meta(index: u64, term: u64) -> SnapshotMeta {
+    SnapshotMeta {
+        index: LogIndex(index),
+        term: Term(term),
+    }
+}
+
+#[test]
+fn a_restart_from_a_snapshot_starts_committed_and_applied_at_it() {
+    let raft = follower_from_snapshot(10, 2, &[2, 3], 3);
+    assert_eq!(raft.log().offset(), meta(10, 2));
+    assert_eq!(raft.log().commit(), LogIndex(10), "a snapshot is committed");
+    assert_eq!(raft.log().last_index(), LogIndex(12));
+    assert_eq!(
+        raft.log().term(LogIndex(10)),
+        Some(Term(2)),
+        "the term at the snapshot"
+    );
+    assert_eq!(raft.log().term(LogIndex(9)), None, "compacted away");
+    // Its last term votes correctly even with no entries after the snapshot.
+    let bare = follower_from_snapshot(10, 2, &[], 3);
+    assert_eq!(bare.log().last_term(), Term(2));
+}
+
+#[test]
+fn append_entries_anchored_below_the_snapshot_is_re_anchored_at_it() {
+    // A late AppendEntries from before the snapshot: entries 6..12 after 5.
+    let mut raft = follower_from_snapshot(10, 2, &[], 3);
+    let r = raft.handle_append_entries(append(
+        3,
+        (5, 2),
+        &[(6, 2), (7, 2), (8, 2), (9, 2), (10, 2), (11, 3), (12, 3)],
+        12,
+    ));
+    assert!(r.success, "{r:?}");
+    assert_eq!(r.match_index, LogIndex(12));
+    assert_eq!(raft.log().offset().index, LogIndex(10));
+    assert_eq!(raft.log().last_index(), LogIndex(12));
+    assert_eq!(raft.log().commit(), LogIndex(12));
+    // A heartbeat anchored below the snapshot matches at the snapshot.
+    let mut raft = follower_from_snapshot(10, 2, &[3], 3);
+    let r = raft.handle_append_entries(append(3, (4, 1), &[], 10));
+    assert!(r.success);
+    assert_eq!(r.match_index, LogIndex(10));
+    assert_eq!(raft.log().last_index(), LogIndex(11), "nothing cut");
+}
+
+#[test]
+fn a_snapshot_at_or_below_the_commit_index_is_not_installed() {
+    let mut raft = follower_from_snapshot(10, 2, &[3, 3], 3);
+    raft.handle_append_entries(append(3, (12, 3), &[], 12));
+    assert_eq!(raft.log().commit(), LogIndex(12));
+    for index in [5, 10, 12] {
+        let (r, is_accepted) = raft.handle_install_snapshot(install(3), meta(index, 2));
+        assert!(!is_accepted, "snapshot at {index}");
+        assert!(r.success, "answered as an append at the commit index");
+        assert_eq!(r.match_index, LogIndex(12));
+        assert_eq!(raft.log().last_index(), LogIndex(12), "nothing cut");
+        assert_eq!(raft.log().commit(), LogIndex(12), "commit never moves back");
+    }
+    assert!(raft.ready().snapshot.is_none());
+}
+
+#[test]
+fn an_installed_snapshot_keeps_the_log_after_it_only_if_it_matches() {
+    // The log holds the snapshot's last entry: what follows it stays.
+    let mut raft = follower_with_terms(&[1, 1, 2, 2, 2], 2);
+    let (r, is_accepted) = raft.handle_install_snapshot(install(2), meta(3, 2));
+    assert!(is_accepted && r.success);
+    assert_eq!(r.match_index, LogIndex(3));
+    assert_eq!(raft.log().offset(), meta(3, 2));
+    assert_eq!(raft.log().last_index(), LogIndex(5));
+    assert_eq!(raft.log().commit(), LogIndex(3));
+    let ready = raft.ready();
+    assert_eq!(ready.snapshot, Some(meta(3, 2)));
+    assert!(
+        ready.committed.is_empty(),
+        "the snapshot is applied, not its entries"
+    );
+    // It holds another term there: the whole log goes.
+    let mut raft = follower_with_terms(&[1, 1, 1, 1, 1], 2);
+    let (_, is_accepted) = raft.handle_install_snapshot(install(2), meta(3, 2));
+    assert!(is_accepted);
+    assert_eq!(raft.log().last_index(), LogIndex(3));
+    assert_eq!(raft.log().last_term(), Term(2));
+    // Shorter than the snapshot: the log is emptied and continues after it.
+    let mut raft = follower_with_terms(&[1], 2);
+    raft.handle_install_snapshot(install(2), meta(30, 2));
+    assert_eq!(raft.log().offset(), meta(30, 2));
+    assert_eq!(raft.log().last_index(), LogIndex(30));
+    let r = raft.handle_append_entries(append(2, (30, 2), &[(31, 2)], 31));
+    assert!(r.success && r.match_index == LogIndex(31));
+}
+
+#[test]
+fn a_snapshot_from_a_stale_leader_is_refused() {
+    let mut raft = follower_with_terms(&[1], 5);
+    let (r, is_accepted) = raft.handle_install_snapshot(install(4), meta(30, 4));
+    assert!(!is_accepted && !r.success);
+    assert_eq!(r.term, Term(5));
+    assert_eq!(raft.log().last_index(), LogIndex(1));
+}
+
+/// Elects 1, cuts 3 off, commits `count` proposals on 1 and 2, then
+/// snapshots and compacts 1 keeping `keep` entries.
+fn lagging_follower(count: usize, keep: u64) -> Cluster {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.isolate(3);
+    c.heal();
+    c.cut_link(1, 3);
+    c.cut_link(2, 3);
+    for i in 0..count {
+        c.propose(1, &format!("v{i}"));
+        c.deliver_all();
+    }
+    c.heartbeat(1);
+    c.snapshot(1, keep);
+    c
+}
+
+#[test]
+fn a_follower_behind_the_compaction_point_catches_up_by_snapshot() {
+    let mut c = lagging_follower(20, 2);
+    assert_eq!(c.node(1).log().offset().index, LogIndex(19));
+    c.heal();
+    c.heartbeat(1);
+    c.heartbeat(1);
+    assert_eq!(c.installs.get(&NodeId(3)), Some(&1), "one snapshot, once");
+    assert_eq!(c.node(3).log().offset().index, LogIndex(21));
+    c.propose(1, "after");
+    c.deliver_all();
+    c.heartbeat(1);
+    assert_eq!(c.applied[&NodeId(3)], c.applied[&NodeId(1)]);
+    assert_eq!(c.node(3).log().commit(), LogIndex(22));
+}
+
+#[test]
+fn while_a_snapshot_is_out_nothing_else_is_sent_and_a_failure_probes_again() {
+    let mut c = lagging_follower(10, 0);
+    c.heal();
+    // Hold back everything to 3 but count what the leader sends it.
+    let sent_to_3 = |c: &Cluster| {
+        c.queue
+            .iter()
+            .filter(
+                |e| matches!(e, Envelope::Request(_, to, Message::InstallSnapshot(_)) if to.0 == 3),
+            )
+            .count()
+    };
+    for _ in 0..3 {
+        c.node_mut(1).tick();
+        c.node_mut(1).tick();
+        c.node_mut(1).tick();
+        c.process(NodeId(1));
+        // Deliver only heartbeats to 3 (its answers are rejections: it lacks
+        // the anchor) and nothing from 2.
+        let queue: Vec<Envelope> = c.queue.drain(..).collect();
+        for e in queue {
+            match &e {
+                Envelope::Request(_, to, Message::AppendEntries(_)) if to.0 == 3 => c.deliver(e),
+                _ => c.queue.push_back(e),
+            }
+        }
+        let responses: Vec<Envelope> = c
+            .queue
+            .iter()
+            .filter(|e| matches!(e, Envelope::AppendResponse(from, _, _) if from.0 == 3))
+            .cloned()
+            .collect();
+        c.queue
+            .retain(|e| !matches!(e, Envelope::AppendResponse(from, _, _) if from.0 == 3));
+        for r in responses {
+            c.deliver(r);
+        }
+    }
+    assert_eq!(
+        sent_to_3(&c),
+        1,
+        "one snapshot in flight, not one per heartbeat"
+    );
+    // The snapshot is lost: the leader hears of it and sends it again.
+    let lost = c
+        .queue
+        .iter()
+        .position(|e| matches!(e, Envelope::Request(_, _, Message::InstallSnapshot(_))))
+        .expect("the snapshot is queued");
+    let lost = c.queue.remove(lost).expect("in range");
+    c.drop_envelope(lost);
+    c.heartbeat(1);
+    assert_eq!(c.installs.get(&NodeId(3)), Some(&1));
+    assert_eq!(c.applied[&NodeId(3)], c.applied[&NodeId(1)]);
+}
+
+#[test]
+fn compaction_stops_at_a_snapshot_being_sent_and_at_the_durable_snapshot() {
+    let mut c = lagging_follower(10, 0);
+    c.heal();
+    c.node_mut(1).tick();
+    c.node_mut(1).tick();
+    c.node_mut(1).tick();
+    c.process(NodeId(1));
+    // The snapshot is on its way to 3 (held here, neither delivered nor lost).
+    let position = c
+        .queue
+        .iter()
+        .position(|e| matches!(e, Envelope::Request(_, _, Message::InstallSnapshot(_))))
+        .expect("a snapshot is sent");
+    let in_flight = c.queue.remove(position).expect("in range");
+    let pending = c.node(1).snapshot().index;
+    c.isolate(3);
+    for i in 0..5 {
+        c.propose(1, &format!("w{i}"));
+        c.deliver_all();
+    }
+    c.heartbeat(1);
+    c.heal();
+    let offset = c.snapshot(1, 0);
+    assert!(c.node(1).snapshot().index > pending);
+    assert_eq!(
+        offset, pending,
+        "the follower installing {pending} needs what follows it"
+    );
+    // It arrives, and the follower catches up by entries from there.
+    c.deliver(in_flight);
+    c.deliver_all();
+    c.heartbeat(1);
+    assert_eq!(c.installs.get(&NodeId(3)), Some(&1));
+    assert_eq!(c.applied[&NodeId(3)], c.applied[&NodeId(1)]);
+    // Compaction never passes the durable snapshot, whatever is asked.
+    let mut c = lagging_follower(5, 0);
+    let snapshot = c.node(1).snapshot().index;
+    c.propose(1, "x");
+    c.deliver_all();
+    assert_eq!(c.node_mut(1).compact(0), snapshot);
 }

@@ -5,6 +5,7 @@
 //! never waits on the driver and the driver waits on the disk only when
 //! `WRITES_QUEUED_MAX` writes are already queued.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -12,8 +13,8 @@ use tokio::task::JoinHandle;
 use tracing::{error, Instrument, Span};
 
 use crate::planted::{is_planted, Bug};
-use crate::raft::{Entry, HardState, LogIndex, Term};
-use crate::storage::Storage;
+use crate::raft::{Entry, HardState, LogIndex, SnapshotMeta, Term};
+use crate::storage::{SnapshotFile, Storage};
 use crate::Result;
 
 /// Writes queued for the disk task before the driver waits.
@@ -25,8 +26,12 @@ const WRITES_PER_SYNC_MAX: usize = 256;
 pub(super) struct Write {
     pub seq: u64,
     pub hard_state: Option<HardState>,
+    /// A snapshot from the leader to install before `entries`.
+    pub install: Option<Arc<SnapshotFile>>,
     /// Contiguous; storage first removes what it holds from `entries[0].index`.
     pub entries: Vec<Entry>,
+    /// Delete the log up to here (whole segments), after the rest.
+    pub compact: Option<LogIndex>,
 }
 
 /// What is durable: every write up to `seq`, and the log up to `last`.
@@ -35,6 +40,8 @@ pub(super) struct Durable {
     pub seq: u64,
     /// The last entry in storage after the latest write that had entries.
     pub last: Option<(LogIndex, Term)>,
+    /// The newest snapshot installed from a leader.
+    pub installed: Option<SnapshotMeta>,
     /// Set when storage failed; the task has stopped.
     pub failure: Option<String>,
 }
@@ -65,10 +72,17 @@ async fn run(
         match write_batch(&mut *storage, &batch, is_sync_skipped).await {
             Ok(last) => {
                 let seq = batch.last().map_or(0, |w| w.seq);
+                let installed = batch
+                    .iter()
+                    .rev()
+                    .find_map(|w| w.install.as_ref().map(|f| f.meta()));
                 durable.send_modify(|d| {
                     d.seq = seq;
                     if last.is_some() {
                         d.last = last;
+                    }
+                    if installed.is_some() {
+                        d.installed = installed;
                     }
                 });
             }
@@ -97,7 +111,12 @@ async fn write_batch(
         }
     }
     let mut last = None;
+    let mut compact = None;
     for write in batch {
+        if let Some(file) = &write.install {
+            storage.install_snapshot(file)?;
+        }
+        compact = compact.max(write.compact);
         if let Some(entry) = write.entries.last() {
             storage.append(&write.entries)?;
             last = Some((entry.index, entry.term));
@@ -111,6 +130,9 @@ async fn write_batch(
         if !is_sync_skipped {
             storage.sync()?;
         }
+    }
+    if let Some(index) = compact {
+        storage.compact(index)?;
     }
     Ok(last)
 }

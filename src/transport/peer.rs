@@ -8,6 +8,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -22,8 +23,10 @@ use super::convert::*;
 use super::service::RAFT_MESSAGE_BYTES_MAX;
 use crate::proto::raft_client::RaftClient;
 use crate::proto::{self};
-use crate::raft::{Message, NodeId};
+use crate::raft::{InstallSnapshot, Message, NodeId};
 use crate::server::{Input, PeerConfig};
+use crate::storage::snapshot::CHUNK_BYTES;
+use crate::storage::SnapshotStore;
 
 /// Messages queued for one peer; past this the driver drops and re-probes.
 const QUEUE_CAPACITY: usize = 1024;
@@ -42,6 +45,10 @@ pub(crate) struct PeerChannels {
     pub votes: Channel,
     pub replication: Channel,
     pub rpc_timeout: Duration,
+    /// Where the snapshots to send are read from.
+    pub snapshots: Arc<dyn SnapshotStore>,
+    /// Snapshot sends allowed at once, shared by all of a node's peers.
+    pub snapshot_sends: Arc<tokio::sync::Semaphore>,
 }
 
 pub(crate) fn spawn(
@@ -65,6 +72,8 @@ pub(crate) fn spawn(
         votes: client(channels.votes),
         replication: client(channels.replication),
         rpc_timeout: channels.rpc_timeout,
+        snapshots: channels.snapshots,
+        snapshot_sends: channels.snapshot_sends,
         stream_in_flight_max: appends_in_flight_max.max(1) + STREAM_SLACK,
         inbox,
         stream: None,
@@ -93,6 +102,7 @@ struct Stream {
 enum Event {
     Shutdown,
     Vote(Result<Result<Input, Status>, tokio::task::JoinError>),
+    Snapshot(Result<Result<Input, Status>, tokio::task::JoinError>),
     Opened(Result<Streaming<proto::AppendEntriesResponse>, Status>),
     Response(Result<Option<proto::AppendEntriesResponse>, Status>),
     Overdue,
@@ -127,6 +137,8 @@ struct PeerSender {
     votes: RaftClient<Channel>,
     replication: RaftClient<Channel>,
     rpc_timeout: Duration,
+    snapshots: Arc<dyn SnapshotStore>,
+    snapshot_sends: Arc<tokio::sync::Semaphore>,
     /// Messages in flight on the stream; one more is a stalled stream.
     stream_in_flight_max: usize,
     inbox: mpsc::Sender<Input>,
@@ -144,6 +156,7 @@ impl PeerSender {
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut votes: JoinSet<Result<Input, Status>> = JoinSet::new();
+        let mut snapshot_sends: JoinSet<Result<Input, Status>> = JoinSet::new();
         // One timer for the oldest AppendEntries in flight, moved only when
         // that message changes (not re-armed on every wake-up).
         let overdue = tokio::time::sleep(self.rpc_timeout);
@@ -163,6 +176,9 @@ impl PeerSender {
                 biased;
                 _ = shutdown.changed() => Event::Shutdown,
                 Some(joined) = votes.join_next(), if !votes.is_empty() => Event::Vote(joined),
+                Some(joined) = snapshot_sends.join_next(), if !snapshot_sends.is_empty() => {
+                    Event::Snapshot(joined)
+                }
                 event = stream_event(&mut self.stream) => event,
                 _ = &mut overdue, if overdue_at.is_some() => Event::Overdue,
                 message = queue.recv(), if votes.len() < VOTES_IN_FLIGHT_MAX => Event::Queued(message),
@@ -180,6 +196,45 @@ impl PeerSender {
                     Input::Unreachable { peer: self.peer.id }
                 }
                 Event::Vote(Err(_)) => Input::Unreachable { peer: self.peer.id },
+                Event::Snapshot(Ok(Ok(input))) => {
+                    self.mark_up();
+                    input
+                }
+                Event::Snapshot(Ok(Err(status))) => {
+                    warn!(
+                        peer = self.peer.id.0,
+                        "sending the snapshot failed: {}",
+                        describe(&status)
+                    );
+                    Input::SnapshotFailed { peer: self.peer.id }
+                }
+                Event::Snapshot(Err(_)) => Input::SnapshotFailed { peer: self.peer.id },
+                Event::Queued(Some(Message::InstallSnapshot(request))) => {
+                    let permit = self.snapshot_sends.clone().try_acquire_owned();
+                    match permit {
+                        Ok(permit) if snapshot_sends.is_empty() => {
+                            let send = send_snapshot(
+                                self.replication.clone(),
+                                self.snapshots.clone(),
+                                self.id,
+                                self.peer.id,
+                                request,
+                                self.rpc_timeout,
+                            );
+                            snapshot_sends.spawn(
+                                async move {
+                                    let result = send.await;
+                                    drop(permit);
+                                    result
+                                }
+                                .in_current_span(),
+                            );
+                            continue;
+                        }
+                        // Too many snapshots out: the core probes again later.
+                        _ => Input::SnapshotFailed { peer: self.peer.id },
+                    }
+                }
                 Event::Opened(Ok(responses)) => {
                     if let Some(stream) = &mut self.stream {
                         stream.responses = Some(responses);
@@ -343,6 +398,76 @@ fn describe(status: &Status) -> String {
         return status.message().to_string();
     }
     root.to_string()
+}
+
+/// Streams the newest snapshot to `to` in chunks and returns its answer. The
+/// whole send gets `rpc_timeout` per chunk plus a few for the install.
+async fn send_snapshot(
+    mut client: RaftClient<Channel>,
+    snapshots: Arc<dyn SnapshotStore>,
+    from: NodeId,
+    to: NodeId,
+    request: InstallSnapshot,
+    rpc_timeout: Duration,
+) -> Result<Input, Status> {
+    let mut reader = snapshots
+        .open_latest()
+        .map_err(|e| Status::internal(format!("opening the snapshot: {e}")))?
+        .ok_or_else(|| Status::failed_precondition("no snapshot to send"))?;
+    let meta = reader.meta();
+    let total = reader.file_bytes();
+    let chunk_count = total.div_ceil(CHUNK_BYTES as u64).max(1);
+    info!(
+        peer = to.0,
+        index = meta.index.0,
+        bytes = total,
+        "sending snapshot"
+    );
+    let (chunks, outgoing) = mpsc::channel(2);
+    tokio::spawn(
+        async move {
+            let mut offset = 0u64;
+            loop {
+                let data = match reader.read_chunk(CHUNK_BYTES) {
+                    Ok(data) => data,
+                    Err(e) => {
+                        // Ending without a last chunk aborts the call.
+                        warn!(error = %e, "reading the snapshot to send failed");
+                        return;
+                    }
+                };
+                let next = offset + data.len() as u64;
+                let done = next >= total || data.is_empty();
+                let chunk = proto::InstallSnapshotChunk {
+                    from: from.0,
+                    to: to.0,
+                    term: request.term.0,
+                    read_round: request.read_round,
+                    offset,
+                    data,
+                    done,
+                };
+                if chunks.send(chunk).await.is_err() || done {
+                    return;
+                }
+                offset = next;
+            }
+        }
+        .in_current_span(),
+    );
+    let chunks = ReceiverStream::new(outgoing);
+    let deadline = rpc_timeout * (4 + chunk_count as u32);
+    let response = tokio::time::timeout(deadline, client.install_snapshot(chunks))
+        .await
+        .map_err(|_| {
+            Status::deadline_exceeded(format!("no answer to the snapshot in {deadline:?}"))
+        })??
+        .into_inner();
+    check_sender(to, response.from)?;
+    Ok(Input::AppendEntriesResponse {
+        from: to,
+        response: append_entries_response_from_proto(response),
+    })
 }
 
 async fn request_vote(

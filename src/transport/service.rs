@@ -18,8 +18,9 @@ use crate::kv::{self, Command, Operation, Outcome};
 use crate::proto::kv_server::{Kv, KvServer};
 use crate::proto::raft_server::{Raft, RaftServer};
 use crate::proto::{self};
-use crate::raft::NodeId;
+use crate::raft::{InstallSnapshot, NodeId, Term};
 use crate::server::Input;
+use crate::storage::SnapshotFile;
 use crate::{Error, Result};
 
 /// Largest peer message: a batch of entries (`append_bytes_max`) plus one
@@ -28,6 +29,10 @@ pub const RAFT_MESSAGE_BYTES_MAX: usize = 16 << 20;
 /// Terms beyond this are refused: no real cluster gets near it, and a forged
 /// one could otherwise overflow the term counter.
 pub const TERM_MAX: u64 = 1 << 62;
+
+/// Largest snapshot a follower accepts (it is held in memory while it
+/// arrives).
+pub const SNAPSHOT_BYTES_MAX: u64 = 4 << 30;
 
 /// Largest client message: a compare-and-swap with two maximal values.
 pub const KV_MESSAGE_BYTES_MAX: usize =
@@ -257,6 +262,71 @@ impl Raft for RaftService {
         let (reply, answer) = oneshot::channel();
         let input = Input::AppendEntries {
             request: append_entries_from_proto(message),
+            reply,
+        };
+        let response = self.ask(input, answer).await?;
+        Ok(Response::new(append_entries_response_to_proto(
+            self.id, response,
+        )))
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<tonic::Streaming<proto::InstallSnapshotChunk>>,
+    ) -> Result<Response<proto::AppendEntriesResponse>, Status> {
+        let mut chunks = request.into_inner();
+        let mut bytes: Vec<u8> = Vec::new();
+        let mut first: Option<proto::InstallSnapshotChunk> = None;
+        loop {
+            let chunk = chunks.message().await?.ok_or_else(|| {
+                Status::aborted("the snapshot stream ended before its last chunk")
+            })?;
+            self.check_route(chunk.from, chunk.to, chunk.term)?;
+            if let Some(first) = &first {
+                if (first.from, first.term) != (chunk.from, chunk.term) {
+                    return Err(Status::invalid_argument(
+                        "a snapshot's chunks changed sender or term midway",
+                    ));
+                }
+            }
+            if chunk.offset != bytes.len() as u64 {
+                return Err(Status::invalid_argument(format!(
+                    "snapshot chunk at offset {} where {} was expected",
+                    chunk.offset,
+                    bytes.len()
+                )));
+            }
+            if bytes.len() as u64 + chunk.data.len() as u64 > SNAPSHOT_BYTES_MAX {
+                return Err(Status::resource_exhausted(format!(
+                    "snapshot larger than {SNAPSHOT_BYTES_MAX} bytes"
+                )));
+            }
+            bytes.extend_from_slice(&chunk.data);
+            let is_done = chunk.done;
+            if first.is_none() {
+                first = Some(proto::InstallSnapshotChunk {
+                    data: Vec::new(),
+                    ..chunk
+                });
+            }
+            if is_done {
+                break;
+            }
+        }
+        let first = first.expect("a chunk arrived");
+        let source = format!("the snapshot from node {}", first.from);
+        let file = SnapshotFile::decode(bytes, &source).map_err(|e| {
+            warn!(from = first.from, error = %e, "damaged snapshot refused");
+            Status::data_loss(e.to_string())
+        })?;
+        let (reply, answer) = oneshot::channel();
+        let input = Input::InstallSnapshot {
+            request: InstallSnapshot {
+                term: Term(first.term),
+                leader: NodeId(first.from),
+                read_round: first.read_round,
+            },
+            file: std::sync::Arc::new(file),
             reply,
         };
         let response = self.ask(input, answer).await?;

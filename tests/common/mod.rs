@@ -12,9 +12,9 @@ use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lattice::raft::{Entry, HardState, LogIndex, NodeId, Role, Term};
+use lattice::raft::{Entry, HardState, LogIndex, NodeId, Role, SnapshotMeta, Term};
 use lattice::server::{ChaosVerdict, MessageChaos, Observer, PeerMessage};
-use lattice::storage::Storage;
+use lattice::storage::{resume_log, MemSnapshots, Recovered, SnapshotFile, SnapshotStore, Storage};
 use lattice::transport::{BoxFuture, Connection, Listener, Transport};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -91,13 +91,16 @@ impl DiskLatency {
     };
 }
 
-/// One node's disk: what is durable, and writes not yet synced.
+/// One node's disk: what is durable, and writes not yet synced. Snapshots
+/// are written atomically (as `FileStorage` does with a rename).
 pub struct SimDisk {
     /// Draws sync latencies (seeded per node: the run replays).
     rng: StdRng,
     pub latency: DiskLatency,
     hard_state: HardState,
-    durable: Vec<Entry>,
+    snapshots: Arc<MemSnapshots>,
+    /// The durable log by index (compaction removes its start).
+    durable: BTreeMap<LogIndex, Entry>,
     /// Unsynced appends, oldest first: (when, entries). Each truncates from
     /// its first index, then extends.
     pending: Vec<(Duration, Vec<Entry>)>,
@@ -106,10 +109,10 @@ pub struct SimDisk {
     writeback_after: Option<Duration>,
 }
 
-fn apply_append(log: &mut Vec<Entry>, entries: &[Entry]) {
+fn apply_append(log: &mut BTreeMap<LogIndex, Entry>, entries: &[Entry]) {
     if let Some(first) = entries.first() {
-        log.truncate(first.index.0 as usize - 1);
-        log.extend_from_slice(entries);
+        log.split_off(&first.index);
+        log.extend(entries.iter().map(|e| (e.index, e.clone())));
     }
 }
 
@@ -119,7 +122,8 @@ impl SimDisk {
             rng: StdRng::seed_from_u64(seed),
             latency: DiskLatency::BASELINE,
             hard_state: HardState::default(),
-            durable: Vec::new(),
+            snapshots: Arc::new(MemSnapshots::default()),
+            durable: BTreeMap::new(),
             pending: Vec::new(),
             writeback_after,
         }))
@@ -154,12 +158,12 @@ impl SimDisk {
         }
     }
 
-    fn view(&self) -> Vec<Entry> {
-        let mut log = self.durable.clone();
-        for (_, entries) in &self.pending {
-            apply_append(&mut log, entries);
-        }
-        log
+    /// The disk is wiped (a replaced machine): nothing survives.
+    pub fn wipe(&mut self) {
+        self.pending.clear();
+        self.durable.clear();
+        self.hard_state = HardState::default();
+        self.snapshots = Arc::new(MemSnapshots::default());
     }
 }
 
@@ -167,17 +171,40 @@ impl SimDisk {
 pub struct SimStorage {
     disk: Arc<Mutex<SimDisk>>,
     last_index: LogIndex,
+    recovered: Option<Recovered>,
 }
 
 impl SimStorage {
-    /// Opens the disk as a restarted process would: durable state only.
-    pub fn open(disk: Arc<Mutex<SimDisk>>) -> SimStorage {
-        let last_index = {
+    /// Opens the disk as a restarted process would: durable state only. A
+    /// gap between the snapshot and the log fails, as `FileStorage` does.
+    pub fn open(disk: Arc<Mutex<SimDisk>>) -> lattice::Result<SimStorage> {
+        let recovered = {
             let mut d = disk.lock().expect("disk");
             d.crash();
-            LogIndex(d.durable.len() as u64)
+            let snapshot = d.snapshots.get().map(|s| (*s).clone());
+            let meta = snapshot
+                .as_ref()
+                .map_or(SnapshotMeta::default(), SnapshotFile::meta);
+            let entries = d.durable.values().cloned().collect();
+            let (entries, is_reset) = resume_log(meta, entries, "the simulated disk")?;
+            if is_reset {
+                d.durable.clear();
+            }
+            Recovered {
+                hard_state: d.hard_state,
+                snapshot,
+                entries,
+            }
         };
-        SimStorage { disk, last_index }
+        let last_index = recovered
+            .entries
+            .last()
+            .map_or(recovered.snapshot_meta().index, |e| e.index);
+        Ok(SimStorage {
+            disk,
+            last_index,
+            recovered: Some(recovered),
+        })
     }
 }
 
@@ -186,9 +213,8 @@ fn now() -> Duration {
 }
 
 impl Storage for SimStorage {
-    fn recovered(&mut self) -> (HardState, Vec<Entry>) {
-        let d = self.disk.lock().expect("disk");
-        (d.hard_state, d.durable.clone())
+    fn recovered(&mut self) -> Recovered {
+        self.recovered.take().unwrap_or_default()
     }
     fn save_hard_state(&mut self, hard_state: HardState) -> lattice::Result<()> {
         self.disk.lock().expect("disk").hard_state = hard_state;
@@ -216,6 +242,61 @@ impl Storage for SimStorage {
     }
     fn sync_delay(&mut self) -> Duration {
         self.disk.lock().expect("disk").sync_delay()
+    }
+    fn install_snapshot(&mut self, file: &SnapshotFile) -> lattice::Result<()> {
+        let mut d = self.disk.lock().expect("disk");
+        // Durable on return, log reset included (the earlier unsynced
+        // appends are written out first, as a sync would).
+        let pending = std::mem::take(&mut d.pending);
+        for (_, entries) in pending {
+            apply_append(&mut d.durable, &entries);
+        }
+        let meta = file.meta();
+        if d.durable.get(&meta.index).map(|e| e.term) != Some(meta.term) {
+            d.durable.clear();
+            self.last_index = meta.index;
+        }
+        d.snapshots.set(file.clone());
+        Ok(())
+    }
+    fn compact(&mut self, index: LogIndex) -> lattice::Result<()> {
+        let mut d = self.disk.lock().expect("disk");
+        d.durable = d.durable.split_off(&index.next());
+        Ok(())
+    }
+    fn snapshot_store(&self) -> Arc<dyn SnapshotStore> {
+        let d = self.disk.lock().expect("disk");
+        Arc::new(SimSnapshots {
+            snapshots: d.snapshots.clone(),
+            rng: Mutex::new(StdRng::seed_from_u64(d.rng.clone().random())),
+        })
+    }
+}
+
+/// The simulated disk's snapshots: saved atomically, after a seeded delay of
+/// up to 30 ms (writing a snapshot takes time; a crash can fall in it).
+struct SimSnapshots {
+    snapshots: Arc<MemSnapshots>,
+    rng: Mutex<StdRng>,
+}
+
+impl SnapshotStore for SimSnapshots {
+    fn open_latest(&self) -> lattice::Result<Option<Box<dyn lattice::storage::SnapshotReader>>> {
+        self.snapshots.open_latest()
+    }
+    fn latest(&self) -> SnapshotMeta {
+        self.snapshots.latest()
+    }
+    fn save(
+        &self,
+        meta: SnapshotMeta,
+        write: lattice::storage::SnapshotWriter,
+    ) -> lattice::Result<()> {
+        self.snapshots.save(meta, write)
+    }
+    fn save_delay(&self) -> Duration {
+        let mut rng = self.rng.lock().expect("rng");
+        rng.random_range(Duration::ZERO..=Duration::from_millis(30))
     }
 }
 
@@ -245,8 +326,20 @@ pub struct WhiteBox {
     /// acknowledged anything.
     pub acknowledged: BTreeMap<NodeId, (Term, LogIndex)>,
     /// Per node: the term of each entry of its log (index i at i - 1), as
-    /// handed to its disk (or recovered from it).
+    /// handed to its disk (or recovered from it); below a snapshot, the
+    /// committed terms.
     pub logs: BTreeMap<NodeId, Vec<Term>>,
+    /// Snapshot index -> the digest of the state there, and who took it
+    /// first: every snapshot at one index, taken or installed, must agree.
+    pub snapshot_digests: BTreeMap<LogIndex, (u32, NodeId)>,
+    /// Per node (this incarnation): the index its state machine is at.
+    pub state_at: BTreeMap<NodeId, LogIndex>,
+    pub snapshots_taken: u64,
+    pub snapshots_installed: u64,
+    pub compactions: u64,
+    /// When (simulated) each snapshot was installed, and each compaction.
+    pub installed_at: Vec<Duration>,
+    pub compacted_at: Vec<Duration>,
 }
 
 impl WhiteBox {
@@ -290,6 +383,34 @@ impl WhiteBox {
         }
     }
 
+    /// The committed terms of indexes 1..=index (what a snapshot there holds).
+    fn committed_terms(&self, index: LogIndex) -> Vec<Term> {
+        (1..=index.0)
+            .map(|i| {
+                self.applied
+                    .get(&LogIndex(i))
+                    .map_or(Term(0), |&(term, _)| term)
+            })
+            .collect()
+    }
+
+    /// A snapshot's digest against every other one at its index.
+    fn check_snapshot_digest(&mut self, node: NodeId, meta: SnapshotMeta, digest: u32, what: &str) {
+        match self.snapshot_digests.get(&meta.index) {
+            Some(&(first, by)) if first != digest => {
+                let message = format!(
+                    "snapshot digest: node {node} {what} a snapshot at {} with digest {digest:08x}; node {by}'s there is {first:08x}",
+                    meta.index
+                );
+                self.violate(message);
+            }
+            Some(_) => {}
+            None => {
+                self.snapshot_digests.insert(meta.index, (digest, node));
+            }
+        }
+    }
+
     fn write_log(&mut self, node: NodeId, entries: &[Entry]) {
         let log = self.logs.entry(node).or_default();
         if let Some(first) = entries.first() {
@@ -307,6 +428,7 @@ impl Observer for WhiteBoxObserver {
     fn applied(&self, node: NodeId, entry: &Entry) {
         let mut w = self.0.lock().expect("white box");
         w.applies += 1;
+        w.state_at.insert(node, entry.index);
         let seen = (entry.term, crc(&entry.data));
         match w.applied.get(&entry.index) {
             Some(&first) if first != seen => {
@@ -324,11 +446,59 @@ impl Observer for WhiteBoxObserver {
         }
     }
 
-    fn log_recovered(&self, node: NodeId, entries: &[Entry]) {
+    fn log_recovered(&self, node: NodeId, snapshot: SnapshotMeta, entries: &[Entry]) {
         let mut w = self.0.lock().expect("white box");
-        w.logs.insert(node, Vec::new());
+        let committed = w.committed_terms(snapshot.index);
+        w.logs.insert(node, committed);
+        w.state_at.insert(node, snapshot.index);
         w.write_log(node, entries);
         w.check_leader_completeness();
+    }
+
+    fn snapshot_taken(&self, node: NodeId, meta: SnapshotMeta, digest: u32) {
+        let mut w = self.0.lock().expect("white box");
+        w.snapshots_taken += 1;
+        w.check_snapshot_digest(node, meta, digest, "took");
+    }
+
+    /// An installed snapshot must be one some node took, with the same
+    /// state, and never older than the state it replaces.
+    fn snapshot_installed(&self, node: NodeId, meta: SnapshotMeta, digest: u32) {
+        let mut w = self.0.lock().expect("white box");
+        w.snapshots_installed += 1;
+        w.installed_at.push(now());
+        if !w.snapshot_digests.contains_key(&meta.index) {
+            let message = format!(
+                "snapshot: node {node} installed a snapshot at {} that no node took",
+                meta.index
+            );
+            w.violate(message);
+        }
+        w.check_snapshot_digest(node, meta, digest, "installed");
+        let state_at = w.state_at.get(&node).copied().unwrap_or_default();
+        if meta.index <= state_at {
+            let message = format!(
+                "snapshot: node {node} installed a snapshot at {} over its state at {state_at} (state machines never go back)",
+                meta.index
+            );
+            w.violate(message);
+        }
+        w.state_at.insert(node, meta.index);
+        let committed = w.committed_terms(meta.index);
+        let log = w.logs.entry(node).or_default();
+        let position = (meta.index.0 - 1) as usize;
+        if log.get(position) == Some(&meta.term) {
+            log[..=position].copy_from_slice(&committed);
+        } else {
+            *log = committed;
+        }
+        w.check_leader_completeness();
+    }
+
+    fn compacted(&self, _node: NodeId, _index: LogIndex) {
+        let mut w = self.0.lock().expect("white box");
+        w.compactions += 1;
+        w.compacted_at.push(now());
     }
 
     fn log_written(&self, node: NodeId, entries: &[Entry]) {
@@ -494,11 +664,14 @@ impl MessageChaos for SimChaos {
         if !c.active {
             return verdict;
         }
-        // Votes are few and their timing is what elections hinge on: shake
+        // Votes are few and their timing is what elections hinge on, and
+        // snapshots are few and arrive late or twice only under load: shake
         // them harder.
         let is_vote = matches!(
             message,
-            PeerMessage::RequestVote(_) | PeerMessage::RequestVoteResponse { .. }
+            PeerMessage::RequestVote(_)
+                | PeerMessage::RequestVoteResponse { .. }
+                | PeerMessage::InstallSnapshot(..)
         );
         let p = if is_vote { Self::VOTE_P } else { Self::DELAY_P };
         if c.rng.random_bool(p) {

@@ -65,9 +65,26 @@ struct NodeArgs {
     /// Another voter: ID=RAFT_ADDR,KV_ADDR. Repeat for each peer.
     #[arg(long = "peer", value_parser = parse_peer)]
     peers: Vec<PeerConfig>,
-    /// Directory for the WAL and hard state (created if missing).
+    /// Directory for the WAL segments, snapshots and hard state (created if
+    /// missing).
     #[arg(long)]
     data_dir: PathBuf,
+    /// Snapshot the state machine after this many applied entries. 0: never
+    /// by count (with --snapshot-bytes 0, never at all: the log grows without
+    /// bound).
+    #[arg(long, default_value_t = 10_000)]
+    snapshot_entries: u64,
+    /// ...or once the entries applied since the last snapshot hold this many
+    /// bytes. 0: never by size.
+    #[arg(long, default_value_t = 64 << 20)]
+    snapshot_bytes: u64,
+    /// Entries kept below a snapshot, so a follower a little behind catches
+    /// up by entries instead of a whole snapshot.
+    #[arg(long, default_value_t = 5_000)]
+    snapshot_catchup_entries: u64,
+    /// Snapshots streamed to followers at once.
+    #[arg(long, default_value_t = 2)]
+    snapshot_sends: usize,
     /// Dial peers from this local address. `raft` uses the IP of
     /// --raft-addr (nodes on one machine with their own loopback addresses).
     #[arg(long)]
@@ -200,6 +217,11 @@ async fn run_node(args: NodeArgs) -> Result<()> {
     config.election_timeout_ticks_max = args.election_ticks_max;
     config.heartbeat_interval_ticks = args.heartbeat_ticks;
     config.inflight_appends_max = args.inflight_appends;
+    let never_if_zero = |n: u64| if n == 0 { u64::MAX } else { n };
+    config.snapshot_entries = never_if_zero(args.snapshot_entries);
+    config.snapshot_bytes = never_if_zero(args.snapshot_bytes);
+    config.snapshot_catchup_entries = args.snapshot_catchup_entries;
+    config.snapshot_sends_max = args.snapshot_sends;
     config.source_ip = match args.source_ip.as_deref() {
         None => None,
         Some("raft") => {
