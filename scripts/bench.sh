@@ -8,6 +8,9 @@
 #   scripts/bench.sh --workloads put --clients 1,64
 #
 # Output: target/bench/bench.csv (appended per run), bench.svg, node logs.
+# LATTICE_BENCH_KEEP=1 leaves the cluster running afterwards (stop it with
+# LATTICE_DIR=target/bench/cluster scripts/cluster.sh stop); LATTICE_NODE_ARGS
+# passes flags to every node (e.g. --snapshot-entries 0 --snapshot-bytes 0).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -17,7 +20,9 @@ mkdir -p "$out"
 export LATTICE_DIR="$out/cluster" LATTICE_BIN="$root/target/release/lattice"
 rm -rf "$LATTICE_DIR"
 cluster="$root/scripts/cluster.sh"
-trap '"$cluster" stop >/dev/null 2>&1 || true' EXIT
+if [ "${LATTICE_BENCH_KEEP:-0}" != 1 ]; then
+    trap '"$cluster" stop >/dev/null 2>&1 || true' EXIT
+fi
 "$cluster" start 3 >/dev/null
 endpoints=$("$cluster" endpoints)
 for _ in $(seq 1 40); do

@@ -1048,7 +1048,11 @@ impl Driver {
         let policy = &self.snapshot_policy;
         let is_due = entries_since >= policy.entries
             || (entries_since > 0 && self.bytes_since_snapshot >= policy.bytes);
-        if self.is_snapshotting || !is_due {
+        // Only what this node's own log holds durably: a snapshot ahead of
+        // the disk queue would get ahead of the log it continues (and of the
+        // term the disk has saved).
+        let is_durable = applied <= self.raft.log().persisted();
+        if self.is_snapshotting || !is_due || !is_durable {
             return;
         }
         let meta = self.kv.applied_meta();

@@ -58,6 +58,10 @@ fn node_config(id: u64, addrs: &[Addrs], data: &Path) -> NodeConfig {
     config.election_timeout_ticks_min = 15;
     config.election_timeout_ticks_max = 30;
     config.heartbeat_interval_ticks = 3;
+    // Snapshot often, so every test here also compacts and restarts from
+    // snapshots on a real disk.
+    config.snapshot_entries = 200;
+    config.snapshot_catchup_entries = 50;
     config
 }
 
@@ -501,6 +505,88 @@ async fn clients_find_the_leader_and_bad_requests_fail_cleanly() -> Result<()> {
 
     client.put("after", "garbage").await?;
     assert_eq!(client.get("after").await?, Some(b"garbage".to_vec()));
+    cluster.shutdown().await;
+    Ok(())
+}
+
+/// Puts `count` keys `prefix-i` through `client`; every one must succeed.
+async fn put_all(client: &mut Client, prefix: &str, count: usize) -> Result<()> {
+    for i in 0..count {
+        let key = format!("{prefix}-{i}");
+        client
+            .put(key.as_bytes(), format!("value-{i}").as_bytes())
+            .await
+            .with_context(|| format!("putting {key}"))?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_follower_rejoins_by_snapshot() -> Result<()> {
+    let data = tempfile::tempdir()?;
+    let mut cluster = TestCluster::start(data.path()).await?;
+    let leader = cluster.leader(Duration::from_secs(10)).await?;
+    let wiped = (1..=3).find(|&id| id != leader).expect("a follower");
+    let other = (1..=3)
+        .find(|&id| id != leader && id != wiped)
+        .expect("another");
+    let mut client = cluster.client(7);
+    put_all(&mut client, "before", 400).await?;
+
+    // The follower's disk is replaced while it is down; the cluster goes
+    // on and compacts its log past everything the follower had.
+    cluster.stop_node(wiped).await;
+    std::fs::remove_dir_all(data.path().join(format!("node-{wiped}")))?;
+    put_all(&mut client, "while-away", 400).await?;
+    let leader_status = cluster.nodes[&leader].status();
+    assert!(
+        leader_status.compacted_index.0 > 0,
+        "the leader compacted its log: {leader_status:?}"
+    );
+
+    cluster.start_node(wiped).await?;
+    let started = std::time::Instant::now();
+    let leader_state = cluster.nodes[&leader].state_summary().await?;
+    wait_until(
+        Duration::from_secs(15),
+        || async { cluster.nodes[&wiped].status().applied_index.0 as usize },
+        |applied| applied as u64 >= leader_state.applied_index.0,
+    )
+    .await?;
+    let status = cluster.nodes[&wiped].status();
+    println!(
+        "the wiped follower caught up to index {} in {:?} with {} snapshot install(s)",
+        status.applied_index,
+        started.elapsed(),
+        status.snapshots_installed
+    );
+    assert!(
+        status.snapshots_installed >= 1,
+        "it rejoined by snapshot: {status:?}"
+    );
+    let state = cluster.nodes[&wiped].state_summary().await?;
+    let leader_state = cluster.nodes[&leader].state_summary().await?;
+    if state.applied_index == leader_state.applied_index {
+        assert_eq!(
+            state.digest, leader_state.digest,
+            "the same state as the leader"
+        );
+    }
+
+    // Without the other follower, the cluster needs the rejoined one.
+    cluster.stop_node(other).await;
+    put_all(&mut client, "after", 50).await?;
+    for (prefix, count) in [("before", 400), ("while-away", 400), ("after", 50)] {
+        for i in (0..count).step_by(37) {
+            let key = format!("{prefix}-{i}");
+            let value = client.get(key.as_bytes()).await?;
+            assert_eq!(
+                value.as_deref(),
+                Some(format!("value-{i}").as_bytes()),
+                "{key}"
+            );
+        }
+    }
     cluster.shutdown().await;
     Ok(())
 }

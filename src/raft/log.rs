@@ -213,15 +213,16 @@ impl RaftLog {
         let is_suffix_kept = snapshot.index >= self.offset
             && self.term(snapshot.index) == Some(snapshot.term)
             && !crate::planted::is_planted(crate::planted::Bug::InstallSnapshotOlderThanCommit);
+        // The snapshot is handed to storage with the next write; it is
+        // durable (and `persisted` reaches it) only when storage says so.
         if is_suffix_kept {
             self.entries
                 .drain(..(snapshot.index.0 - self.offset.0) as usize);
             self.persisting = self.persisting.max(snapshot.index);
-            self.persisted = self.persisted.max(snapshot.index);
         } else {
             self.entries.clear();
             self.persisting = snapshot.index;
-            self.persisted = snapshot.index;
+            self.persisted = self.persisted.min(snapshot.index);
         }
         self.offset = snapshot.index;
         self.offset_term = snapshot.term;

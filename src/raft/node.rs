@@ -212,6 +212,7 @@ impl Raft {
         // while the hard state of its term is not yet: the node heard of that
         // term but never answered in it (answers wait for the hard state),
         // so it resumes in that term without a vote.
+        let durable_hard_state = hard_state;
         let hard_state = if snapshot.term > hard_state.term {
             HardState {
                 term: snapshot.term,
@@ -245,7 +246,8 @@ impl Raft {
             messages: Vec::new(),
             read_states: Vec::new(),
             reads_dropped: Vec::new(),
-            hard_state_handed: hard_state,
+            // What storage holds: a raised term goes out with the first write.
+            hard_state_handed: durable_hard_state,
             config,
         };
         assert!(
@@ -885,6 +887,8 @@ impl Raft {
         if snapshot.index > self.snapshot.index {
             self.snapshot = snapshot;
         }
+        // An installed snapshot is the log's durable start.
+        self.log.persisted_to(snapshot.index, snapshot.term);
     }
 
     /// Drops the log from memory up to `keep` entries below the newest

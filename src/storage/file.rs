@@ -105,6 +105,10 @@ pub struct FileStorage {
     log_dir: PathBuf,
     /// Oldest first; the last is written to. Empty only when the log is.
     segments: Vec<Segment>,
+    /// The snapshot the log continues (moved only by this storage: at open
+    /// and by an install; a snapshot saved beside the disk queue does not
+    /// move it).
+    log_base: SnapshotMeta,
     /// The last segment, open.
     file: Option<File>,
     segment_bytes: u64,
@@ -215,6 +219,7 @@ impl FileStorage {
             dir,
             log_dir,
             segments,
+            log_base: snapshot_meta,
             file: None,
             segment_bytes: segment_bytes.max(1),
             hard_state,
@@ -263,11 +268,6 @@ impl FileStorage {
         &self.dir
     }
 
-    /// The newest durable snapshot's end.
-    fn snapshot(&self) -> SnapshotMeta {
-        self.snapshots.latest()
-    }
-
     fn open_last_segment(&mut self) -> Result<()> {
         self.file = match self.segments.last() {
             Some(segment) => Some(
@@ -289,9 +289,10 @@ impl FileStorage {
             let segment = self.segments.pop().expect("len > from");
             fs::remove_file(&segment.path)
                 .map_err(|e| Error::io(format!("deleting {}", segment.path.display()), e))?;
+            // One at a time: unlinks need not reach the disk in order.
+            sync_dir(&self.log_dir)?;
         }
         self.file = None;
-        sync_dir(&self.log_dir)?;
         self.open_last_segment()
     }
 
@@ -328,8 +329,8 @@ impl FileStorage {
     fn next_index(&self) -> LogIndex {
         self.segments
             .last()
-            .map_or(self.snapshot().index.next(), Segment::next_index)
-            .max(self.snapshot().index.next())
+            .map_or(self.log_base.index.next(), Segment::next_index)
+            .max(self.log_base.index.next())
     }
 
     /// Cuts the log so that `index` is the next entry written.
@@ -451,17 +452,21 @@ impl FileSnapshots {
     /// `path` holds the newest snapshot, durably: publish it, delete older ones.
     fn snapshot_durable(&self, meta: SnapshotMeta, path: PathBuf) -> Result<()> {
         let mut newest = self.newest.lock().expect("snapshot lock");
-        if newest.as_ref().is_some_and(|(n, _)| n.index >= meta.index) {
-            // A newer one landed meanwhile (an install beside a save).
-            drop(newest);
-            return fs::remove_file(&path)
-                .map_err(|e| Error::io(format!("deleting {}", path.display()), e));
+        if let Some((n, _)) = newest.as_ref() {
+            if n.index == meta.index {
+                // The same snapshot (same index: the same committed state),
+                // written twice under one name: keep it.
+                return Ok(());
+            }
+            if n.index > meta.index {
+                // A newer one landed meanwhile (an install beside a save).
+                return remove_if_present(&path);
+            }
         }
         *newest = Some((meta, path));
         for (index, old) in numbered_files(&self.snap_dir, ".snap")? {
             if index < meta.index.0 {
-                fs::remove_file(&old)
-                    .map_err(|e| Error::io(format!("deleting {}", old.display()), e))?;
+                remove_if_present(&old)?;
             }
         }
         Ok(())
@@ -589,7 +594,7 @@ impl Storage for FileStorage {
             return Ok(());
         };
         let next = self.next_index();
-        let snapshot = self.snapshot();
+        let snapshot = self.log_base;
         assert!(
             first.index > snapshot.index && first.index <= next,
             "append must not leave a gap or rewrite the snapshot: first {} with next {} and snapshot {}",
@@ -661,6 +666,7 @@ impl Storage for FileStorage {
             // which recovery drops (it does not continue the snapshot).
             self.delete_segments_from(0)?;
         }
+        self.log_base = meta;
         info!(
             index = meta.index.0,
             term = meta.term.0,
@@ -684,8 +690,10 @@ impl Storage for FileStorage {
         for segment in self.segments.drain(..whole) {
             fs::remove_file(&segment.path)
                 .map_err(|e| Error::io(format!("deleting {}", segment.path.display()), e))?;
+            // One at a time, oldest first: unlinks need not reach the disk
+            // in order, and a hole below the newest would stop a restart.
+            sync_dir(&self.log_dir)?;
         }
-        sync_dir(&self.log_dir)?;
         Ok(())
     }
 
@@ -853,6 +861,15 @@ fn read_hard_state(path: &Path) -> Result<HardState> {
         term: Term(term),
         vote: (vote != 0).then_some(NodeId(vote)),
     })
+}
+
+fn remove_if_present(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(Error::io(format!("deleting {}", path.display()), e))
+        }
+        _ => Ok(()),
+    }
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {

@@ -464,10 +464,16 @@ async fn send_snapshot(
         })??
         .into_inner();
     check_sender(to, response.from)?;
-    Ok(Input::AppendEntriesResponse {
-        from: to,
-        response: append_entries_response_from_proto(response),
-    })
+    let response = append_entries_response_from_proto(response);
+    if !response.success && response.term <= request.term {
+        // Refused in our own term: a failed send (the core probes again).
+        // A refusal from a newer term goes to the core, which steps down.
+        return Err(Status::failed_precondition(format!(
+            "the snapshot was refused at term {}",
+            response.term
+        )));
+    }
+    Ok(Input::AppendEntriesResponse { from: to, response })
 }
 
 async fn request_vote(

@@ -65,6 +65,7 @@ pub(crate) fn spawn_raft_server(
         peers,
         inbox,
         shutdown: shutdown.clone(),
+        receiving: Default::default(),
     })
     .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
     .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
@@ -123,6 +124,24 @@ struct RaftService {
     /// Ends the `Replicate` streams, so an idle one does not hold the
     /// server's graceful shutdown open.
     shutdown: watch::Receiver<bool>,
+    /// Peers whose snapshot is arriving: one at a time each (a snapshot is
+    /// held in memory until it is whole).
+    receiving: std::sync::Arc<std::sync::Mutex<BTreeSet<u64>>>,
+}
+
+/// Marks a peer's snapshot as arriving, until dropped.
+struct Receiving {
+    peers: std::sync::Arc<std::sync::Mutex<BTreeSet<u64>>>,
+    peer: u64,
+}
+
+impl Drop for Receiving {
+    fn drop(&mut self) {
+        self.peers
+            .lock()
+            .expect("receiving lock")
+            .remove(&self.peer);
+    }
 }
 
 /// One answer of a `Replicate` stream, in request order.
@@ -277,11 +296,29 @@ impl Raft for RaftService {
         let mut chunks = request.into_inner();
         let mut bytes: Vec<u8> = Vec::new();
         let mut first: Option<proto::InstallSnapshotChunk> = None;
+        let mut _receiving: Option<Receiving> = None;
         loop {
             let chunk = chunks.message().await?.ok_or_else(|| {
                 Status::aborted("the snapshot stream ended before its last chunk")
             })?;
             self.check_route(chunk.from, chunk.to, chunk.term)?;
+            if _receiving.is_none() {
+                if !self
+                    .receiving
+                    .lock()
+                    .expect("receiving lock")
+                    .insert(chunk.from)
+                {
+                    return Err(Status::resource_exhausted(format!(
+                        "a snapshot from node {} is already arriving",
+                        chunk.from
+                    )));
+                }
+                _receiving = Some(Receiving {
+                    peers: self.receiving.clone(),
+                    peer: chunk.from,
+                });
+            }
             if let Some(first) = &first {
                 if (first.from, first.term) != (chunk.from, chunk.term) {
                     return Err(Status::invalid_argument(

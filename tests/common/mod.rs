@@ -171,6 +171,8 @@ impl SimDisk {
 pub struct SimStorage {
     disk: Arc<Mutex<SimDisk>>,
     last_index: LogIndex,
+    /// The snapshot the log continues (as `FileStorage`'s log base).
+    log_base: LogIndex,
     recovered: Option<Recovered>,
 }
 
@@ -190,6 +192,16 @@ impl SimStorage {
             if is_reset {
                 d.durable.clear();
             }
+            if let Some(last) = entries.last().filter(|e| e.term > d.hard_state.term) {
+                return Err(lattice::Error::Storage {
+                    path: "the simulated disk".into(),
+                    offset: None,
+                    reason: format!(
+                        "last entry has term {} beyond the saved term {}",
+                        last.term, d.hard_state.term
+                    ),
+                });
+            }
             Recovered {
                 hard_state: d.hard_state,
                 snapshot,
@@ -203,6 +215,7 @@ impl SimStorage {
         Ok(SimStorage {
             disk,
             last_index,
+            log_base: recovered.snapshot_meta().index,
             recovered: Some(recovered),
         })
     }
@@ -223,6 +236,15 @@ impl Storage for SimStorage {
     fn append(&mut self, entries: &[Entry]) -> lattice::Result<()> {
         let mut d = self.disk.lock().expect("disk");
         d.flush_older_than(now());
+        if let Some(first) = entries.first() {
+            assert!(
+                first.index > self.log_base && first.index <= self.last_index.next(),
+                "append must not leave a gap or rewrite the snapshot: first {} with last {} and base {}",
+                first.index,
+                self.last_index,
+                self.log_base
+            );
+        }
         if let Some(last) = entries.last() {
             self.last_index = last.index;
         }
@@ -256,6 +278,7 @@ impl Storage for SimStorage {
             d.durable.clear();
             self.last_index = meta.index;
         }
+        self.log_base = meta.index;
         d.snapshots.set(file.clone());
         Ok(())
     }

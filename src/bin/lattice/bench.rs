@@ -164,16 +164,26 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     {
         bail!("--clients must list positive counts; --conns and --duration-secs must be positive");
     }
-    // Preload the keys so reads find values.
-    let mut loader = new_client(&args.endpoints)?;
-    for key in 0..args.keys {
-        loader
-            .put(
-                format!("bench-{key}").into_bytes(),
-                vec![b'v'; args.value_bytes],
-            )
-            .await
-            .context("preloading the keys")?;
+    // Preload the keys so reads find values: 64 sessions on one connection
+    // (a million keys load in seconds, not minutes).
+    let loader = new_client(&args.endpoints)?;
+    let loaders = 64.min(args.keys.max(1));
+    let mut loading = Vec::new();
+    for first in 0..loaders {
+        let mut session = loader.new_session();
+        let (keys, value_bytes) = (args.keys, args.value_bytes);
+        loading.push(tokio::spawn(async move {
+            for key in (first..keys).step_by(loaders) {
+                session
+                    .put(format!("bench-{key}").into_bytes(), vec![b'v'; value_bytes])
+                    .await
+                    .with_context(|| format!("preloading key bench-{key}"))?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in loading {
+        task.await.context("a preloading session panicked")??;
     }
     println!(
         "{} s per configuration, {}-byte values, {} keys, {} connection(s) per endpoint",

@@ -195,6 +195,8 @@ async fn main() -> Result<()> {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: log files stay plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match Cli::parse().command {
         Command::Node(args) => run_node(args).await,
@@ -236,7 +238,12 @@ async fn run_node(args: NodeArgs) -> Result<()> {
                 .with_context(|| format!("bad --source-ip {ip:?}"))?,
         ),
     };
+    let started = std::time::Instant::now();
     let node = Node::start(config).await.context("starting the node")?;
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "node started: storage recovered, services listening"
+    );
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing SIGTERM")?;
     tokio::select! {
