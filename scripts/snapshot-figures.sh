@@ -90,10 +90,41 @@ ab_runs() {
 }
 
 p999_runs() {
-    local secs=${P999_SECS:-30}
-    echo "== put latency with 1,000,000 keys, 64 clients, $secs s: snapshots on, then off"
-    echo "on : $(put_run "$secs" 1000000)"
+    local secs=${P999_SECS:-30} log="$out/latency.csv"
+    echo "== put latency with 1,000,000 keys, 64 clients, $secs s: snapshots off, then on"
     echo "off: $(put_run "$secs" 1000000 "$OFF")"
+    echo "on : $(LATTICE_NODE_ARGS="" "$root/scripts/bench.sh" --workloads put --clients 64 \
+        --duration-secs "$secs" --keys 1000000 --latency-log "$log" | grep '^put ')"
+    # Split the "on" run's operations by whether any node was writing a
+    # snapshot when they completed ("snapshot started" .. "snapshot saved").
+    python3 - "$log" "$LATTICE_DIR"/node-*.log <<'PY'
+import sys, datetime, re
+def ms(line):
+    stamp = line.split()[0].rstrip('Z')[:23]
+    return datetime.datetime.fromisoformat(stamp).replace(tzinfo=datetime.timezone.utc).timestamp() * 1000
+intervals = []
+for path in sys.argv[2:]:
+    begun = None
+    for line in open(path, errors='replace'):
+        if 'snapshot started' in line:
+            begun = ms(line)
+        elif 'snapshot saved' in line and begun is not None:
+            intervals.append((begun, ms(line)))
+            begun = None
+intervals.sort()
+during, outside = [], []
+for row in open(sys.argv[1]):
+    at, latency = row.split(',')
+    at, latency = int(at), int(latency)
+    (during if any(a <= at <= b for a, b in intervals) else outside).append(latency)
+def p(xs, q):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))] / 1000 if xs else float('nan')
+took = [b - a for a, b in intervals]
+print(f"snapshots taken: {len(intervals)}, each {min(took, default=0):.0f}-{max(took, default=0):.0f} ms")
+print(f"ops while a snapshot was written: {len(during)}, p50 {p(during, .5):.2f} ms, p99 {p(during, .99):.2f} ms, p999 {p(during, .999):.2f} ms")
+print(f"ops otherwise:                    {len(outside)}, p50 {p(outside, .5):.2f} ms, p99 {p(outside, .99):.2f} ms, p999 {p(outside, .999):.2f} ms")
+PY
 }
 
 case $what in

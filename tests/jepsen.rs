@@ -1663,13 +1663,17 @@ fn unsafe_no_fsync_is_caught() {
     );
 }
 
-/// Planted bugs the default seeds do not catch. Each is reported, and the
-/// catalogue fails if one of them starts being caught, so the list is never
-/// stale. `NonAtomicSnapshotWrite` lives in `FileStorage`, which the
-/// simulation does not run (its disk is `SimDisk`): the crash test of
-/// `storage::file` catches it.
+/// Planted bugs the default seeds do not catch yet (none today). Each is
+/// reported, and the catalogue fails if one of them starts being caught, so
+/// the list is never stale.
 #[cfg(feature = "planted-bugs")]
-const NOT_YET_CAUGHT: [Bug; 1] = [Bug::NonAtomicSnapshotWrite];
+const NOT_YET_CAUGHT: [Bug; 0] = [];
+
+/// Planted bugs in code the simulation does not run, so not run here:
+/// `NonAtomicSnapshotWrite` lives in `FileStorage` (the simulation's disk is
+/// `SimDisk`); the crash test of `storage::file` catches it.
+#[cfg(feature = "planted-bugs")]
+const OUTSIDE_THE_SIMULATION: [Bug; 1] = [Bug::NonAtomicSnapshotWrite];
 
 /// The catalogue: every planted bug of `lattice::planted` must be caught by
 /// the default seeds (but those in [`NOT_YET_CAUGHT`]). Prints the table
@@ -1692,6 +1696,10 @@ fn planted_bugs_are_caught() {
     );
     println!("|---|---|---|---|---|---|");
     for bug in bugs {
+        if OUTSIDE_THE_SIMULATION.contains(&bug) {
+            println!("| {bug:?} | outside the simulation | - | - | 0 | 0 |");
+            continue;
+        }
         let started = std::time::Instant::now();
         let (caught, runs) = first_caught(Variant {
             unsafe_options: Unsafe::default(),

@@ -8,6 +8,7 @@
 //! `HashMap` order).
 
 use std::io::{self, Write};
+use std::sync::Arc;
 
 use imbl::OrdMap;
 use prost::Message as _;
@@ -195,7 +196,10 @@ struct Session {
 /// driver snapshots a clone while it goes on applying to the original.
 #[derive(Clone, Debug, Default)]
 pub struct KvStore {
-    data: OrdMap<Vec<u8>, Vec<u8>>,
+    /// Keys and values shared, not owned: a tree node copied after a clone
+    /// (the first write to it while a snapshot holds the old tree) copies
+    /// pointers, not every key and value in it.
+    data: OrdMap<Arc<[u8]>, Arc<[u8]>>,
     sessions: OrdMap<u64, Session>,
     /// Session client ids by the index of their last command, oldest first.
     sessions_by_index: OrdMap<LogIndex, u64>,
@@ -221,8 +225,8 @@ impl KvStore {
         }
     }
 
-    pub fn get(&self, key: &[u8]) -> Option<&Vec<u8>> {
-        self.data.get(key)
+    pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
+        self.data.get(key).map(|value| &value[..])
     }
 
     pub fn len(&self) -> usize {
@@ -299,20 +303,20 @@ impl KvStore {
     fn execute(&mut self, operation: Operation) -> Outcome {
         match operation {
             Operation::Put { key, value } => {
-                self.data.insert(key, value);
+                self.data.insert(key.into(), value.into());
                 Outcome::Put
             }
             Operation::Delete { key } => Outcome::Delete {
-                existed: self.data.remove(&key).is_some(),
+                existed: self.data.remove(&key[..]).is_some(),
             },
             Operation::CompareAndSwap {
                 key,
                 expected,
                 new_value,
             } => {
-                let current = self.data.get(&key);
-                if current == expected.as_ref() {
-                    self.data.insert(key, new_value);
+                let current = self.data.get(&key[..]);
+                if current.map(|v| &v[..]) == expected.as_deref() {
+                    self.data.insert(key.into(), new_value.into());
                     Outcome::CompareAndSwap {
                         swapped: true,
                         current: None,
@@ -320,7 +324,7 @@ impl KvStore {
                 } else {
                     Outcome::CompareAndSwap {
                         swapped: false,
-                        current: current.cloned(),
+                        current: current.map(|v| v.to_vec()),
                     }
                 }
             }
@@ -424,7 +428,7 @@ impl KvStore {
             let value = reader.bytes()?.to_vec();
             validate_key(&key)?;
             validate_value(&value)?;
-            store.data.insert(key, value);
+            store.data.insert(key.into(), value.into());
         }
         let sessions = reader.u64()?;
         for _ in 0..sessions {
@@ -585,25 +589,25 @@ mod tests {
         // The retry (same client, same sequence) is committed again: it must
         // not apply a second time (it would now fail) but answer as the first.
         assert_eq!(log.apply(7, 1, cas("k", None, "a")), first);
-        assert_eq!(log.store.get(b"k"), Some(&b"a".to_vec()));
+        assert_eq!(log.store.get(b"k"), Some(&b"a"[..]));
         // Another client changes the key; a late duplicate of 7/1 must not undo it.
         log.apply(8, 1, put("k", "b"));
         assert_eq!(log.apply(7, 1, cas("k", None, "a")), first);
-        assert_eq!(log.store.get(b"k"), Some(&b"b".to_vec()));
+        assert_eq!(log.store.get(b"k"), Some(&b"b"[..]));
         // The session moves on; an older sequence is refused, not applied.
         log.apply(7, 2, put("k", "c"));
         assert!(matches!(
             log.apply(7, 1, put("k", "zzz")),
             Some(Outcome::Rejected(_))
         ));
-        assert_eq!(log.store.get(b"k"), Some(&b"c".to_vec()));
+        assert_eq!(log.store.get(b"k"), Some(&b"c"[..]));
         // A restarted client reusing an id and number for another command is
         // refused, not told "ok" with the old command's result.
         assert!(matches!(
             log.apply(7, 2, put("k", "other")),
             Some(Outcome::Rejected(_))
         ));
-        assert_eq!(log.store.get(b"k"), Some(&b"c".to_vec()));
+        assert_eq!(log.store.get(b"k"), Some(&b"c"[..]));
     }
 
     #[test]

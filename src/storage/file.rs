@@ -90,13 +90,18 @@ impl SnapshotStore for FileSnapshots {
             .map_or(SnapshotMeta::default(), |(meta, _)| *meta)
     }
 
-    fn save(&self, meta: SnapshotMeta, write: SnapshotWriter) -> Result<()> {
+    fn save(&self, meta: SnapshotMeta, write: SnapshotWriter) -> Result<u64> {
         if meta.index <= self.latest().index {
-            return Ok(());
+            return Ok(0);
         }
-        self.write(meta, write)?;
-        info!(index = meta.index.0, term = meta.term.0, "snapshot saved");
-        Ok(())
+        let bytes = self.write(meta, write)?;
+        info!(
+            index = meta.index.0,
+            term = meta.term.0,
+            bytes,
+            "snapshot saved"
+        );
+        Ok(bytes)
     }
 }
 
@@ -399,7 +404,7 @@ impl FileStorage {
 impl FileSnapshots {
     /// Writes `write`'s snapshot of `meta` to a temporary file, syncs it and
     /// renames it into place (the planted bug writes in place instead).
-    fn write(&self, meta: SnapshotMeta, write: SnapshotWriter) -> Result<()> {
+    fn write(&self, meta: SnapshotMeta, write: SnapshotWriter) -> Result<u64> {
         let path = snapshot_path(&self.snap_dir, meta.index);
         let is_atomic = !is_planted(Bug::NonAtomicSnapshotWrite);
         let tmp = if is_atomic {
@@ -411,24 +416,30 @@ impl FileSnapshots {
         let file = File::create(&tmp).map_err(|e| io("creating", e))?;
         file.write_all_at(&[0u8; HEADER_BYTES], 0)
             .map_err(|e| io("writing", e))?;
-        let mut out = ChecksumWriter {
-            inner: BufWriter::with_capacity(1 << 20, &file),
-            hasher: crc32fast::Hasher::new(),
-            written: 0,
-        };
-        // Position the buffered writer after the header.
-        use std::io::Seek;
-        out.inner
-            .seek(std::io::SeekFrom::Start(HEADER_BYTES as u64))
-            .map_err(|e| io("writing", e))?;
+        // Buffered first, so the checksum and the syscalls see 1 MiB at a
+        // time; written back as it goes, so the log's fsyncs never wait for
+        // a whole snapshot of dirty pages.
+        let mut out = BufWriter::with_capacity(
+            1 << 20,
+            ChecksumWriter {
+                inner: WritebackWriter {
+                    file: &file,
+                    offset: HEADER_BYTES as u64,
+                    started_to: HEADER_BYTES as u64,
+                    began: std::time::Instant::now(),
+                },
+                hasher: crc32fast::Hasher::new(),
+                written: 0,
+            },
+        );
         write(&mut out).map_err(|e| io("writing", e))?;
-        out.inner.flush().map_err(|e| io("writing", e))?;
         let ChecksumWriter {
-            inner,
             hasher: data_hasher,
             written,
-        } = out;
-        drop(inner);
+            ..
+        } = out
+            .into_inner()
+            .map_err(|e| io("writing", e.into_error()))?;
         let header = snapshot::header(meta, written);
         let mut hasher = crc32fast::Hasher::new();
         hasher.update(&header);
@@ -446,7 +457,8 @@ impl FileSnapshots {
             fs::rename(&tmp, &path).map_err(|e| io("renaming", e))?;
         }
         sync_dir(&self.snap_dir)?;
-        self.snapshot_durable(meta, path)
+        self.snapshot_durable(meta, path)?;
+        Ok((HEADER_BYTES + 4) as u64 + written)
     }
 
     /// `path` holds the newest snapshot, durably: publish it, delete older ones.
@@ -483,6 +495,66 @@ impl FileSnapshots {
         fs::rename(&tmp, &path).map_err(|e| io("renaming", e))?;
         sync_dir(&self.snap_dir)?;
         self.snapshot_durable(meta, path)
+    }
+}
+
+/// Writes a file at increasing offsets, gently: every 4 MiB written it
+/// starts that range's writeback and waits for the previous range's (as
+/// RocksDB's `bytes_per_sync`), and it keeps to `SNAPSHOT_WRITE_BYTES_PER_S`.
+/// So the final fsync finds little left to do, and neither a burst of a
+/// whole snapshot's dirty pages nor a saturated disk stalls the log's fsyncs
+/// meanwhile. A snapshot is rare enough (see the driver's policy) to take
+/// its time.
+struct WritebackWriter<'a> {
+    file: &'a File,
+    offset: u64,
+    started_to: u64,
+    began: std::time::Instant,
+}
+
+const WRITEBACK_BYTES: u64 = 4 << 20;
+/// The pace of a snapshot write.
+const SNAPSHOT_WRITE_BYTES_PER_S: u64 = 48 << 20;
+
+impl std::io::Write for WritebackWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.file.write_all_at(buf, self.offset)?;
+        self.offset += buf.len() as u64;
+        if self.offset - self.started_to >= WRITEBACK_BYTES {
+            use std::os::fd::AsRawFd;
+            let fd = self.file.as_raw_fd();
+            // SAFETY: plain syscalls on an open descriptor; a failure only
+            // means the final fsync does more of the work.
+            unsafe {
+                // Wait for the previous range, then start this one.
+                let previous = self.started_to.saturating_sub(WRITEBACK_BYTES);
+                libc::sync_file_range(
+                    fd,
+                    previous as libc::off64_t,
+                    (self.started_to - previous) as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                        | libc::SYNC_FILE_RANGE_WRITE
+                        | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+                );
+                libc::sync_file_range(
+                    fd,
+                    self.started_to as libc::off64_t,
+                    (self.offset - self.started_to) as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                );
+            }
+            self.started_to = self.offset;
+            let due = std::time::Duration::from_secs_f64(
+                self.offset as f64 / SNAPSHOT_WRITE_BYTES_PER_S as f64,
+            );
+            if let Some(ahead) = due.checked_sub(self.began.elapsed()) {
+                std::thread::sleep(ahead);
+            }
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

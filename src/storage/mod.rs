@@ -138,13 +138,14 @@ impl SnapshotStore for MemSnapshots {
     fn latest(&self) -> SnapshotMeta {
         self.get().map_or(SnapshotMeta::default(), |s| s.meta())
     }
-    fn save(&self, meta: SnapshotMeta, write: SnapshotWriter) -> Result<()> {
+    fn save(&self, meta: SnapshotMeta, write: SnapshotWriter) -> Result<u64> {
         let file = encode_snapshot(meta, write)?;
+        let bytes = file.bytes().len() as u64;
         let mut newest = self.0.lock().expect("snapshot lock");
         if newest.as_ref().is_none_or(|n| n.meta().index < meta.index) {
             *newest = Some(Arc::new(file));
         }
-        Ok(())
+        Ok(bytes)
     }
 }
 

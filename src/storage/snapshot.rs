@@ -173,8 +173,8 @@ pub trait SnapshotStore: Send + Sync {
     /// `write`, the newest one, durably and atomically: after a crash at any
     /// point the previous snapshot or this one is there, whole. The previous
     /// one is removed once this one is durable. An older one than the newest
-    /// is not kept. The log is untouched.
-    fn save(&self, meta: SnapshotMeta, write: SnapshotWriter) -> Result<()>;
+    /// is not kept. The log is untouched. Returns the file's size in bytes.
+    fn save(&self, meta: SnapshotMeta, write: SnapshotWriter) -> Result<u64>;
     /// How long the next `save` takes beyond its own work: a simulated
     /// disk's latency (the snapshot task waits it out first, so a crash can
     /// fall in the middle). Real storage: zero.

@@ -314,7 +314,7 @@ impl SnapshotStore for SimSnapshots {
         &self,
         meta: SnapshotMeta,
         write: lattice::storage::SnapshotWriter,
-    ) -> lattice::Result<()> {
+    ) -> lattice::Result<u64> {
         self.snapshots.save(meta, write)
     }
     fn save_delay(&self) -> Duration {

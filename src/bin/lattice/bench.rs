@@ -53,6 +53,11 @@ pub struct BenchArgs {
     /// SVG plot of this run.
     #[arg(long)]
     svg: Option<PathBuf>,
+    /// Every measured operation of the last configuration, as CSV lines
+    /// `completed_unix_ms,latency_us` (to relate latency to what the nodes
+    /// logged at the time, e.g. snapshots).
+    #[arg(long)]
+    latency_log: Option<PathBuf>,
 }
 
 /// One configuration's result.
@@ -101,6 +106,7 @@ async fn measure(args: &BenchArgs, workload: Workload, clients: usize) -> Result
         let keys = args.keys;
         tasks.push(tokio::spawn(async move {
             let mut latencies_us: Vec<u32> = Vec::new();
+            let mut completed_ms: Vec<u64> = Vec::new();
             let mut errors = 0u64;
             let mut n = index;
             loop {
@@ -128,20 +134,35 @@ async fn measure(args: &BenchArgs, workload: Workload, clients: usize) -> Result
                         latencies_us.push(
                             done.duration_since(began).as_micros().min(u32::MAX as u128) as u32,
                         );
+                        completed_ms.push(done.duration_since(start).as_millis() as u64);
                     } else {
                         errors += 1;
                     }
                 }
             }
-            (latencies_us, errors)
+            (latencies_us, completed_ms, errors)
         }));
     }
+    let start_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+        .saturating_sub(Instant::now().saturating_duration_since(start).as_millis() as u64);
     let mut all = Vec::new();
+    let mut log = String::new();
     let mut errors = 0;
     for task in tasks {
-        let (latencies, task_errors) = task.await.context("a bench client panicked")?;
+        let (latencies, completed, task_errors) = task.await.context("a bench client panicked")?;
+        if args.latency_log.is_some() {
+            for (latency, at) in latencies.iter().zip(&completed) {
+                let _ = writeln!(log, "{},{latency}", start_unix_ms + at);
+            }
+        }
         all.extend(latencies);
         errors += task_errors;
+    }
+    if let Some(path) = &args.latency_log {
+        std::fs::write(path, log)
+            .with_context(|| format!("writing the latency log {}", path.display()))?;
     }
     all.sort_unstable();
     Ok(Measurement {
