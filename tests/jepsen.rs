@@ -832,8 +832,6 @@ struct Controller {
     paused: Option<u64>,
     /// The node the crash overlay killed.
     crashed: Option<u64>,
-    /// LaggingNode: the follower kept away (down or cut off).
-    lagging: Option<u64>,
     /// The links the current fault cut, as (from, to) node pairs.
     cuts: std::collections::BTreeSet<(u64, u64)>,
     /// StrandNewLeader: the side of the old leader (while the fault waits
@@ -862,6 +860,9 @@ enum Action {
     RestartCrashed,
     /// Repair every node link (the disks, latency and message chaos stay).
     HealCuts,
+    /// Part of "crash and restart all": all but one node come back halfway
+    /// through the window; the last one only at the heal, behind.
+    RestartAllButOne,
     /// Part of "strand a new leader": the three nodes away from the old
     /// leader's side see each other again, and will elect.
     JoinOtherSide,
@@ -890,6 +891,9 @@ impl Controller {
                 actions.push((back, Action::RestartCrashed));
                 actions.push((back, Action::HealCuts));
             }
+            if fault.kind == FaultKind::CrashRestartAll {
+                actions.push((fault.at + fault.duration / 2, Action::RestartAllButOne));
+            }
             if fault.kind == FaultKind::StrandNewLeader {
                 let at = fault.at + Duration::from_millis(rng.random_range(800..1200));
                 actions.push((at.min(end), Action::JoinOtherSide));
@@ -914,7 +918,6 @@ impl Controller {
             next: 0,
             paused: None,
             crashed: None,
-            lagging: None,
             cuts: Default::default(),
             old_side: Vec::new(),
             stranded: None,
@@ -1261,9 +1264,14 @@ impl Controller {
                         self.cut(sim, node, other);
                     }
                 }
-                self.lagging = Some(node);
             }
             Action::HealCuts => self.repair_all(sim),
+            Action::RestartAllButOne => {
+                let late = self.rng.random_range(1..=NODES);
+                for node in (1..=NODES).filter(|&n| n != late) {
+                    self.restart(sim, node);
+                }
+            }
             Action::Start(ScheduledFault {
                 kind: FaultKind::StrandNewLeader,
                 ..
@@ -1317,7 +1325,6 @@ impl Controller {
                 }
             }
             Action::Heal => {
-                self.lagging = None;
                 self.old_side.clear();
                 self.strand_side.clear();
                 if let Some(node) = self.stranded.take() {

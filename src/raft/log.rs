@@ -29,12 +29,22 @@ pub struct RaftLog {
 }
 
 impl RaftLog {
-    /// A log recovered from storage: the snapshot it starts after (committed)
-    /// and the entries after it, all durable.
+    /// A log recovered from storage: the newest snapshot (committed) and the
+    /// log that continues it, all durable. The log may start at or below the
+    /// snapshot (the catch-up tail): then its first entry becomes the
+    /// compaction point, and the rest is kept.
     pub fn recovered(snapshot: SnapshotMeta, entries: Vec<Entry>) -> Self {
+        let mut entries = entries.into_iter().peekable();
+        let (offset, offset_term) = match entries.peek() {
+            Some(first) if first.index <= snapshot.index => {
+                let first = entries.next().expect("peeked");
+                (first.index, first.term)
+            }
+            _ => (snapshot.index, snapshot.term),
+        };
         let mut log = RaftLog {
-            offset: snapshot.index,
-            offset_term: snapshot.term,
+            offset,
+            offset_term,
             commit: snapshot.index,
             ..RaftLog::default()
         };
@@ -43,6 +53,12 @@ impl RaftLog {
         }
         log.persisting = log.last_index();
         log.persisted = log.last_index();
+        assert!(
+            log.term(snapshot.index) == Some(snapshot.term),
+            "the recovered log continues the snapshot at {} (term {})",
+            snapshot.index,
+            snapshot.term
+        );
         log
     }
 

@@ -20,7 +20,9 @@ pub struct Recovered {
     pub hard_state: HardState,
     /// The newest snapshot (verified), if any.
     pub snapshot: Option<SnapshotFile>,
-    /// The log after the snapshot, contiguous from its index + 1.
+    /// The log that continues the snapshot: contiguous, starting at or
+    /// below the snapshot's index + 1 (what lies below is the catch-up tail
+    /// compaction keeps for followers a little behind).
     pub entries: Vec<Entry>,
 }
 
@@ -72,9 +74,10 @@ pub trait Storage: Send {
 }
 
 /// The log a restart resumes from, given the newest snapshot and the entries
-/// storage holds (contiguous, oldest first): the entries after the snapshot,
-/// and whether storage must be emptied to continue after the snapshot.
-/// Entries at or below it are dropped. If the log does not reach the
+/// storage holds (contiguous, oldest first), and whether storage must be
+/// emptied to continue after the snapshot. A log that holds the snapshot's
+/// last entry is kept whole (its entries at and below the snapshot are the
+/// catch-up tail). If the log does not reach the
 /// snapshot's index, or holds it with another term, nothing of it is kept
 /// (an install was cut short by a crash: what follows a conflicting entry is
 /// uncommitted). A gap between the snapshot and the log is an error naming
@@ -108,8 +111,6 @@ pub fn resume_log(
         .get(position)
         .is_some_and(|e| e.term == snapshot.term)
     {
-        let mut entries = entries;
-        entries.drain(..=position);
         return Ok((entries, false));
     }
     Ok((Vec::new(), true))
