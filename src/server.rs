@@ -675,12 +675,8 @@ enum Held {
         RequestVoteResponse,
         NodeId,
     ),
+    /// An AppendEntries or InstallSnapshot answer.
     Append(
-        oneshot::Sender<AppendEntriesResponse>,
-        AppendEntriesResponse,
-    ),
-    /// An installed snapshot's answer (it acknowledges like an append).
-    Installed(
         oneshot::Sender<AppendEntriesResponse>,
         AppendEntriesResponse,
     ),
@@ -1049,7 +1045,8 @@ impl Driver {
                     .snapshot_installed(self.raft.id(), meta, self.kv.digest());
             }
         }
-        self.answers.push(Held::Installed(reply, response));
+        // Answered like an append: it acknowledges up to `match_index`.
+        self.answers.push(Held::Append(reply, response));
     }
 
     /// Starts a snapshot if the policy says so and none is being written. The
@@ -1282,16 +1279,6 @@ impl Driver {
                     }
                 }
                 Held::Append(reply, response) => {
-                    if let (Some(observer), true) = (&self.observer, response.success) {
-                        observer.0.acknowledged(
-                            self.raft.id(),
-                            response.term,
-                            response.match_index,
-                        );
-                    }
-                    let _ = reply.send(response);
-                }
-                Held::Installed(reply, response) => {
                     if let (Some(observer), true) = (&self.observer, response.success) {
                         observer.0.acknowledged(
                             self.raft.id(),
