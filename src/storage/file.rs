@@ -485,15 +485,14 @@ impl FileSnapshots {
     }
 
     /// Writes an encoded snapshot file (received from the leader) atomically.
-    fn write_bytes(&self, meta: SnapshotMeta, bytes: Vec<u8>) -> Result<()> {
+    fn write_bytes(&self, meta: SnapshotMeta, bytes: &[u8]) -> Result<()> {
         let path = snapshot_path(&self.snap_dir, meta.index);
-        let tmp = path.with_extension("snap.tmp");
-        let io = |what: &str, e| Error::io(format!("{what} {}", tmp.display()), e);
-        let mut file = File::create(&tmp).map_err(|e| io("creating", e))?;
-        file.write_all(&bytes).map_err(|e| io("writing", e))?;
-        file.sync_all().map_err(|e| io("syncing", e))?;
-        fs::rename(&tmp, &path).map_err(|e| io("renaming", e))?;
-        sync_dir(&self.snap_dir)?;
+        write_atomically(
+            &self.snap_dir,
+            &path.with_extension("snap.tmp"),
+            &path,
+            bytes,
+        )?;
         self.snapshot_durable(meta, path)
     }
 }
@@ -649,14 +648,12 @@ impl Storage for FileStorage {
         bytes.extend_from_slice(&hard_state.vote.map_or(0, |v| v.0).to_le_bytes());
         let crc = crc32fast::hash(&bytes);
         bytes.extend_from_slice(&crc.to_le_bytes());
-        let tmp = self.dir.join("hardstate.tmp");
-        let path = self.dir.join("hardstate");
-        let io = |what: &str, e| Error::io(format!("{what} {}", tmp.display()), e);
-        let mut file = File::create(&tmp).map_err(|e| io("creating", e))?;
-        file.write_all(&bytes).map_err(|e| io("writing", e))?;
-        file.sync_all().map_err(|e| io("syncing", e))?;
-        fs::rename(&tmp, &path).map_err(|e| io("renaming", e))?;
-        sync_dir(&self.dir)?;
+        write_atomically(
+            &self.dir,
+            &self.dir.join("hardstate.tmp"),
+            &self.dir.join("hardstate"),
+            &bytes,
+        )?;
         self.hard_state = hard_state;
         Ok(())
     }
@@ -730,9 +727,8 @@ impl Storage for FileStorage {
     fn install_snapshot(&mut self, file: &SnapshotFile) -> Result<()> {
         let meta = file.meta();
         let holds_it = self.term_at(meta.index)? == Some(meta.term);
-        let bytes = file.bytes().to_vec();
         // The file is already encoded: write it as the leader sent it.
-        self.snapshots.write_bytes(meta, bytes)?;
+        self.snapshots.write_bytes(meta, file.bytes())?;
         if !holds_it {
             // Newest first, so a crash midway leaves a prefix of the old log,
             // which recovery drops (it does not continue the snapshot).
@@ -933,6 +929,17 @@ fn read_hard_state(path: &Path) -> Result<HardState> {
         term: Term(term),
         vote: (vote != 0).then_some(NodeId(vote)),
     })
+}
+
+/// Replaces `path` in `dir` with `bytes`, atomically and durably: a
+/// temporary file, synced, renamed into place, the directory synced.
+fn write_atomically(dir: &Path, tmp: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
+    let io = |what: &str, e| Error::io(format!("{what} {}", tmp.display()), e);
+    let mut file = File::create(tmp).map_err(|e| io("creating", e))?;
+    file.write_all(bytes).map_err(|e| io("writing", e))?;
+    file.sync_all().map_err(|e| io("syncing", e))?;
+    fs::rename(tmp, path).map_err(|e| io("renaming", e))?;
+    sync_dir(dir)
 }
 
 fn remove_if_present(path: &Path) -> Result<()> {
