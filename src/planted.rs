@@ -59,10 +59,22 @@ pub enum Bug {
     /// The snapshot file is written in place (no temporary file and rename):
     /// a crash in the middle leaves neither the old snapshot nor the new one.
     NonAtomicSnapshotWrite,
+    /// A pre-candidate that won its pre-vote keeps the pre-votes as votes
+    /// of the real election: two nodes that both won a pre-vote (pre-votes
+    /// bind nobody) both lead the next term.
+    PreVotesCountedInElection,
+    /// The target of a leadership transfer campaigns in the term it is in
+    /// instead of the next: its vote of that term is cast a second time,
+    /// for itself, and two nodes lead the same term.
+    TransferCampaignsInSameTerm,
+    /// CheckQuorum never steps a leader down: one that reaches only one
+    /// follower keeps renewing that follower's vote lease, and the others
+    /// cannot elect without it (openraft #2080).
+    CheckQuorumNeverStepsDown,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 15] = [
+    pub const ALL: [Bug; 18] = [
         Bug::ReadWithoutQuorumRound,
         Bug::ReadBeforeOwnTermCommit,
         Bug::CommitOlderTermByCounting,
@@ -78,6 +90,9 @@ impl Bug {
         Bug::InstallSnapshotOlderThanCommit,
         Bug::CompactBeforeSnapshotDurable,
         Bug::NonAtomicSnapshotWrite,
+        Bug::PreVotesCountedInElection,
+        Bug::TransferCampaignsInSameTerm,
+        Bug::CheckQuorumNeverStepsDown,
     ];
 }
 

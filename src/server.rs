@@ -22,7 +22,7 @@ use crate::kv::{Command, KvStore, Outcome};
 use crate::planted::{is_planted, Bug};
 use crate::raft::{
     self, AppendEntries, AppendEntriesResponse, InstallSnapshot, LogIndex, Message, NodeId, Raft,
-    Ready, RequestVote, RequestVoteResponse, Role, SnapshotMeta, Term,
+    Ready, RequestVote, RequestVoteResponse, Role, SnapshotMeta, Term, TimeoutNow,
 };
 use crate::storage::{FileStorage, SnapshotFile, SnapshotStore, Storage};
 use crate::transport::{self, peer, service, ChannelConfig, TcpTransport, Transport};
@@ -38,6 +38,16 @@ pub(crate) enum Input {
         request: AppendEntries,
         reply: oneshot::Sender<AppendEntriesResponse>,
     },
+    /// Our leader hands us leadership.
+    TimeoutNow { request: TimeoutNow },
+    /// An operator (or a graceful shutdown) asks this leader to hand
+    /// leadership to `target` (`None`: the most up-to-date follower).
+    TransferLeadership {
+        target: Option<NodeId>,
+        reply: oneshot::Sender<Result<NodeId>>,
+    },
+    /// Answers once no accepted proposal waits to be applied here.
+    Drain { reply: oneshot::Sender<()> },
     /// A whole snapshot received from the leader, verified.
     InstallSnapshot {
         request: InstallSnapshot,
@@ -136,6 +146,7 @@ pub enum PeerMessage {
     RequestVote(RequestVote),
     AppendEntries(AppendEntries),
     InstallSnapshot(InstallSnapshot, Arc<SnapshotFile>),
+    TimeoutNow(TimeoutNow),
     RequestVoteResponse {
         from: NodeId,
         response: RequestVoteResponse,
@@ -227,6 +238,10 @@ pub struct NodeConfig {
     pub inbox_capacity: usize,
     /// Seeds the node's RNG (election timeouts).
     pub seed: u64,
+    /// PreVote (see [`raft::Config::pre_vote`]).
+    pub pre_vote: bool,
+    /// CheckQuorum and the vote lease (see [`raft::Config::check_quorum`]).
+    pub check_quorum: bool,
     /// Connect to peers from this local address (nodes sharing a machine on
     /// their own loopback addresses). `None`: the system picks.
     pub source_ip: Option<std::net::IpAddr>,
@@ -282,6 +297,8 @@ impl NodeConfig {
             },
             inbox_capacity: 16 << 10,
             seed: id.0,
+            pre_vote: true,
+            check_quorum: true,
             source_ip: None,
             observer: None,
             pause: None,
@@ -305,6 +322,8 @@ impl NodeConfig {
             append_entries_max: self.append_entries_max,
             append_bytes_max: self.append_bytes_max,
             seed: self.seed,
+            pre_vote: self.pre_vote,
+            check_quorum: self.check_quorum,
         }
     }
 
@@ -367,6 +386,11 @@ pub struct Node {
     inbox: mpsc::Sender<Input>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// How long a leadership transfer may take before the core aborts it
+    /// (an election timeout), and a margin for the new leader to be heard.
+    transfer_timeout: Duration,
+    /// How long a command accepted here may wait to commit.
+    request_timeout: Duration,
 }
 
 impl Node {
@@ -509,10 +533,17 @@ impl Node {
             shutdown_rx.clone(),
             span.clone(),
         ));
+        let transfer_timeout = config.tick_interval * config.election_timeout_ticks_max
+            + config.tick_interval * config.heartbeat_interval_ticks * 2;
         tasks.push(service::spawn_kv_server(
             kv_listener,
             inbox_tx.clone(),
             config.request_timeout,
+            service::AdminConfig {
+                id: config.id,
+                status: status_rx.clone(),
+                transfer_timeout,
+            },
             shutdown_rx.clone(),
             span.clone(),
         ));
@@ -564,6 +595,7 @@ impl Node {
             answers: Vec::new(),
             held: VecDeque::new(),
             proposals: BTreeMap::new(),
+            drain_waiters: Vec::new(),
             reads: BTreeMap::new(),
             reads_waiting: BTreeMap::new(),
             read_context_next: 1,
@@ -585,6 +617,8 @@ impl Node {
             inbox: inbox_tx,
             shutdown: shutdown_tx,
             tasks,
+            transfer_timeout,
+            request_timeout: config.request_timeout,
         })
     }
 
@@ -613,6 +647,57 @@ impl Node {
             .map_err(|_| Error::Unavailable("node stopped".into()))
     }
 
+    /// Hands leadership to `target` (`None`: the most up-to-date follower)
+    /// and waits until another node leads. Fails if this node does not lead
+    /// (naming the leader), if `target` is not a voter, or if the transfer
+    /// did not complete within an election timeout (it is then aborted).
+    pub async fn transfer_leadership(&self, target: Option<NodeId>) -> Result<(NodeId, Term)> {
+        transfer_leadership(
+            self.id,
+            &self.inbox,
+            self.status.clone(),
+            target,
+            self.transfer_timeout,
+        )
+        .await
+    }
+
+    /// Stops the node without failing its clients (SIGTERM): a leader first
+    /// hands leadership to the most up-to-date voter, then the node waits
+    /// for the commands it accepted to be applied (the new leader commits
+    /// them), then stops. Bounded: a transfer that does not complete within
+    /// an election timeout, or commands that do not commit within the
+    /// request timeout, do not hold it up further.
+    pub async fn shutdown_gracefully(self) {
+        if self.status.borrow().role == Role::Leader {
+            match self.transfer_leadership(None).await {
+                Ok((leader, term)) => info!(
+                    node = self.id.0,
+                    new_leader = leader.0,
+                    term = term.0,
+                    "shutting down: leadership handed over"
+                ),
+                Err(e) => warn!(
+                    node = self.id.0,
+                    error = %e,
+                    "shutting down: leadership could not be handed over"
+                ),
+            }
+        }
+        let (reply, drained) = oneshot::channel();
+        if self.inbox.send(Input::Drain { reply }).await.is_ok()
+            && tokio::time::timeout(self.request_timeout, drained)
+                .await
+                .is_err()
+        {
+            warn!(
+                node = self.id.0,
+                "shutting down with commands still waiting to commit"
+            );
+        }
+        self.shutdown().await;
+    }
+
     /// Stops every task of the node and waits for them (storage is released).
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
@@ -634,6 +719,37 @@ impl Drop for Node {
         for task in &self.tasks {
             task.abort();
         }
+    }
+}
+
+/// Asks the driver behind `inbox` to hand leadership over, then waits
+/// (on `status`) until another node leads, or `timeout`.
+pub(crate) async fn transfer_leadership(
+    id: NodeId,
+    inbox: &mpsc::Sender<Input>,
+    mut status: watch::Receiver<Status>,
+    target: Option<NodeId>,
+    timeout: Duration,
+) -> Result<(NodeId, Term)> {
+    let (reply, answer) = oneshot::channel();
+    inbox
+        .send(Input::TransferLeadership { target, reply })
+        .await
+        .map_err(|_| Error::Unavailable("node stopped".into()))?;
+    let target = answer
+        .await
+        .map_err(|_| Error::Unavailable("node stopped".into()))??;
+    if target == id {
+        let status = status.borrow();
+        return Ok((id, status.term));
+    }
+    let handed_over = status.wait_for(|s| s.leader.is_some_and(|leader| leader != id));
+    match tokio::time::timeout(timeout, handed_over).await {
+        Ok(Ok(status)) => Ok((status.leader.expect("waited for it"), status.term)),
+        Ok(Err(_)) => Err(Error::Unavailable("node stopped".into())),
+        Err(_) => Err(Error::Unavailable(format!(
+            "leadership transfer to node {target} did not complete within {timeout:?}: aborted"
+        ))),
     }
 }
 
@@ -725,6 +841,8 @@ struct Driver {
     held: VecDeque<(u64, Held)>,
     /// Proposals waiting to be applied, by log index.
     proposals: BTreeMap<LogIndex, Proposal>,
+    /// Told once `proposals` is empty (a graceful shutdown waits on it).
+    drain_waiters: Vec<oneshot::Sender<()>>,
     /// Reads waiting for their ReadIndex round, by context.
     reads: BTreeMap<u64, PendingRead>,
     /// Reads confirmed, waiting for the state machine to reach their index.
@@ -794,6 +912,11 @@ impl Driver {
                     return;
                 }
             }
+            if !self.drain_waiters.is_empty() && self.proposals.is_empty() {
+                for waiter in self.drain_waiters.drain(..) {
+                    let _ = waiter.send(());
+                }
+            }
             self.publish_status();
         }
         info!("Raft loop stopped");
@@ -840,6 +963,17 @@ impl Driver {
                 let response = self.raft.handle_append_entries(request);
                 self.answers.push(Held::Append(reply, response));
             }
+            Input::TimeoutNow { request } => self.raft.handle_timeout_now(request),
+            Input::TransferLeadership { target, reply } => {
+                let result = self.raft.transfer_leadership(target).map_err(|e| match e {
+                    raft::TransferRejected::NotLeader(_) => self.not_leader(),
+                    raft::TransferRejected::UnknownNode(node) => Error::InvalidArgument(format!(
+                        "node {node} is not a voter of this cluster"
+                    )),
+                });
+                let _ = reply.send(result);
+            }
+            Input::Drain { reply } => self.drain_waiters.push(reply),
             Input::InstallSnapshot {
                 request,
                 file,
@@ -879,6 +1013,7 @@ impl Driver {
         let message = match &input {
             Input::RequestVote { request, .. } => PeerMessage::RequestVote(request.clone()),
             Input::AppendEntries { request, .. } => PeerMessage::AppendEntries(request.clone()),
+            Input::TimeoutNow { request } => PeerMessage::TimeoutNow(request.clone()),
             Input::InstallSnapshot { request, file, .. } => {
                 PeerMessage::InstallSnapshot(request.clone(), file.clone())
             }
@@ -908,6 +1043,7 @@ impl Driver {
                     file,
                     reply: oneshot::channel().0,
                 },
+                PeerMessage::TimeoutNow(request) => Input::TimeoutNow { request },
                 PeerMessage::RequestVoteResponse { from, response } => {
                     Input::RequestVoteResponse { from, response }
                 }
@@ -934,17 +1070,16 @@ impl Driver {
         });
     }
 
-    fn leader_kv_addr(&self) -> Option<String> {
-        let leader = self.raft.leader()?;
-        if leader == self.raft.id() {
+    fn kv_addr_of(&self, node: NodeId) -> Option<String> {
+        if node == self.raft.id() {
             return Some(self.own_kv_addr.clone());
         }
-        self.peers.get(&leader).map(|(_, addr)| addr.clone())
+        self.peers.get(&node).map(|(_, addr)| addr.clone())
     }
 
     fn not_leader(&self) -> Error {
         Error::NotLeader {
-            leader: self.leader_kv_addr(),
+            leader: self.raft.leader().and_then(|l| self.kv_addr_of(l)),
         }
     }
 
@@ -963,8 +1098,11 @@ impl Driver {
                     )));
                 }
             }
-            Err(_) => {
-                let _ = reply.send(Err(self.not_leader()));
+            // During a leadership transfer, the hint is the target.
+            Err(raft::NotLeader { leader }) => {
+                let _ = reply.send(Err(Error::NotLeader {
+                    leader: leader.and_then(|l| self.kv_addr_of(l)),
+                }));
             }
         }
     }

@@ -29,7 +29,16 @@
 //! The network is an unordered multiset: any message may be delivered,
 //! dropped (its sender learns the RPC failed) or duplicated. Timeouts and
 //! heartbeats are choices, not clocks: a timeout ticks a follower or
-//! candidate until it campaigns; a heartbeat ticks a leader once.
+//! candidate until it asks for (pre-)votes; a heartbeat ticks a leader once.
+//!
+//! Two configurations are checked: the base protocol, and the one nodes
+//! run, with PreVote and CheckQuorum on (`Bounds::liveness`): a timeout
+//! starts a pre-vote, a leader steps down after two heartbeats that no
+//! follower answered, and a follower that heard from its leader ignores
+//! (pre-)votes until its own timeout fires (time passes for it only then).
+//! There a step `transfer` has a leader hand leadership to a peer
+//! (`TimeoutNow`). The pre-vote round makes every election longer, so the
+//! base protocol keeps its own run to reach as deep into its histories.
 //!
 //! States are compared up to a permutation of node ids (symmetry reduction):
 //! a state's fingerprint is the least over all 6 renamings, computed with
@@ -78,6 +87,10 @@ struct Bounds {
     reads: u8,
     /// Snapshots taken (by any node).
     snapshots: u8,
+    /// Leadership transfers started.
+    transfers: u8,
+    /// PreVote and CheckQuorum on (as nodes run).
+    liveness: bool,
     /// Entries per AppendEntries (small, so that batches can be reordered).
     append_entries_max: usize,
     /// Steps from the start: every execution of at most this many steps.
@@ -95,6 +108,8 @@ impl Bounds {
             duplicates: 1,
             reads: 1,
             snapshots: 1,
+            transfers: 0,
+            liveness: false,
             append_entries_max: 1,
             depth: 18,
         }
@@ -109,12 +124,32 @@ impl Bounds {
         }
     }
 
-    fn from_env() -> Bounds {
-        match std::env::var("LATTICE_MODEL").as_deref() {
-            Ok("deep") => Bounds::deep(),
-            _ => Bounds::bounded(),
+    /// The configurations to check: the base protocol and the one nodes run
+    /// (PreVote, CheckQuorum, a transfer), at the bounds `LATTICE_MODEL`
+    /// names; `LATTICE_MODEL_CONFIG=base|liveness` picks one.
+    fn from_env() -> Vec<Bounds> {
+        let deep = std::env::var("LATTICE_MODEL").as_deref() == Ok("deep");
+        let base = if deep {
+            Bounds::deep()
+        } else {
+            Bounds::bounded()
+        };
+        // Elections take a pre-vote round more: deeper, without the
+        // crashes, snapshots and reads the base run covers.
+        let liveness = Bounds {
+            transfers: 1,
+            liveness: true,
+            crashes: 0,
+            snapshots: 0,
+            reads: 0,
+            depth: base.depth + 2,
+            ..base
+        };
+        match std::env::var("LATTICE_MODEL_CONFIG").as_deref() {
+            Ok("base") => vec![base.overridden()],
+            Ok("liveness") => vec![liveness.overridden()],
+            _ => vec![base.overridden(), liveness.overridden()],
         }
-        .overridden()
     }
 
     /// Each bound may be set by `LATTICE_MODEL_<BOUND>` (e.g. `_TERMS=4`).
@@ -135,6 +170,7 @@ impl Bounds {
             duplicates: "LATTICE_MODEL_DUPLICATES",
             reads: "LATTICE_MODEL_READS",
             snapshots: "LATTICE_MODEL_SNAPSHOTS",
+            transfers: "LATTICE_MODEL_TRANSFERS",
             depth: "LATTICE_MODEL_DEPTH",
             append_entries_max: "LATTICE_MODEL_APPEND_MAX"
         );
@@ -264,11 +300,14 @@ struct State {
     stale_install: Option<String>,
     read_released: bool,
     installed: bool,
+    /// Ghost: a transfer's target campaigned (on `TimeoutNow`).
+    transfer_campaigned: bool,
     proposals: u8,
     reads_started: u8,
     crashes: u8,
     duplicates: u8,
     snapshots: u8,
+    transfers: u8,
 }
 
 fn node_id(index: usize) -> NodeId {
@@ -290,6 +329,8 @@ fn raft_config(index: usize, bounds: &Bounds) -> Config {
         append_entries_max: bounds.append_entries_max,
         append_bytes_max: usize::MAX,
         seed: 0,
+        pre_vote: bounds.liveness,
+        check_quorum: bounds.liveness,
     }
 }
 
@@ -340,11 +381,13 @@ impl State {
         (
             self.read_released,
             self.installed,
+            self.transfer_campaigned,
             self.proposals,
             self.reads_started,
             self.crashes,
             self.duplicates,
             self.snapshots,
+            self.transfers,
         )
             .hash(&mut h);
         h.finish()
@@ -429,6 +472,8 @@ enum Action {
     Sync(usize),
     Snapshot(usize),
     Crash(usize),
+    /// A leader hands leadership to a peer.
+    Transfer(usize, usize),
 }
 
 impl RaftModel {
@@ -530,6 +575,13 @@ impl RaftModel {
                     Payload::Request(Message::AppendEntries(request)) => {
                         Some(Payload::AppendResponse(raft.handle_append_entries(request)))
                     }
+                    Payload::Request(Message::TimeoutNow(request)) => {
+                        raft.handle_timeout_now(request);
+                        if raft.role() == Role::Candidate {
+                            state.transfer_campaigned = true;
+                        }
+                        None
+                    }
                     Payload::Snapshot(request, meta, data) => {
                         let commit = raft.log().commit();
                         let (response, is_accepted) = raft.handle_install_snapshot(request, meta);
@@ -582,11 +634,26 @@ impl RaftModel {
                 state.duplicates += 1;
             }
             Action::Timeout(n) => {
+                // Until it asks for pre-votes (or votes): then it has
+                // messages to send.
                 let raft = &mut state.nodes[n].raft;
-                let term = raft.term();
-                while raft.term() == term {
+                let mut ticks = 0;
+                while !raft.has_ready() {
                     raft.tick();
+                    ticks += 1;
+                    assert!(ticks < 100, "an election timeout never fired");
                 }
+                self.process_ready(state, n, None);
+            }
+            Action::Transfer(n, target) => {
+                if state.nodes[n]
+                    .raft
+                    .transfer_leadership(Some(node_id(target)))
+                    .is_err()
+                {
+                    return false;
+                }
+                state.transfers += 1;
                 self.process_ready(state, n, None);
             }
             Action::Heartbeat(n) => {
@@ -749,11 +816,13 @@ impl Model for RaftModel {
             stale_install: None,
             read_released: false,
             installed: false,
+            transfer_campaigned: false,
             proposals: 0,
             reads_started: 0,
             crashes: 0,
             duplicates: 0,
             snapshots: 0,
+            transfers: 0,
         }]
     }
 
@@ -794,6 +863,11 @@ impl Model for RaftModel {
                 }
                 if state.reads_started < self.bounds.reads {
                     actions.push(Action::Read(n));
+                }
+                if state.transfers < self.bounds.transfers {
+                    for target in (0..NODES).filter(|&t| t != n) {
+                        actions.push(Action::Transfer(n, target));
+                    }
                 }
             } else if node.raft.term().0 < self.bounds.terms {
                 actions.push(Action::Timeout(n));
@@ -837,7 +911,7 @@ impl Model for RaftModel {
     }
 
     fn properties(&self) -> Vec<Property<Self>> {
-        vec![
+        let mut properties = vec![
             Property::always("election safety", |_, s: &State| {
                 s.elected.windows(2).all(|w| w[0].0 != w[1].0)
             }),
@@ -897,13 +971,39 @@ impl Model for RaftModel {
             Property::sometimes("a client's entry is committed", |_, s: &State| {
                 s.committed.iter().any(|e| !e.data.is_empty())
             }),
-            Property::sometimes("a read is released", |_, s: &State| s.read_released),
-            Property::sometimes("a node restarts", |_, s: &State| s.crashes > 0),
-            Property::sometimes("two leaders and a restart in one run", |_, s: &State| {
-                s.crashes > 0 && s.elected.len() >= 2
-            }),
-            Property::sometimes("a follower installs a snapshot", |_, s: &State| s.installed),
-        ]
+        ];
+        if self.bounds.reads > 0 {
+            properties.push(Property::sometimes("a read is released", |_, s: &State| {
+                s.read_released
+            }));
+        }
+        if self.bounds.crashes > 0 {
+            properties.push(Property::sometimes("a node restarts", |_, s: &State| {
+                s.crashes > 0
+            }));
+        }
+        if self.bounds.snapshots > 0 {
+            properties.push(Property::sometimes(
+                "a follower installs a snapshot",
+                |_, s: &State| s.installed,
+            ));
+        }
+        if self.bounds.liveness {
+            properties.extend([
+                Property::sometimes("two leaders in one run", |_, s: &State| {
+                    s.elected.len() >= 2
+                }),
+                Property::sometimes("a transfer's target campaigns", |_, s: &State| {
+                    s.transfer_campaigned
+                }),
+            ]);
+        } else {
+            properties.push(Property::sometimes(
+                "two leaders and a restart in one run",
+                |_, s: &State| s.crashes > 0 && s.elected.len() >= 2,
+            ));
+        }
+        properties
     }
 }
 
@@ -997,9 +1097,14 @@ fn describe_vote(vote: Option<NodeId>) -> String {
 fn describe_envelope(e: &Envelope) -> String {
     let what = match &e.payload {
         Payload::Request(Message::RequestVote(m)) => format!(
-            "RequestVote(term {}, last entry {}@t{})",
-            m.term, m.last_log_index, m.last_log_term
+            "{}(term {}, last entry {}@t{}{})",
+            if m.pre_vote { "PreVote" } else { "RequestVote" },
+            m.term,
+            m.last_log_index,
+            m.last_log_term,
+            if m.transfer { ", transfer" } else { "" }
         ),
+        Payload::Request(Message::TimeoutNow(m)) => format!("TimeoutNow(term {})", m.term),
         Payload::Request(Message::AppendEntries(m)) => {
             let entries: Vec<String> = m
                 .entries
@@ -1029,7 +1134,8 @@ fn describe_envelope(e: &Envelope) -> String {
             r.term
         ),
         Payload::VoteResponse(r) => format!(
-            "vote {} (term {})",
+            "{}vote {} (term {})",
+            if r.pre_vote { "pre-" } else { "" },
             if r.vote_granted { "granted" } else { "refused" },
             r.term
         ),
@@ -1056,6 +1162,11 @@ fn describe_action(action: &Action) -> String {
         Action::Sync(n) => format!("n{}: disk syncs its oldest write", n + 1),
         Action::Snapshot(n) => format!("n{}: snapshots its state machine, compacts", n + 1),
         Action::Crash(n) => format!("n{}: CRASH, restarts from its durable state", n + 1),
+        Action::Transfer(n, target) => format!(
+            "n{}: an operator moves leadership to n{}",
+            n + 1,
+            target + 1
+        ),
     }
 }
 
@@ -1195,7 +1306,13 @@ fn threads() -> usize {
 
 #[test]
 fn raft_core_is_safe_in_every_interleaving_within_bounds() {
-    let bounds = Bounds::from_env();
+    // One configuration after the other: each takes most of the memory.
+    for bounds in Bounds::from_env() {
+        check_configuration(bounds);
+    }
+}
+
+fn check_configuration(bounds: Bounds) {
     println!("model bounds: {bounds:?}");
     let outcome = check(bounds, None, threads());
     // Straight to stderr, past the test harness's capture: the counts show
@@ -1203,7 +1320,12 @@ fn raft_core_is_safe_in_every_interleaving_within_bounds() {
     use std::io::Write as _;
     let _ = writeln!(
         std::io::stderr(),
-        "model checked: {} states generated, {} unique up to symmetry, max depth {}, {:.1} s",
+        "model checked ({}): {} states generated, {} unique up to symmetry, max depth {}, {:.1} s",
+        if bounds.liveness {
+            "PreVote, CheckQuorum, transfers"
+        } else {
+            "base protocol"
+        },
         outcome.states,
         outcome.unique,
         outcome.depth,
@@ -1249,6 +1371,8 @@ fn model_catalogue() -> Vec<(Bug, Bounds)> {
         duplicates: 0,
         reads: 0,
         snapshots: 0,
+        transfers: 0,
+        liveness: false,
         append_entries_max: 1,
         depth: 40,
     };
@@ -1323,6 +1447,23 @@ fn model_catalogue() -> Vec<(Bug, Bounds)> {
             Bounds {
                 crashes: 1,
                 proposals: 0,
+                ..base
+            },
+        ),
+        (
+            Bug::PreVotesCountedInElection,
+            Bounds {
+                proposals: 0,
+                liveness: true,
+                ..base
+            },
+        ),
+        (
+            Bug::TransferCampaignsInSameTerm,
+            Bounds {
+                proposals: 0,
+                transfers: 1,
+                liveness: true,
                 ..base
             },
         ),

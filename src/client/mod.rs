@@ -11,6 +11,7 @@
 //! ([`batcher`]), so many concurrent sessions cost a few messages, not a
 //! gRPC call each.
 
+mod admin;
 mod batcher;
 
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::debug;
 
+pub use self::admin::EndpointStatus;
 use self::batcher::Batcher;
 use crate::proto::kv_request::Operation;
 use crate::proto::kv_response::Result as Answer;

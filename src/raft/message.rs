@@ -1,6 +1,6 @@
 //! Every message between peers. Requests (`RequestVote`, `AppendEntries`) are
 //! answered by exactly one response of the paired type; the transport carries
-//! each pair as one unary RPC.
+//! each pair as one unary RPC. `TimeoutNow` has no answer.
 
 use super::{LogIndex, NodeId, Term};
 
@@ -12,22 +12,41 @@ pub struct Entry {
     pub data: Vec<u8>,
 }
 
-/// Candidate -> peer: "vote for me in `term`" (Raft 5.2).
+/// Candidate -> peer: "vote for me in `term`" (Raft 5.2), or, as a
+/// pre-vote (thesis 9.6), "would you vote for me in `term`?".
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct RequestVote {
-    /// The candidate's term.
+    /// The candidate's term (a pre-candidate's: the term it would campaign
+    /// in, its own plus one).
     pub term: Term,
     pub candidate: NodeId,
     /// Index and term of the candidate's last entry: the up-to-date check (5.4.1).
     pub last_log_index: LogIndex,
     pub last_log_term: Term,
+    /// A pre-vote: the receiver changes nothing, it only says how it would vote.
+    pub pre_vote: bool,
+    /// The election of a leadership transfer (the old leader sent
+    /// `TimeoutNow`): granted despite the vote lease.
+    pub transfer: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct RequestVoteResponse {
-    /// The voter's current term, so a stale candidate steps down.
+    /// The voter's current term, so a stale candidate steps down; for a
+    /// granted pre-vote, the request's term (the voter's is not raised).
     pub term: Term,
     pub vote_granted: bool,
+    /// Answers a pre-vote (never counted as a vote).
+    pub pre_vote: bool,
+}
+
+/// Leader -> the follower it hands leadership to, once that follower's log
+/// matches its own: "campaign now" (thesis 3.10). The follower starts an
+/// election at once, skipping the pre-vote and the others' vote lease.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TimeoutNow {
+    pub term: Term,
+    pub leader: NodeId,
 }
 
 /// Leader -> follower: entries to append after (`prev_log_index`,
@@ -83,6 +102,8 @@ pub enum Message {
     RequestVote(RequestVote),
     AppendEntries(AppendEntries),
     InstallSnapshot(InstallSnapshot),
+    /// Fire and forget: it has no answer.
+    TimeoutNow(TimeoutNow),
 }
 
 impl Message {
@@ -91,6 +112,7 @@ impl Message {
             Message::RequestVote(m) => m.term,
             Message::AppendEntries(m) => m.term,
             Message::InstallSnapshot(m) => m.term,
+            Message::TimeoutNow(m) => m.term,
         }
     }
 
@@ -107,6 +129,10 @@ impl Message {
                 ..m.clone()
             }),
             Message::InstallSnapshot(m) => Message::InstallSnapshot(InstallSnapshot {
+                leader: rename(m.leader),
+                ..m.clone()
+            }),
+            Message::TimeoutNow(m) => Message::TimeoutNow(TimeoutNow {
                 leader: rename(m.leader),
                 ..m.clone()
             }),

@@ -55,9 +55,37 @@
 //! one at or below its commit index). While a snapshot is out to a follower its
 //! progress is paused; a failure goes back to probing.
 //!
+//! # Liveness under partial partitions (thesis 9.6, 6.2, 3.10)
+//!
+//! With `pre_vote`, a node whose election timer fires first becomes a
+//! *pre-candidate*: it asks for pre-votes for the next term without raising
+//! its own, and campaigns only with a majority of them. A receiver changes
+//! nothing for a pre-vote; it grants one only to a log at least as up to
+//! date as its own, for a term above its own. A node cut off and healed
+//! therefore comes back at the term it left, and deposes nobody.
+//!
+//! With `check_quorum`, a leader that has not heard from a majority within
+//! an election timeout steps down (its clients go elsewhere), and every node
+//! keeps a *vote lease*: having heard from a live leader within the minimum
+//! election timeout, it ignores (pre-)votes. The known deadlocks of the
+//! pair, each a rule test in `tests.rs`:
+//! - a pre-candidate forgets its leader, or two followers of a dead leader
+//!   refuse each other's pre-votes forever (etcd PR #8334);
+//! - a pre-vote rejection carries the receiver's term, so a longer log on a
+//!   lower term learns the higher one (etcd #8501, openraft #1796);
+//! - a lower-term AppendEntries is answered at the current term, so a
+//!   leader learns of a node that raised its term while cut off and cannot
+//!   rejoin otherwise (etcd #8243);
+//! - a leader reaching only one follower steps down by CheckQuorum rather
+//!   than renewing that follower's lease forever (openraft #2080).
+//!
+//! Leadership transfer: the leader stops taking proposals, brings the
+//! target up to date, and sends it `TimeoutNow`; the target campaigns at
+//! once, its requests marked as a transfer so the lease does not refuse
+//! them. The transfer aborts after an election timeout.
+//!
 //! # Not implemented (yet)
-//! - PreVote and CheckQuorum (a partitioned node that rejoins bumps the term).
-//! - Leadership transfer, membership changes, learners.
+//! - Membership changes, learners.
 
 mod log;
 mod message;
@@ -67,9 +95,9 @@ mod progress;
 pub use log::RaftLog;
 pub use message::{
     AppendEntries, AppendEntriesResponse, Entry, InstallSnapshot, Message, RequestVote,
-    RequestVoteResponse,
+    RequestVoteResponse, TimeoutNow,
 };
-pub use node::{Config, NotLeader, Raft, ReadRejected, ReadState, Ready, Role};
+pub use node::{Config, NotLeader, Raft, ReadRejected, ReadState, Ready, Role, TransferRejected};
 
 use std::fmt;
 

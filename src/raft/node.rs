@@ -1,6 +1,6 @@
-//! Roles and transitions: `tick`, the four `handle_*` inputs, `propose`,
-//! `read_index`; then `ready` hands the driver what to persist, send and apply,
-//! and `advance` tells the core it was done.
+//! Roles and transitions: `tick`, the `handle_*` inputs, `propose`,
+//! `read_index`, `transfer_leadership`; then `ready` hands the driver what to
+//! persist, send and apply, and `advance` tells the core it was done.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::hash::{Hash, Hasher};
@@ -12,7 +12,7 @@ use tracing::{debug, info, warn};
 use super::progress::{Progress, ProgressState};
 use super::{
     AppendEntries, AppendEntriesResponse, Entry, HardState, InstallSnapshot, LogIndex, Message,
-    NodeId, RaftLog, RequestVote, RequestVoteResponse, SnapshotMeta, Term,
+    NodeId, RaftLog, RequestVote, RequestVoteResponse, SnapshotMeta, Term, TimeoutNow,
 };
 use crate::planted::{is_planted, Bug};
 
@@ -35,6 +35,16 @@ pub struct Config {
     pub append_bytes_max: usize,
     /// Seeds this node's RNG (election timeouts): the run replays from it.
     pub seed: u64,
+    /// PreVote (thesis 9.6): a node whose election timer fires first asks
+    /// whether it could win, without raising its term, and campaigns only if
+    /// a majority says yes. A node cut off and healed does not depose a
+    /// healthy leader.
+    pub pre_vote: bool,
+    /// CheckQuorum (thesis 6.2): a leader that has not heard from a majority
+    /// within an election timeout steps down. With it comes the vote lease:
+    /// a node that heard from a live leader within the minimum election
+    /// timeout ignores (pre-)votes, but those of a leadership transfer.
+    pub check_quorum: bool,
 }
 
 impl Config {
@@ -76,8 +86,18 @@ impl Config {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Role {
     Follower,
+    /// Asking for pre-votes: its term is not raised yet.
+    PreCandidate,
     Candidate,
     Leader,
+}
+
+/// Why a leadership transfer could not start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransferRejected {
+    NotLeader(NotLeader),
+    /// The target is not a voter of this cluster.
+    UnknownNode(NodeId),
 }
 
 /// Returned when only a leader could have done what was asked.
@@ -180,6 +200,10 @@ pub struct Raft {
     reads_dropped: Vec<u64>,
     /// The hard state as last handed to storage by `ready`.
     hard_state_handed: HardState,
+    /// Leader: the follower leadership is being handed to. No proposals are
+    /// taken meanwhile; it aborts after an election timeout.
+    transfer_target: Option<NodeId>,
+    transfer_elapsed_ticks: u32,
 }
 
 impl Raft {
@@ -248,6 +272,8 @@ impl Raft {
             reads_dropped: Vec::new(),
             // What storage holds: a raised term goes out with the first write.
             hard_state_handed: durable_hard_state,
+            transfer_target: None,
+            transfer_elapsed_ticks: 0,
             config,
         };
         assert!(
@@ -274,6 +300,10 @@ impl Raft {
     }
     pub fn leader(&self) -> Option<NodeId> {
         self.leader
+    }
+    /// Leader: the node leadership is being transferred to, if any.
+    pub fn transfer_target(&self) -> Option<NodeId> {
+        self.transfer_target
     }
     pub fn log(&self) -> &RaftLog {
         &self.log
@@ -328,6 +358,7 @@ impl Raft {
         self.reads_dropped.hash(state);
         self.hard_state_handed.term.hash(state);
         self.hard_state_handed.vote.map(rename).hash(state);
+        self.transfer_target.map(rename).hash(state);
     }
 
     fn quorum(&self) -> usize {
@@ -352,41 +383,126 @@ impl Raft {
                     self.heartbeat_elapsed_ticks = 0;
                     self.broadcast_heartbeat();
                 }
+                if self.transfer_target.is_some() {
+                    self.transfer_elapsed_ticks += 1;
+                    if self.transfer_elapsed_ticks >= self.config.election_timeout_ticks_min {
+                        warn!(
+                            target = self.transfer_target.map_or(0, |t| t.0),
+                            "leadership transfer timed out: aborted, taking proposals again"
+                        );
+                        self.transfer_target = None;
+                    }
+                }
+                // The leader's election timer counts toward its CheckQuorum.
+                self.election_elapsed_ticks += 1;
+                if self.election_elapsed_ticks >= self.config.election_timeout_ticks_min {
+                    self.election_elapsed_ticks = 0;
+                    if self.config.check_quorum {
+                        self.check_quorum();
+                    }
+                }
             }
-            Role::Follower | Role::Candidate => {
+            Role::Follower | Role::PreCandidate | Role::Candidate => {
                 self.election_elapsed_ticks += 1;
                 if self.election_elapsed_ticks >= self.election_timeout_ticks {
-                    self.campaign();
+                    if self.config.pre_vote {
+                        self.pre_campaign();
+                    } else {
+                        self.campaign(false);
+                    }
                 }
             }
         }
     }
 
+    /// CheckQuorum: steps down unless a majority (counting us) answered
+    /// since the last check. Its clients are then told to go elsewhere.
+    fn check_quorum(&mut self) {
+        let active = 1 + self.progress.values().filter(|p| p.recent_active).count();
+        for progress in self.progress.values_mut() {
+            progress.recent_active = false;
+        }
+        if active < self.quorum() && !is_planted(Bug::CheckQuorumNeverStepsDown) {
+            warn!(
+                term = self.term.0,
+                active,
+                quorum = self.quorum(),
+                "CheckQuorum: a majority has not answered within an election timeout: stepping down"
+            );
+            self.become_follower(self.term, None);
+        }
+    }
+
     // ------------------------------------------------------------ roles
 
-    fn campaign(&mut self) {
-        self.term = Term(
-            self.term
-                .0
-                .checked_add(1)
-                .expect("terms stay far below u64::MAX: the transport refuses larger ones"),
-        );
-        self.vote = Some(self.config.id);
-        self.role = Role::Candidate;
+    /// The vote lease: this node heard from a live leader (or is one) within
+    /// the minimum election timeout, so a vote or pre-vote for someone else
+    /// would only disrupt it. Needs CheckQuorum: a leader that lost its
+    /// majority steps down and stops renewing leases (else a leader that
+    /// reaches only one follower keeps that follower from ever voting: the
+    /// deadlock of openraft #2080).
+    fn is_in_lease(&self) -> bool {
+        self.config.check_quorum
+            && self.leader.is_some()
+            && self.election_elapsed_ticks < self.config.election_timeout_ticks_min
+    }
+
+    /// PreVote (thesis 9.6): asks whether a majority would vote for us in the
+    /// next term, changing nothing durable. Forgets the leader, so that this
+    /// node grants pre-votes as readily as it asks for them (etcd PR #8334:
+    /// two followers of a dead leader, each still "in lease" for the other,
+    /// would refuse each other forever).
+    fn pre_campaign(&mut self) {
+        self.role = Role::PreCandidate;
         self.leader = None;
         self.drop_leader_state();
         self.votes_granted = BTreeSet::from([self.config.id]);
         self.reset_election_timer();
-        info!(term = self.term.0, "election timeout: campaigning");
+        info!(term = self.term.0, "election timeout: asking for pre-votes");
+        if self.votes_granted.len() >= self.quorum() {
+            self.campaign(false);
+            return;
+        }
+        self.request_votes(Term(self.term.0.saturating_add(1)), true, false);
+    }
+
+    /// Campaigns in the next term. `transfer`: the leader handed over
+    /// (`TimeoutNow`): no pre-vote, and the others' lease does not apply.
+    fn campaign(&mut self, transfer: bool) {
+        let is_same_term = transfer && is_planted(Bug::TransferCampaignsInSameTerm);
+        if !is_same_term {
+            self.term = Term(
+                self.term
+                    .0
+                    .checked_add(1)
+                    .expect("terms stay far below u64::MAX: the transport refuses larger ones"),
+            );
+        }
+        self.vote = Some(self.config.id);
+        self.role = Role::Candidate;
+        self.leader = None;
+        self.drop_leader_state();
+        if !is_planted(Bug::PreVotesCountedInElection) {
+            self.votes_granted.clear();
+        }
+        self.votes_granted.insert(self.config.id);
+        self.reset_election_timer();
+        info!(term = self.term.0, transfer, "campaigning");
         if self.votes_granted.len() >= self.quorum() {
             self.become_leader();
             return;
         }
+        self.request_votes(self.term, false, transfer);
+    }
+
+    fn request_votes(&mut self, term: Term, pre_vote: bool, transfer: bool) {
         let request = RequestVote {
-            term: self.term,
+            term,
             candidate: self.config.id,
             last_log_index: self.log.last_index(),
             last_log_term: self.log.last_term(),
+            pre_vote,
+            transfer,
         };
         for &peer in &self.peers {
             self.messages
@@ -422,6 +538,7 @@ impl Raft {
         self.role = Role::Leader;
         self.leader = Some(self.config.id);
         self.heartbeat_elapsed_ticks = 0;
+        self.election_elapsed_ticks = 0;
         let next = self.log.last_index().next();
         let inflight_max = self.config.inflight_appends_max;
         self.progress = self
@@ -447,6 +564,7 @@ impl Raft {
     /// Forgets what only a leader keeps; reads waiting on a round are dropped.
     fn drop_leader_state(&mut self) {
         self.progress.clear();
+        self.transfer_target = None;
         self.is_broadcast_wanted = false;
         self.is_read_round_wanted = false;
         self.reads_dropped
@@ -455,9 +573,47 @@ impl Raft {
 
     // ------------------------------------------------------------ voting
 
-    /// A candidate asks for our vote. The response must be sent only after the
-    /// next `Ready` is persisted (it may carry a new term and vote).
+    /// A candidate asks for our vote (or pre-vote). The response must be
+    /// sent only after the next `Ready` is persisted (it may carry a new term
+    /// and vote).
     pub fn handle_request_vote(&mut self, request: RequestVote) -> RequestVoteResponse {
+        let reject = |term| RequestVoteResponse {
+            term,
+            vote_granted: false,
+            pre_vote: request.pre_vote,
+        };
+        if request.term > self.term && !request.transfer && self.is_in_lease() {
+            // Ignored: answered at our own (lower) term, which the
+            // candidate discards, so nothing here changes.
+            debug!(
+                candidate = request.candidate.0,
+                term = request.term.0,
+                pre_vote = request.pre_vote,
+                "vote requested while a leader is live: ignored (vote lease)"
+            );
+            return reject(self.term);
+        }
+        if request.pre_vote {
+            // Never changes our term, vote or timer. A rejection carries our
+            // term: a pre-candidate behind it learns it and can campaign
+            // above it next time (etcd #8501 and openraft #1796: else a
+            // longer log on a lower term and a shorter one on a higher term
+            // refuse each other forever).
+            let is_up_to_date = (request.last_log_term, request.last_log_index)
+                >= (self.log.last_term(), self.log.last_index());
+            let granted = request.term > self.term && is_up_to_date;
+            debug!(
+                candidate = request.candidate.0,
+                term = request.term.0,
+                granted,
+                "pre-vote requested"
+            );
+            return RequestVoteResponse {
+                term: if granted { request.term } else { self.term },
+                vote_granted: granted,
+                pre_vote: true,
+            };
+        }
         if request.term > self.term {
             // A follower or candidate keeps its election timer: only a vote
             // granted or a leader heard restarts it (Raft figure 2). Else a
@@ -489,16 +645,27 @@ impl Raft {
         RequestVoteResponse {
             term: self.term,
             vote_granted,
+            pre_vote: false,
         }
     }
 
     pub fn handle_request_vote_response(&mut self, from: NodeId, response: RequestVoteResponse) {
-        if response.term > self.term {
+        // A granted pre-vote carries the term we would campaign in.
+        let is_pre_vote_grant = response.pre_vote && response.vote_granted;
+        if response.term > self.term && !is_pre_vote_grant {
             self.become_follower(response.term, None);
             return;
         }
-        let is_stale = response.term != self.term && !is_planted(Bug::StaleVoteCounted);
-        if self.role != Role::Candidate || is_stale || !response.vote_granted {
+        if !response.vote_granted {
+            return;
+        }
+        let is_counted = if response.pre_vote {
+            self.role == Role::PreCandidate && response.term == Term(self.term.0 + 1)
+        } else {
+            self.role == Role::Candidate
+                && (response.term == self.term || is_planted(Bug::StaleVoteCounted))
+        };
+        if !is_counted {
             return;
         }
         if !self.peers.contains(&from) {
@@ -510,7 +677,11 @@ impl Raft {
         }
         self.votes_granted.insert(from);
         if self.votes_granted.len() >= self.quorum() {
-            self.become_leader();
+            if self.role == Role::PreCandidate {
+                self.campaign(false);
+            } else {
+                self.become_leader();
+            }
         }
     }
 
@@ -701,6 +872,7 @@ impl Raft {
         progress.read_round_acked = progress
             .read_round_acked
             .max(response.read_round.min(self.read_round));
+        progress.recent_active = true;
         if progress.snapshot_pending().is_some()
             && (!response.success || response.match_index < self.log.offset().index)
         {
@@ -724,6 +896,9 @@ impl Raft {
             }
             if progress.acknowledge(response.match_index) {
                 self.maybe_commit();
+            }
+            if self.transfer_target == Some(from) {
+                self.maybe_send_timeout_now();
             }
         } else if response.rejected_index < progress.match_index {
             // A rejection of an old message overtaken by later successes.
@@ -879,6 +1054,101 @@ impl Raft {
         }
     }
 
+    // ------------------------------------------------------------ leadership transfer
+
+    /// Hands leadership to `target` (thesis 3.10), or, if `None`, to the
+    /// most up-to-date follower. Proposals are refused meanwhile (clients
+    /// retry: nothing is lost); the target is brought up to date and then
+    /// told to campaign at once (`TimeoutNow`). Aborts after an election
+    /// timeout. Returns the target.
+    pub fn transfer_leadership(
+        &mut self,
+        target: Option<NodeId>,
+    ) -> Result<NodeId, TransferRejected> {
+        if self.role != Role::Leader {
+            return Err(TransferRejected::NotLeader(NotLeader {
+                leader: self.leader,
+            }));
+        }
+        let target = match target {
+            Some(target) => target,
+            // The most up-to-date follower (the lowest id among equals).
+            None => match self
+                .progress
+                .iter()
+                .max_by_key(|(&peer, p)| (p.match_index, std::cmp::Reverse(peer)))
+            {
+                Some((&peer, _)) => peer,
+                None => return Ok(self.config.id),
+            },
+        };
+        if target == self.config.id {
+            return Ok(target);
+        }
+        if !self.peers.contains(&target) {
+            return Err(TransferRejected::UnknownNode(target));
+        }
+        if self.transfer_target != Some(target) {
+            info!(
+                target = target.0,
+                term = self.term.0,
+                "transferring leadership: proposals paused"
+            );
+            self.transfer_target = Some(target);
+            self.transfer_elapsed_ticks = 0;
+        }
+        self.maybe_send_timeout_now();
+        Ok(target)
+    }
+
+    /// During a transfer: tells the target to campaign if its log matches
+    /// ours, else sends it what it lacks.
+    fn maybe_send_timeout_now(&mut self) {
+        let Some(target) = self.transfer_target else {
+            return;
+        };
+        let Some(progress) = self.progress.get(&target) else {
+            return;
+        };
+        if progress.match_index == self.log.last_index() {
+            debug!(
+                target = target.0,
+                "transfer target is up to date: TimeoutNow"
+            );
+            self.messages.push((
+                target,
+                Message::TimeoutNow(TimeoutNow {
+                    term: self.term,
+                    leader: self.config.id,
+                }),
+            ));
+        } else {
+            self.send_append(target);
+        }
+    }
+
+    /// Our leader hands us leadership: campaign now, in the next term,
+    /// skipping the pre-vote (the others' lease does not apply to it).
+    pub fn handle_timeout_now(&mut self, request: TimeoutNow) {
+        if request.term != self.term
+            || self.role != Role::Follower
+            || self.leader != Some(request.leader)
+        {
+            debug!(
+                from = request.leader.0,
+                term = request.term.0,
+                "TimeoutNow from a node that is not my current leader: ignored"
+            );
+            return;
+        }
+        info!(
+            from = request.leader.0,
+            term = self.term.0,
+            "leadership handed to me: campaigning"
+        );
+        self.campaign(true);
+    }
+
     // ------------------------------------------------------------ snapshots
 
     /// Storage holds a snapshot ending at `snapshot` durably (taken here or
@@ -936,10 +1206,17 @@ impl Raft {
 
     /// Appends a command to the log (leader only). It is sent with the next
     /// `Ready`, so many proposals share one append, one sync and one message.
+    /// While leadership is being transferred, proposals are refused with
+    /// the target as the hint (it will lead shortly; clients retry there).
     pub fn propose(&mut self, data: Vec<u8>) -> Result<LogIndex, NotLeader> {
         if self.role != Role::Leader {
             return Err(NotLeader {
                 leader: self.leader,
+            });
+        }
+        if let Some(target) = self.transfer_target {
+            return Err(NotLeader {
+                leader: Some(target),
             });
         }
         let index = self.log.last_index().next();

@@ -32,6 +32,8 @@ pub struct Progress {
     inflight_max: usize,
     /// Highest ReadIndex round this follower acknowledged in our term.
     pub read_round_acked: u64,
+    /// It answered since the last CheckQuorum (any answer in our term).
+    pub recent_active: bool,
 }
 
 impl Progress {
@@ -48,6 +50,7 @@ impl Progress {
             inflight_last_index: VecDeque::new(),
             inflight_max,
             read_round_acked: 0,
+            recent_active: false,
         }
     }
 

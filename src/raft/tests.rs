@@ -21,7 +21,17 @@ fn config(id: u64, n: u64) -> Config {
         append_entries_max: 64,
         append_bytes_max: 1 << 20,
         seed: 7,
+        // The base protocol's rules are tested without them; the tests of
+        // PreVote, CheckQuorum and transfers turn them on (`liveness`).
+        pre_vote: false,
+        check_quorum: false,
     }
+}
+
+/// PreVote and CheckQuorum on, as nodes run by default.
+fn liveness(config: &mut Config) {
+    config.pre_vote = true;
+    config.check_quorum = true;
 }
 
 #[derive(Debug, Clone)]
@@ -246,6 +256,10 @@ impl Cluster {
                 self.queue
                     .push_back(Envelope::AppendResponse(to, from, response));
             }
+            Envelope::Request(_, _, Message::TimeoutNow(m)) => {
+                raft.handle_timeout_now(m);
+                self.process(to);
+            }
             Envelope::Request(_, _, Message::InstallSnapshot(m)) => {
                 // The driver streams the sender's newest durable snapshot.
                 let disk = &self.disks[&from];
@@ -317,17 +331,37 @@ impl Cluster {
         self.deliver_filtered(|_| true)
     }
 
+    /// Ticks every node once and delivers until quiet, `rounds` times.
+    fn run_rounds(&mut self, rounds: usize) {
+        for _ in 0..rounds {
+            for id in 1..=self.n {
+                self.node_mut(id).tick();
+            }
+            self.deliver_all();
+        }
+    }
+
+    /// The node that leads in the highest term, if any.
+    fn leader(&self) -> Option<u64> {
+        self.nodes
+            .iter()
+            .filter(|(_, raft)| raft.role() == Role::Leader)
+            .max_by_key(|(_, raft)| raft.term())
+            .map(|(id, _)| id.0)
+    }
+
     /// Ticks `id` alone until it campaigns, then delivers everything.
     fn campaign(&mut self, id: u64) {
         let raft = self.node_mut(id);
         let term = raft.term();
+        let is_campaigning = |raft: &Raft| raft.term() > term || raft.role() == Role::PreCandidate;
         for _ in 0..100 {
             raft.tick();
-            if raft.term() > term {
+            if is_campaigning(raft) {
                 break;
             }
         }
-        assert!(self.node(id).term() > term, "node {id} never campaigned");
+        assert!(is_campaigning(self.node(id)), "node {id} never campaigned");
     }
 
     fn elect(&mut self, id: u64) {
@@ -369,9 +403,8 @@ impl Cluster {
     fn restart(&mut self, id: u64) {
         let id = NodeId(id);
         let disk = self.disks[&id].clone();
-        let mut cfg = config(id.0, self.n);
-        cfg.append_entries_max = self.nodes[&id].config().append_entries_max;
-        cfg.seed = self.nodes[&id].config().seed.wrapping_add(1);
+        let mut cfg = self.nodes[&id].config().clone();
+        cfg.seed = cfg.seed.wrapping_add(1);
         let entries = disk.entries_after_snapshot();
         self.nodes.insert(
             id,
@@ -467,6 +500,8 @@ fn a_node_votes_at_most_once_per_term() {
         candidate: NodeId(candidate),
         last_log_index: LogIndex(0),
         last_log_term: Term(0),
+        pre_vote: false,
+        transfer: false,
     };
     assert!(raft.handle_request_vote(ask(2)).vote_granted);
     assert!(
@@ -509,6 +544,8 @@ fn votes_go_only_to_candidates_with_up_to_date_logs() {
         candidate: NodeId(2),
         last_log_index: LogIndex(last_log_index),
         last_log_term: Term(last_log_term),
+        pre_vote: false,
+        transfer: false,
     };
     let cases = [
         ((2, 9), false, "older last term loses whatever its length"),
@@ -876,6 +913,8 @@ fn refused_vote_requests_do_not_hold_back_an_up_to_date_follower() {
                 candidate: NodeId(2),
                 last_log_index: LogIndex(0),
                 last_log_term: Term(0),
+                pre_vote: false,
+                transfer: false,
             });
             assert!(!response.vote_granted, "node 2's log is behind");
         }
@@ -1101,6 +1140,7 @@ fn a_leader_counts_its_own_entries_only_once_durable() {
         RequestVoteResponse {
             term: leader.term(),
             vote_granted: true,
+            pre_vote: false,
         },
     );
     assert_eq!(leader.role(), Role::Leader);
@@ -1159,6 +1199,9 @@ fn randomized_runs_keep_the_safety_invariants() {
         let mut c = Cluster::with(n, |cfg| {
             cfg.seed = seed;
             cfg.append_entries_max = 3;
+            // Half the runs with PreVote and CheckQuorum, as nodes run.
+            cfg.pre_vote = seed % 4 < 2;
+            cfg.check_quorum = seed % 4 < 2;
         });
         let mut proposed = 0u32;
         for _step in 0..3000 {
@@ -1196,7 +1239,17 @@ fn randomized_runs_keep_the_safety_invariants() {
                     }
                 }
                 92..=95 => c.heal(),
-                96..=97 => {
+                96 => {
+                    // A leader hands over to a random node.
+                    for id in 1..=n {
+                        if c.node(id).role() == Role::Leader {
+                            let target = NodeId(rng.random_range(1..=n));
+                            let _ = c.node_mut(id).transfer_leadership(Some(target));
+                            c.process(NodeId(id));
+                        }
+                    }
+                }
+                97 => {
                     // Snapshot and compact a node, keeping 0-4 entries.
                     let id = rng.random_range(1..=n);
                     c.snapshot(id, rng.random_range(0..5));
@@ -1560,4 +1613,315 @@ fn a_restart_keeps_the_catch_up_tail_below_its_snapshot() {
         6,
         "a follower at 6 gets entries, not a snapshot"
     );
+}
+
+// ------------------------------------------------------------ PreVote, CheckQuorum, transfer
+
+fn pre_vote(term: u64, candidate: u64, last: (u64, u64)) -> RequestVote {
+    RequestVote {
+        term: Term(term),
+        candidate: NodeId(candidate),
+        last_log_index: LogIndex(last.0),
+        last_log_term: Term(last.1),
+        pre_vote: true,
+        transfer: false,
+    }
+}
+
+#[test]
+fn a_pre_vote_changes_nothing_on_the_receiver() {
+    let mut raft = follower_with_terms(&[1, 1, 2], 2);
+    let before = raft.hard_state();
+    let granted = raft.handle_request_vote(pre_vote(3, 3, (3, 2)));
+    assert!(granted.vote_granted && granted.pre_vote);
+    assert_eq!(granted.term, Term(3), "a grant carries the request's term");
+    assert_eq!(raft.hard_state(), before, "no term raised, no vote cast");
+    assert!(!raft.has_ready(), "nothing to persist");
+    // An older log, or a term not above ours, is refused with our term.
+    let older = raft.handle_request_vote(pre_vote(3, 3, (9, 1)));
+    assert!(!older.vote_granted);
+    assert_eq!(older.term, Term(2));
+    let same_term = raft.handle_request_vote(pre_vote(2, 3, (3, 2)));
+    assert!(!same_term.vote_granted);
+    assert_eq!(raft.hard_state(), before);
+}
+
+#[test]
+fn prevote_an_isolated_follower_keeps_its_term_and_rejoins_without_disruption() {
+    let mut c = Cluster::with(3, liveness);
+    c.elect(1);
+    let term = c.node(1).term();
+    c.isolate(3);
+    c.run_rounds(200);
+    assert_eq!(c.node(3).term(), term, "pre-votes never raise the term");
+    assert_eq!(c.node(3).role(), Role::PreCandidate);
+    assert_eq!(c.leader(), Some(1));
+    c.heal();
+    c.run_rounds(30);
+    assert_eq!(c.leader(), Some(1), "the leader was not deposed");
+    assert_eq!(c.node(1).term(), term);
+    assert_eq!(c.node(3).role(), Role::Follower);
+    assert_eq!(c.node(3).leader(), Some(NodeId(1)));
+}
+
+#[test]
+fn without_prevote_an_isolated_follower_deposes_the_leader_on_rejoining() {
+    // The negative control of the test above.
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    let term = c.node(1).term();
+    c.isolate(3);
+    c.run_rounds(60);
+    assert!(c.node(3).term() > term);
+    c.heal();
+    c.run_rounds(60);
+    assert!(c.node(1).term() > term, "the old leader's term was raised");
+}
+
+#[test]
+fn check_quorum_steps_down_a_leader_cut_off_from_its_majority() {
+    let mut c = Cluster::with(3, liveness);
+    c.elect(1);
+    c.node_mut(1).read_index(7).expect("a leader takes reads");
+    c.isolate(1);
+    for _ in 0..2 * 10 {
+        c.node_mut(1).tick();
+        c.deliver_all();
+    }
+    assert_eq!(c.node(1).role(), Role::Follower);
+    assert_eq!(
+        c.node(1).leader(),
+        None,
+        "its clients are told to go elsewhere"
+    );
+    assert_eq!(c.reads_dropped[&NodeId(1)], vec![7]);
+    // A leader that hears from its majority stays.
+    let mut c = Cluster::with(3, liveness);
+    c.elect(1);
+    c.isolate(3);
+    c.run_rounds(100);
+    assert_eq!(c.leader(), Some(1));
+}
+
+#[test]
+fn a_node_in_lease_ignores_votes_but_not_those_of_a_transfer() {
+    let mut c = Cluster::with(3, liveness);
+    c.elect(1);
+    c.heartbeat(1);
+    let term = c.node(2).term();
+    let mut vote = pre_vote(term.0 + 1, 3, (9, 9));
+    for pre in [true, false] {
+        vote.pre_vote = pre;
+        let response = c.node_mut(2).handle_request_vote(vote.clone());
+        assert!(!response.vote_granted, "in lease (pre-vote: {pre})");
+        assert_eq!(c.node(2).term(), term, "and its term is unchanged");
+        assert_eq!(c.node(2).leader(), Some(NodeId(1)));
+    }
+    vote.transfer = true;
+    assert!(c.node_mut(2).handle_request_vote(vote).vote_granted);
+    assert_eq!(c.node(2).term(), Term(term.0 + 1));
+}
+
+#[test]
+fn a_pre_candidate_forgets_its_leader_etcd_pr_8334() {
+    // The leader dies. Node 2 times out first: 3, which still heard from
+    // the leader recently, ignores its pre-vote. Then 3 times out: 2 must
+    // grant it, though 2's timer restarted when it asked: a pre-candidate
+    // that kept its leader would count itself in lease and refuse.
+    let mut c = Cluster::with(3, liveness);
+    c.elect(1);
+    c.heartbeat(1);
+    c.isolate(1);
+    c.campaign(2);
+    c.deliver_all();
+    assert_eq!(c.node(2).role(), Role::PreCandidate, "3 was in lease");
+    assert_eq!(c.node(2).leader(), None);
+    c.campaign(3);
+    c.deliver_all();
+    assert_eq!(c.leader(), Some(3));
+}
+
+#[test]
+fn a_pre_vote_rejection_teaches_the_higher_term_etcd_8501_openraft_1796() {
+    // Node 2 has the longer log on a lower term; node 1 is on a higher term
+    // with a shorter log (a candidate that lost). Each refuses the other;
+    // the refusal carries node 1's term, so node 2 moves up to it and its
+    // next pre-vote (and vote) succeeds.
+    let mut long_low = follower_with_terms(&[1, 1, 1], 1);
+    let mut short_high = Raft::new(
+        {
+            let mut c = config(1, 3);
+            liveness(&mut c);
+            c
+        },
+        HardState {
+            term: Term(4),
+            vote: Some(NodeId(1)),
+        },
+        vec![entry(1, 1)],
+    );
+    let refusal = short_high.handle_request_vote(pre_vote(2, 2, (3, 1)));
+    assert!(!refusal.vote_granted);
+    assert_eq!(refusal.term, Term(4));
+    // Node 2 as a pre-candidate hears it and follows term 4.
+    for _ in 0..40 {
+        long_low.tick();
+    }
+    long_low.handle_request_vote_response(NodeId(1), refusal);
+    assert_eq!(long_low.term(), Term(4));
+    let ask = pre_vote(5, 2, (3, 1));
+    assert!(short_high.handle_request_vote(ask).vote_granted);
+}
+
+#[test]
+fn a_lower_term_append_is_answered_at_the_current_term_etcd_8243() {
+    // CheckQuorum without PreVote: node 3, cut off, raised its term; the
+    // others' lease ignores its votes, and its log is behind. It rejects the
+    // leader's lower-term appends *with its term*, so the leader steps down
+    // and a new election at a higher term takes node 3 back in.
+    let mut c = Cluster::with(3, |cfg| cfg.check_quorum = true);
+    c.elect(1);
+    c.propose(1, "a");
+    c.deliver_all();
+    c.isolate(3);
+    c.propose(1, "b");
+    c.run_rounds(80);
+    let stuck = c.node(3).term();
+    assert!(stuck > c.node(1).term());
+    let leader_term = c.node(1).term().0;
+    let response = c
+        .node_mut(3)
+        .handle_append_entries(append(leader_term, (0, 0), &[], 0));
+    assert_eq!(response.term, stuck, "answered at the current term");
+    c.heal();
+    c.run_rounds(100);
+    let leader = c.leader().expect("a leader again");
+    assert!(c.node(leader).term() >= stuck);
+    assert_eq!(c.node(3).term(), c.node(leader).term());
+    assert_eq!(c.node(3).leader(), Some(NodeId(leader)));
+}
+
+#[test]
+fn a_leader_reaching_one_follower_steps_down_openraft_2080() {
+    // Five voters. The old leader 1 reaches only 2 (the bridge); 2, 3 and 4
+    // see each other; 5 is cut off. 3 and 4 need 2's vote, and 2 hears from
+    // 1: only 1 stepping down (CheckQuorum) ends 2's lease.
+    let mut c = Cluster::with(5, liveness);
+    c.elect(1);
+    c.heartbeat(1);
+    let term = c.node(1).term();
+    for other in [3, 4, 5] {
+        c.cut_link(1, other);
+    }
+    for other in [2, 3, 4] {
+        c.cut_link(5, other);
+    }
+    c.run_rounds(120);
+    let leader = c.leader().expect("a leader");
+    assert!([2, 3, 4].contains(&leader), "node {leader} leads");
+    assert!(c.node(leader).term() > term);
+    assert_ne!(c.node(1).role(), Role::Leader);
+}
+
+/// Elects 1 with node 3 behind by a few entries.
+fn cluster_with_lagging_3() -> Cluster {
+    let mut c = Cluster::with(3, liveness);
+    c.elect(1);
+    c.cut_link(1, 3);
+    for i in 0..5 {
+        c.propose(1, &format!("v{i}"));
+        c.deliver_all();
+    }
+    c.heartbeat(1);
+    c.heal();
+    assert!(c.node(3).log().last_index() < c.node(1).log().last_index());
+    c
+}
+
+#[test]
+fn a_transfer_brings_the_target_up_to_date_then_hands_over() {
+    let mut c = cluster_with_lagging_3();
+    let term = c.node(1).term();
+    let last = c.node(1).log().last_index();
+    assert_eq!(
+        c.node_mut(1).transfer_leadership(Some(NodeId(3))),
+        Ok(NodeId(3))
+    );
+    assert_eq!(
+        c.node_mut(1).propose(b"during".to_vec()),
+        Err(NotLeader {
+            leader: Some(NodeId(3))
+        }),
+        "proposals are refused with the target as the hint"
+    );
+    // The probe to 3 went unanswered while the link was cut: the next
+    // heartbeat sends 3 what it lacks, and its answer brings TimeoutNow.
+    c.heartbeat(1);
+    assert_eq!(c.leader(), Some(3));
+    assert_eq!(c.node(3).term(), Term(term.0 + 1), "one election");
+    assert!(
+        c.node(3).log().last_index() > last,
+        "its no-op follows all of 1's log"
+    );
+    c.heartbeat(3);
+    assert_eq!(c.node(1).leader(), Some(NodeId(3)));
+    assert_eq!(c.node(1).transfer_target(), None);
+    assert!(c.node_mut(3).propose(b"after".to_vec()).is_ok());
+}
+
+#[test]
+fn a_transfer_picks_the_most_up_to_date_follower_and_rejects_strangers() {
+    let mut c = cluster_with_lagging_3();
+    assert_eq!(
+        c.node_mut(1).transfer_leadership(Some(NodeId(9))),
+        Err(TransferRejected::UnknownNode(NodeId(9)))
+    );
+    assert_eq!(
+        c.node_mut(2).transfer_leadership(None),
+        Err(TransferRejected::NotLeader(NotLeader {
+            leader: Some(NodeId(1))
+        }))
+    );
+    assert_eq!(c.node_mut(1).transfer_leadership(None), Ok(NodeId(2)));
+    c.deliver_all();
+    assert_eq!(c.leader(), Some(2));
+}
+
+#[test]
+fn a_transfer_aborts_after_an_election_timeout() {
+    let mut c = Cluster::with(3, liveness);
+    c.elect(1);
+    c.isolate(3);
+    c.propose(1, "x");
+    c.deliver_all();
+    c.node_mut(1)
+        .transfer_leadership(Some(NodeId(3)))
+        .expect("leader");
+    assert!(c.node_mut(1).propose(b"y".to_vec()).is_err());
+    for _ in 0..10 {
+        c.node_mut(1).tick();
+        c.deliver_all();
+    }
+    assert_eq!(c.node(1).transfer_target(), None);
+    assert_eq!(c.leader(), Some(1));
+    assert!(
+        c.node_mut(1).propose(b"z".to_vec()).is_ok(),
+        "proposals again"
+    );
+}
+
+#[test]
+fn timeout_now_from_anyone_but_the_current_leader_is_ignored() {
+    let mut c = Cluster::with(3, liveness);
+    c.elect(1);
+    c.heartbeat(1);
+    let term = c.node(2).term();
+    for (from, at) in [(3, term.0), (1, term.0 - 1)] {
+        c.node_mut(2).handle_timeout_now(TimeoutNow {
+            term: Term(at),
+            leader: NodeId(from),
+        });
+        assert_eq!(c.node(2).role(), Role::Follower);
+        assert_eq!(c.node(2).term(), term);
+    }
 }

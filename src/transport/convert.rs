@@ -7,7 +7,7 @@ use tonic::{Code, Status};
 use crate::proto;
 use crate::raft::{
     AppendEntries, AppendEntriesResponse, Entry, LogIndex, NodeId, RequestVote,
-    RequestVoteResponse, Term,
+    RequestVoteResponse, Term, TimeoutNow,
 };
 use crate::Error;
 
@@ -149,6 +149,8 @@ pub(crate) fn request_vote_to_proto(
         term: m.term.0,
         last_log_index: m.last_log_index.0,
         last_log_term: m.last_log_term.0,
+        pre_vote: m.pre_vote,
+        transfer: m.transfer,
     }
 }
 
@@ -158,6 +160,8 @@ pub(crate) fn request_vote_from_proto(m: &proto::RequestVoteRequest) -> RequestV
         candidate: NodeId(m.from),
         last_log_index: LogIndex(m.last_log_index),
         last_log_term: Term(m.last_log_term),
+        pre_vote: m.pre_vote,
+        transfer: m.transfer,
     }
 }
 
@@ -169,6 +173,7 @@ pub(crate) fn request_vote_response_to_proto(
         from: from.0,
         term: m.term.0,
         vote_granted: m.vote_granted,
+        pre_vote: m.pre_vote,
     }
 }
 
@@ -178,6 +183,7 @@ pub(crate) fn request_vote_response_from_proto(
     RequestVoteResponse {
         term: Term(m.term),
         vote_granted: m.vote_granted,
+        pre_vote: m.pre_vote,
     }
 }
 
@@ -237,5 +243,24 @@ pub(crate) fn append_entries_response_from_proto(
         conflict_index: LogIndex(m.conflict_index),
         read_round: m.read_round,
         rejected_index: LogIndex(m.rejected_index),
+    }
+}
+
+pub(crate) fn timeout_now_to_proto(
+    from: NodeId,
+    to: NodeId,
+    m: TimeoutNow,
+) -> proto::TimeoutNowRequest {
+    proto::TimeoutNowRequest {
+        from: from.0,
+        to: to.0,
+        term: m.term.0,
+    }
+}
+
+pub(crate) fn timeout_now_from_proto(m: &proto::TimeoutNowRequest) -> TimeoutNow {
+    TimeoutNow {
+        term: Term(m.term),
+        leader: NodeId(m.from),
     }
 }

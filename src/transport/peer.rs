@@ -267,6 +267,21 @@ impl PeerSender {
                         continue;
                     }
                 }
+                Event::Queued(Some(Message::TimeoutNow(request))) => {
+                    // Fire and forget: a lost one only lets the transfer
+                    // time out (the leader sends it again on each answer).
+                    let message = timeout_now_to_proto(self.id, self.peer.id, request);
+                    let mut client = self.votes.clone();
+                    tokio::spawn(
+                        async move {
+                            if let Err(status) = client.timeout_now(message).await {
+                                warn!("TimeoutNow was not delivered: {}", describe(&status));
+                            }
+                        }
+                        .in_current_span(),
+                    );
+                    continue;
+                }
                 Event::Queued(Some(Message::AppendEntries(request))) => {
                     if self.stream_backoff.is_waiting() {
                         Input::Unreachable { peer: self.peer.id }

@@ -15,11 +15,12 @@ use tracing::{warn, Instrument, Span};
 use super::convert::*;
 use super::{error_to_proto, error_to_status, Listener};
 use crate::kv::{self, Command, Operation, Outcome};
+use crate::proto::admin_server::{Admin, AdminServer};
 use crate::proto::kv_server::{Kv, KvServer};
 use crate::proto::raft_server::{Raft, RaftServer};
 use crate::proto::{self};
-use crate::raft::{InstallSnapshot, NodeId, Term};
-use crate::server::Input;
+use crate::raft::{InstallSnapshot, NodeId, Role, Term};
+use crate::server::{Input, Status as NodeStatus};
 use crate::storage::SnapshotFile;
 use crate::{Error, Result};
 
@@ -83,13 +84,25 @@ pub(crate) fn spawn_raft_server(
     )
 }
 
+/// What the admin service needs besides the driver's inbox.
+pub(crate) struct AdminConfig {
+    pub id: NodeId,
+    pub status: watch::Receiver<NodeStatus>,
+    pub transfer_timeout: Duration,
+}
+
 pub(crate) fn spawn_kv_server(
     listener: Listener,
     inbox: mpsc::Sender<Input>,
     request_timeout: Duration,
+    admin: AdminConfig,
     shutdown: watch::Receiver<bool>,
     span: Span,
 ) -> JoinHandle<()> {
+    let admin = AdminServer::new(AdminService {
+        inbox: inbox.clone(),
+        config: std::sync::Arc::new(admin),
+    });
     let service = KvServer::new(KvService {
         inbox,
         request_timeout,
@@ -101,6 +114,7 @@ pub(crate) fn spawn_kv_server(
         async move {
             if let Err(e) = keepalive_server()
                 .add_service(service)
+                .add_service(admin)
                 .serve_with_incoming_shutdown(listener, until_shutdown(shutdown))
                 .await
             {
@@ -270,6 +284,22 @@ impl Raft for RaftService {
         Ok(Response::new(request_vote_response_to_proto(
             self.id, response,
         )))
+    }
+
+    async fn timeout_now(
+        &self,
+        request: Request<proto::TimeoutNowRequest>,
+    ) -> Result<Response<proto::TimeoutNowResponse>, Status> {
+        let message = request.into_inner();
+        self.check_route(message.from, message.to, message.term)?;
+        let input = Input::TimeoutNow {
+            request: timeout_now_from_proto(&message),
+        };
+        self.inbox
+            .send(input)
+            .await
+            .map_err(|_| Status::unavailable("node stopped"))?;
+        Ok(Response::new(proto::TimeoutNowResponse { from: self.id.0 }))
     }
 
     async fn append_entries(
@@ -707,5 +737,61 @@ impl Kv for KvService {
                 .in_current_span(),
         );
         Ok(Response::new(ReceiverStream::new(responses)))
+    }
+}
+
+/// The admin service: status and leadership transfer.
+#[derive(Clone)]
+struct AdminService {
+    inbox: mpsc::Sender<Input>,
+    config: std::sync::Arc<AdminConfig>,
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Follower => "follower",
+        Role::PreCandidate => "pre-candidate",
+        Role::Candidate => "candidate",
+        Role::Leader => "leader",
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn status(
+        &self,
+        _request: Request<proto::StatusRequest>,
+    ) -> Result<Response<proto::StatusResponse>, Status> {
+        let status = self.config.status.borrow().clone();
+        Ok(Response::new(proto::StatusResponse {
+            id: status.id.0,
+            role: role_name(status.role).into(),
+            term: status.term.0,
+            leader: status.leader.map_or(0, |l| l.0),
+            commit_index: status.commit_index.0,
+            applied_index: status.applied_index.0,
+            last_index: status.last_index.0,
+            snapshot_index: status.snapshot_index.0,
+        }))
+    }
+
+    async fn move_leader(
+        &self,
+        request: Request<proto::MoveLeaderRequest>,
+    ) -> Result<Response<proto::MoveLeaderResponse>, Status> {
+        let target = request.into_inner().target;
+        let target = (target != 0).then_some(NodeId(target));
+        let result = crate::server::transfer_leadership(
+            self.config.id,
+            &self.inbox,
+            self.config.status.clone(),
+            target,
+            self.config.transfer_timeout,
+        )
+        .await;
+        unary(result.map(|(leader, term)| proto::MoveLeaderResponse {
+            leader: leader.0,
+            term: term.0,
+        }))
     }
 }

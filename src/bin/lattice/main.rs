@@ -41,10 +41,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run one node until SIGTERM or Ctrl-C.
+    /// Run one node until SIGTERM or Ctrl-C. SIGTERM stops it gracefully: a
+    /// leader hands leadership to the most up-to-date voter first, and the
+    /// commands it accepted are committed before it exits. Ctrl-C too.
     Node(NodeArgs),
     /// Talk to a cluster: put, get, delete, cas, leader.
     Kv(KvArgs),
+    /// Print every endpoint's view: id, role, term, leader, indexes.
+    Status(AdminArgs),
+    /// Hand leadership to node ID (etcdctl move-leader); without ID, to the
+    /// most up-to-date follower. Waits until the new leader leads.
+    MoveLeader(MoveLeaderArgs),
     /// Run concurrent clients on a few keys and record a history for the checker.
     Workload(WorkloadArgs),
     /// Measure throughput and latency with closed-loop clients.
@@ -104,6 +111,36 @@ struct NodeArgs {
     /// (fewer RPCs and fsyncs per write) at the cost of some latency.
     #[arg(long, default_value_t = 4)]
     inflight_appends: usize,
+    /// Turn PreVote off (on by default: a node cut off and healed does not
+    /// depose a healthy leader).
+    #[arg(long)]
+    no_pre_vote: bool,
+    /// Turn CheckQuorum and the vote lease off (on by default: a leader cut
+    /// off from its majority steps down within an election timeout).
+    #[arg(long)]
+    no_check_quorum: bool,
+}
+
+#[derive(Args)]
+struct AdminArgs {
+    /// KV endpoints of the cluster, comma separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "[::1]:50152,[::1]:50252,[::1]:50352"
+    )]
+    endpoints: Vec<String>,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 10)]
+    timeout_secs: u64,
+}
+
+#[derive(Args)]
+struct MoveLeaderArgs {
+    #[command(flatten)]
+    admin: AdminArgs,
+    /// The node to hand leadership to (default: the most up-to-date follower).
+    id: Option<u64>,
 }
 
 #[derive(Args)]
@@ -201,6 +238,8 @@ async fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Node(args) => run_node(args).await,
         Command::Kv(args) => run_kv(args).await,
+        Command::Status(args) => run_status(args).await,
+        Command::MoveLeader(args) => run_move_leader(args).await,
         Command::Workload(args) => run_workload(args).await,
         Command::Bench(args) => bench::run(args).await,
     }
@@ -219,6 +258,8 @@ async fn run_node(args: NodeArgs) -> Result<()> {
     config.election_timeout_ticks_max = args.election_ticks_max;
     config.heartbeat_interval_ticks = args.heartbeat_ticks;
     config.inflight_appends_max = args.inflight_appends;
+    config.pre_vote = !args.no_pre_vote;
+    config.check_quorum = !args.no_check_quorum;
     let never_if_zero = |n: u64| if n == 0 { u64::MAX } else { n };
     config.snapshot_entries = never_if_zero(args.snapshot_entries);
     config.snapshot_bytes = never_if_zero(args.snapshot_bytes);
@@ -248,11 +289,12 @@ async fn run_node(args: NodeArgs) -> Result<()> {
         .context("installing SIGTERM")?;
     tokio::select! {
         biased;
-        _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: shutting down"),
+        _ = terminate.recv() => tracing::info!("SIGTERM: shutting down gracefully"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: shutting down gracefully"),
     }
-    node.shutdown().await;
-    tracing::info!("stopped");
+    let started = std::time::Instant::now();
+    node.shutdown_gracefully().await;
+    tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "stopped");
     Ok(())
 }
 
@@ -272,6 +314,52 @@ fn show(value: &Option<Vec<u8>>) -> String {
     value.as_ref().map_or("(not found)".to_string(), |v| {
         String::from_utf8_lossy(v).into_owned()
     })
+}
+
+async fn run_status(args: AdminArgs) -> Result<()> {
+    let client = client(&args.endpoints, Duration::from_secs(args.timeout_secs))?;
+    println!(
+        "{:<24} {:>4} {:<13} {:>6} {:>6} {:>10} {:>10} {:>10}",
+        "endpoint", "id", "role", "term", "leader", "commit", "applied", "last"
+    );
+    let mut answered = 0;
+    for (endpoint, status) in client.statuses().await {
+        match status {
+            Ok(s) => {
+                answered += 1;
+                println!(
+                    "{:<24} {:>4} {:<13} {:>6} {:>6} {:>10} {:>10} {:>10}",
+                    endpoint,
+                    s.id.0,
+                    s.role,
+                    s.term.0,
+                    s.leader.map_or("-".to_string(), |l| l.0.to_string()),
+                    s.commit_index,
+                    s.applied_index,
+                    s.last_index
+                );
+            }
+            Err(e) => println!("{endpoint:<24} error: {e}"),
+        }
+    }
+    if answered == 0 {
+        bail!("no endpoint answered");
+    }
+    Ok(())
+}
+
+async fn run_move_leader(args: MoveLeaderArgs) -> Result<()> {
+    let timeout = Duration::from_secs(args.admin.timeout_secs);
+    let client = client(&args.admin.endpoints, timeout)?;
+    if args.id == Some(0) {
+        bail!("node id 0 is reserved");
+    }
+    let (leader, term) = client
+        .move_leader(args.id.map(NodeId), timeout)
+        .await
+        .context("moving the leader")?;
+    println!("leader is node {leader} in term {term}");
+    Ok(())
 }
 
 async fn run_kv(args: KvArgs) -> Result<()> {
