@@ -596,6 +596,7 @@ impl Node {
             held: VecDeque::new(),
             proposals: BTreeMap::new(),
             drain_waiters: Vec::new(),
+            is_draining: false,
             reads: BTreeMap::new(),
             reads_waiting: BTreeMap::new(),
             read_context_next: 1,
@@ -841,8 +842,11 @@ struct Driver {
     held: VecDeque<(u64, Held)>,
     /// Proposals waiting to be applied, by log index.
     proposals: BTreeMap<LogIndex, Proposal>,
-    /// Told once `proposals` is empty (a graceful shutdown waits on it).
-    drain_waiters: Vec<oneshot::Sender<()>>,
+    /// Told once no proposal at or below the index waits (a graceful
+    /// shutdown waits on it).
+    drain_waiters: Vec<(LogIndex, oneshot::Sender<()>)>,
+    /// Shutting down: proposals refused, no campaigning.
+    is_draining: bool,
     /// Reads waiting for their ReadIndex round, by context.
     reads: BTreeMap<u64, PendingRead>,
     /// Reads confirmed, waiting for the state machine to reach their index.
@@ -892,7 +896,11 @@ impl Driver {
                         return;
                     }
                 }
-                _ = ticker.tick() => self.raft.tick(),
+                _ = ticker.tick() => {
+                    if !self.is_draining || self.raft.role() == Role::Leader {
+                        self.raft.tick();
+                    }
+                }
                 input = inbox.recv() => match input {
                     Some(input) => self.handle(input),
                     None => break,
@@ -912,9 +920,14 @@ impl Driver {
                     return;
                 }
             }
-            if !self.drain_waiters.is_empty() && self.proposals.is_empty() {
-                for waiter in self.drain_waiters.drain(..) {
-                    let _ = waiter.send(());
+            if !self.drain_waiters.is_empty() {
+                let first = self.proposals.keys().next().copied();
+                for (last, waiter) in std::mem::take(&mut self.drain_waiters) {
+                    if first.is_none_or(|first| first > last) {
+                        let _ = waiter.send(());
+                    } else {
+                        self.drain_waiters.push((last, waiter));
+                    }
                 }
             }
             self.publish_status();
@@ -970,10 +983,23 @@ impl Driver {
                     raft::TransferRejected::UnknownNode(node) => Error::InvalidArgument(format!(
                         "node {node} is not a voter of this cluster"
                     )),
+                    raft::TransferRejected::NoLiveFollower => Error::Unavailable(
+                        "no follower answered lately: no node to hand leadership to".into(),
+                    ),
+                    raft::TransferRejected::InProgress(pending) => Error::Unavailable(format!(
+                        "a leadership transfer to node {pending} is under way"
+                    )),
                 });
                 let _ = reply.send(result);
             }
-            Input::Drain { reply } => self.drain_waiters.push(reply),
+            Input::Drain { reply } => {
+                // Shutting down: new commands go elsewhere, and this node
+                // no longer campaigns (it would be stopped while leading).
+                // Those accepted so far are waited for.
+                self.is_draining = true;
+                let last = self.proposals.keys().next_back().copied();
+                self.drain_waiters.push((last.unwrap_or_default(), reply));
+            }
             Input::InstallSnapshot {
                 request,
                 file,
@@ -1084,6 +1110,13 @@ impl Driver {
     }
 
     fn propose(&mut self, command: Command, reply: oneshot::Sender<Result<Outcome>>) {
+        if self.is_draining {
+            let leader = self.raft.leader().filter(|&l| l != self.raft.id());
+            let _ = reply.send(Err(Error::NotLeader {
+                leader: leader.and_then(|l| self.kv_addr_of(l)),
+            }));
+            return;
+        }
         match self.raft.propose(command.encode()) {
             Ok(index) => {
                 let proposal = Proposal {
@@ -1121,8 +1154,10 @@ impl Driver {
             Ok(()) => {
                 self.reads.insert(context, PendingRead { key, reply });
             }
-            Err(raft::ReadRejected::NotLeader(_)) => {
-                let _ = reply.send(Err(self.not_leader()));
+            Err(raft::ReadRejected::NotLeader(raft::NotLeader { leader })) => {
+                let _ = reply.send(Err(Error::NotLeader {
+                    leader: leader.and_then(|l| self.kv_addr_of(l)),
+                }));
             }
             Err(raft::ReadRejected::NotReady) => {
                 let _ = reply.send(Err(Error::Unavailable(
@@ -1407,7 +1442,9 @@ impl Driver {
             let (_, held) = self.held.pop_front().expect("front exists");
             match held {
                 Held::Vote(reply, response, candidate) => {
-                    let (term, is_granted) = (response.term, response.vote_granted);
+                    // A pre-vote grant binds nobody: not a vote.
+                    let (term, is_granted) =
+                        (response.term, response.vote_granted && !response.pre_vote);
                     // A grant counts only if it reached the service (not the
                     // void a chaos copy or a timed-out call answers into).
                     if let (Ok(()), Some(observer), true) =

@@ -82,9 +82,58 @@ enum FaultKind {
     /// A follower is cut off or down until the leader has compacted its log
     /// past it: it must catch up by snapshot.
     LaggingNode,
+    /// A follower is cut off from everyone and healed. Asserted: neither
+    /// the leader nor the term changes (PreVote).
+    IsolateFollower,
+    /// Partial partitions (each asserted: a leader serves within 5 s of the
+    /// fault starting). A follower that can reach only the leader.
+    FollowerOnlyLeader,
+    /// The leader reaches one follower; the followers all see each other.
+    LeaderOneFollower,
+    /// A follower that can reach only one other follower.
+    NodeOnlyFollower,
+    /// openraft #2080: the leader reaches only one follower (the bridge),
+    /// which sees two more; the fifth node is cut off. The three need the
+    /// bridge's vote, which the old leader's heartbeats would hold forever
+    /// without CheckQuorum.
+    LeaderBehindBridge,
+    /// The link between the leader and one follower goes down and up every
+    /// 100-400 ms.
+    FlappingLink,
+    /// Every node in turn is stopped gracefully (SIGTERM: a leader hands
+    /// leadership over first) and started again.
+    RollingRestart,
 }
 
-const ALL_FAULTS: [FaultKind; 16] = [
+/// The kinds the liveness assertions are about: run without overlays, so
+/// that what they measure is the partition itself.
+fn is_clean(kind: FaultKind) -> bool {
+    matches!(
+        kind,
+        FaultKind::IsolateFollower
+            | FaultKind::FollowerOnlyLeader
+            | FaultKind::LeaderOneFollower
+            | FaultKind::NodeOnlyFollower
+            | FaultKind::LeaderBehindBridge
+            | FaultKind::FlappingLink
+            | FaultKind::RollingRestart
+    )
+}
+
+/// The partial-partition shapes: a leader must serve within this long of
+/// the fault starting.
+fn is_partial_partition(kind: FaultKind) -> bool {
+    matches!(
+        kind,
+        FaultKind::FollowerOnlyLeader
+            | FaultKind::LeaderOneFollower
+            | FaultKind::NodeOnlyFollower
+            | FaultKind::LeaderBehindBridge
+    )
+}
+const PARTIAL_PARTITION_SERVES_WITHIN: Duration = Duration::from_secs(5);
+
+const ALL_FAULTS: [FaultKind; 23] = [
     FaultKind::PartitionHalves,
     FaultKind::IsolateLeader,
     FaultKind::MajoritiesRing,
@@ -101,6 +150,13 @@ const ALL_FAULTS: [FaultKind; 16] = [
     FaultKind::CutThenCrashLeader,
     FaultKind::StrandNewLeader,
     FaultKind::LaggingNode,
+    FaultKind::IsolateFollower,
+    FaultKind::FollowerOnlyLeader,
+    FaultKind::LeaderOneFollower,
+    FaultKind::NodeOnlyFollower,
+    FaultKind::LeaderBehindBridge,
+    FaultKind::FlappingLink,
+    FaultKind::RollingRestart,
 ];
 
 /// One fault window: a network or process fault, and the conditions laid
@@ -124,7 +180,7 @@ struct ScheduledFault {
 const OVERLAY_P: f64 = 0.4;
 
 /// The fault schedule of a seed. The first fault cycles through every kind
-/// across consecutive seeds, so any 13 seeds draw each kind at least once.
+/// across consecutive seeds, so any 23 seeds draw each kind at least once.
 fn schedule(seed: u64) -> Vec<ScheduledFault> {
     let mut rng = StdRng::seed_from_u64(seed ^ 0xFA17_5C4E_D01E);
     let mut faults = Vec::new();
@@ -138,15 +194,25 @@ fn schedule(seed: u64) -> Vec<ScheduledFault> {
         let duration = Duration::from_millis(rng.random_range(1000..4000));
         // Stranding a new leader takes three elections: give it the longest.
         // A lagging node stays away long enough for several snapshots.
+        // A partial partition lasts past the 5 s its leader has to serve in;
+        // an isolated follower, several election timeouts; a rolling restart,
+        // 1.2 s per node.
         let duration = match kind {
             FaultKind::StrandNewLeader => Duration::from_millis(4500),
             FaultKind::LaggingNode => Duration::from_millis(rng.random_range(3000..4500)),
+            kind if is_partial_partition(kind) => {
+                Duration::from_millis(rng.random_range(6000..7000))
+            }
+            FaultKind::IsolateFollower | FaultKind::FlappingLink => {
+                Duration::from_millis(rng.random_range(3000..5000))
+            }
+            FaultKind::RollingRestart => Duration::from_millis(1200 * NODES + 600),
             _ => duration,
         };
         let duration = duration.min(HEAL_AT - at);
-        let slow_disk = rng.random_bool(OVERLAY_P);
-        let chaos = rng.random_bool(OVERLAY_P);
-        let crash_leader = rng.random_bool(OVERLAY_P).then(|| {
+        let slow_disk = rng.random_bool(OVERLAY_P) && !is_clean(kind);
+        let chaos = rng.random_bool(OVERLAY_P) && !is_clean(kind);
+        let crash_leader = (rng.random_bool(OVERLAY_P) && !is_clean(kind)).then(|| {
             (
                 duration.mul_f64(rng.random_range(0.2..0.9)),
                 Duration::from_millis(rng.random_range(100..1500)),
@@ -216,6 +282,9 @@ struct Unsafe {
 struct Variant {
     unsafe_options: Unsafe,
     bug: Option<Bug>,
+    /// PreVote and CheckQuorum off: the negative control of the liveness
+    /// assertions (they must fail).
+    liveness_off: bool,
 }
 
 fn host(id: u64) -> String {
@@ -232,6 +301,14 @@ struct NodeHarness {
     observer: WhiteBoxObserver,
     chaos: SimChaos,
     pause: watch::Receiver<bool>,
+    control: watch::Receiver<NodeControl>,
+}
+
+/// What an operator does to a node's process (the host keeps running):
+/// stop it gracefully (SIGTERM) or start it again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct NodeControl {
+    running: bool,
 }
 
 fn node_config(
@@ -279,6 +356,8 @@ fn node_config(
     config.pause = Some(harness.pause.clone());
     config.unsafe_local_reads = variant.unsafe_options.local_reads;
     config.unsafe_no_fsync = variant.unsafe_options.no_fsync;
+    config.pre_vote = !variant.liveness_off;
+    config.check_quorum = !variant.liveness_off;
     config
 }
 
@@ -306,7 +385,28 @@ struct SeedRun {
     /// Per fault kind: snapshots installed and compactions during its
     /// windows (and the 2 s after each, while nodes catch up).
     snapshots_by_kind: BTreeMap<FaultKind, [u64; 2]>,
+    /// Per fault window: what it did to availability.
+    windows: Vec<WindowStats>,
+    /// A liveness assertion of a fault window failed (PreVote, CheckQuorum).
+    is_liveness_violated: bool,
+    /// Windows the liveness assertions checked: isolated followers (with a
+    /// leader at the start), partial partitions.
+    liveness_checked: [u64; 2],
 }
+
+/// What one fault window did to leadership and availability, from its
+/// start to `AFTER_HEAL` after its heal (or the next fault's start).
+#[derive(Clone, Copy, Debug)]
+struct WindowStats {
+    kind: FaultKind,
+    leader_changes: u64,
+    term_increases: u64,
+    /// The longest time with no operation completing successfully.
+    longest_unavailable: Duration,
+}
+
+/// How long after a heal a window's statistics still count it.
+const AFTER_HEAL: Duration = Duration::from_secs(2);
 
 /// Counts of what the nemesis did in a run.
 #[derive(Clone, Copy, Debug, Default)]
@@ -320,12 +420,14 @@ struct RunStats {
 }
 
 impl SeedRun {
-    /// A safety check failed (not just liveness).
+    /// A safety check or a liveness assertion of a fault window failed
+    /// (not the general liveness check after the heal).
     fn is_caught(&self) -> bool {
         !self.is_linearizable
             || self.is_white_box_violated
             || self.is_asserted
             || self.is_restart_refused
+            || self.is_liveness_violated
     }
 
     fn caught_by(&self) -> String {
@@ -334,6 +436,7 @@ impl SeedRun {
             (self.is_white_box_violated, "white-box"),
             (self.is_asserted, "node assertion"),
             (self.is_restart_refused, "restart refused"),
+            (self.is_liveness_violated, "liveness assertion"),
         ]
         .into_iter()
         .filter_map(|(is, name)| is.then_some(name))
@@ -591,27 +694,43 @@ fn run_seed_planted(seed: u64, variant: Variant) -> SeedRun {
         .map(|id| (id, SimDisk::new(seed ^ (id << 56) ^ 0xD15C, writeback)))
         .collect();
     let mut pauses = BTreeMap::new();
+    let mut controls = BTreeMap::new();
     for id in 1..=NODES {
         let disk = disks[&id].clone();
         let (pause_tx, pause_rx) = watch::channel(false);
         pauses.insert(id, pause_tx);
+        let (control_tx, control_rx) = watch::channel(NodeControl { running: true });
+        controls.insert(id, control_tx);
         let harness = NodeHarness {
             observer: observer.clone(),
             chaos: chaos.clone(),
             pause: pause_rx,
+            control: control_rx,
         };
         let incarnations = Arc::new(AtomicUsize::new(0));
         sim.host(host(id), move || {
             let disk = disk.clone();
             let harness = harness.clone();
-            let incarnation = incarnations.fetch_add(1, Ordering::Relaxed) as u64;
+            let incarnations = incarnations.clone();
             async move {
-                let config = node_config(id, seed, incarnation, variant, &harness);
-                let storage = SimStorage::open(disk)?;
-                let _node =
-                    Node::start_with(config, Box::new(storage), Arc::new(TurmoilTransport)).await?;
-                std::future::pending::<()>().await;
-                Ok(())
+                // The host is the machine; the node is its process, which
+                // an operator may stop gracefully and start again.
+                let mut control = harness.control.clone();
+                loop {
+                    if control.wait_for(|c| c.running).await.is_err() {
+                        return Ok(());
+                    }
+                    let incarnation = incarnations.fetch_add(1, Ordering::Relaxed) as u64;
+                    let config = node_config(id, seed, incarnation, variant, &harness);
+                    let storage = SimStorage::open(disk.clone())?;
+                    let node =
+                        Node::start_with(config, Box::new(storage), Arc::new(TurmoilTransport))
+                            .await?;
+                    if control.wait_for(|c| !c.running).await.is_err() {
+                        return Ok(());
+                    }
+                    node.shutdown_gracefully().await;
+                }
             }
         });
     }
@@ -633,6 +752,7 @@ fn run_seed_planted(seed: u64, variant: Variant) -> SeedRun {
         disks: &disks,
         chaos: &chaos,
         pauses: &pauses,
+        controls: &controls,
     };
     loop {
         actions.apply_due(&mut sim, &nemesis);
@@ -772,6 +892,90 @@ fn run_seed_planted(seed: u64, variant: Variant) -> SeedRun {
             .count() as u64;
     }
 
+    // Leadership and availability per fault window, and the liveness
+    // assertions of the partial partitions and the isolated follower.
+    let time_of = |line: usize| {
+        events
+            .get(line - 1)
+            .and_then(|(_, e)| e.time)
+            .map(Duration::from_nanos)
+    };
+    // (invoked, completed) of every operation that completed ok, by completion.
+    let mut oks: Vec<(Duration, Duration)> = history
+        .operations
+        .iter()
+        .filter(|op| op.completion == checker::history::Completion::Ok)
+        .filter_map(|op| Some((time_of(op.call_line)?, time_of(op.ret_line?)?)))
+        .collect();
+    oks.sort_by_key(|&(_, done)| done);
+    let mut windows = Vec::new();
+    let mut is_liveness_violated = false;
+    let mut liveness_checked = [0u64; 2];
+    for (i, (fault, start_leader)) in faults.iter().zip(&actions.window_starts).enumerate() {
+        let start = fault.at;
+        let heal = fault.at + fault.duration;
+        // Until the next fault starts, at the latest.
+        let next = faults.get(i + 1).map_or(Duration::MAX, |f| f.at);
+        let end = (heal + AFTER_HEAL).min(next);
+        let during = |t: &Duration| (start..end).contains(t);
+        let leader_changes = white_box
+            .elections
+            .iter()
+            .filter(|(t, _, _)| during(t))
+            .count() as u64;
+        let term_at = |at: Duration| {
+            white_box
+                .term_rises
+                .iter()
+                .take_while(|(t, _)| *t < at)
+                .last()
+                .map_or(0, |(_, term)| term.0)
+        };
+        let term_increases = term_at(end).saturating_sub(term_at(start));
+        let mut longest_unavailable = Duration::ZERO;
+        let mut last = start;
+        for &(_, done) in oks.iter().filter(|(_, done)| during(done)) {
+            longest_unavailable = longest_unavailable.max(done - last);
+            last = done;
+        }
+        longest_unavailable = longest_unavailable.max(end - last);
+        windows.push(WindowStats {
+            kind: fault.kind,
+            leader_changes,
+            term_increases,
+            longest_unavailable,
+        });
+        if is_cut_short {
+            continue;
+        }
+        if fault.kind == FaultKind::IsolateFollower && start_leader.is_some() {
+            liveness_checked[0] += 1;
+            if leader_changes > 0 || term_increases > 0 {
+                is_liveness_violated = true;
+                failures.push(format!(
+                    "liveness: isolating a follower at {:.2}s and healing it at {:.2}s changed the leader {leader_changes} time(s) and raised the term by {term_increases} (leader and term at the start: {start_leader:?})",
+                    start.as_secs_f64(),
+                    heal.as_secs_f64()
+                ));
+            }
+        }
+        if is_partial_partition(fault.kind) && fault.duration >= PARTIAL_PARTITION_SERVES_WITHIN {
+            liveness_checked[1] += 1;
+            let deadline = start + PARTIAL_PARTITION_SERVES_WITHIN;
+            let is_served = oks
+                .iter()
+                .any(|&(invoked, done)| invoked >= start && done <= deadline);
+            if !is_served {
+                is_liveness_violated = true;
+                failures.push(format!(
+                    "liveness: under {:?} from {:.2}s no operation invoked after the fault started completed within {PARTIAL_PARTITION_SERVES_WITHIN:?}",
+                    fault.kind,
+                    start.as_secs_f64()
+                ));
+            }
+        }
+    }
+
     let counts = [history.oks, history.fails, history.infos];
     let run = SeedRun {
         seed,
@@ -787,6 +991,9 @@ fn run_seed_planted(seed: u64, variant: Variant) -> SeedRun {
         detected_at,
         stats,
         snapshots_by_kind,
+        windows,
+        is_liveness_violated,
+        liveness_checked,
     };
     if !run.failures.is_empty() {
         write_artifacts(&run, &history, &verdict);
@@ -820,6 +1027,8 @@ struct Nemesis<'a> {
     chaos: &'a SimChaos,
     /// Freezes each node's driver (every incarnation of it).
     pauses: &'a BTreeMap<u64, watch::Sender<bool>>,
+    /// Stops each node's process gracefully, or starts it.
+    controls: &'a BTreeMap<u64, watch::Sender<NodeControl>>,
 }
 
 /// Applies the fault schedule as simulated time passes, and heals it.
@@ -840,6 +1049,12 @@ struct Controller {
     stranded: Option<u64>,
     /// StrandNewLeader before the other three see each other again.
     strand_side: Vec<u64>,
+    /// FlappingLink: the link, and whether it is cut now.
+    flapping: Option<(u64, u64, bool)>,
+    /// RollingRestart: the nodes in the order they restart (the leader last).
+    rolling: Vec<u64>,
+    /// Per fault window, in order: the leader and its term when it started.
+    window_starts: Vec<Option<(NodeId, lattice::Term)>>,
 }
 
 #[derive(Clone, Debug)]
@@ -866,6 +1081,12 @@ enum Action {
     /// Part of "strand a new leader": the three nodes away from the old
     /// leader's side see each other again, and will elect.
     JoinOtherSide,
+    /// Part of "flapping link": cut the link if it is up, repair it if not.
+    Flap,
+    /// Part of "rolling restart": stop the `.0`th node of the order
+    /// gracefully, or start it again.
+    RollingStop(usize),
+    RollingStart(usize),
 }
 
 impl Controller {
@@ -902,6 +1123,20 @@ impl Controller {
                 actions.push((fault.at + after, Action::CrashLeader));
                 actions.push(((fault.at + after + down).min(end), Action::RestartCrashed));
             }
+            if fault.kind == FaultKind::FlappingLink {
+                let mut at = fault.at + Duration::from_millis(rng.random_range(100..400));
+                while at < end {
+                    actions.push((at, Action::Flap));
+                    at += Duration::from_millis(rng.random_range(100..400));
+                }
+            }
+            if fault.kind == FaultKind::RollingRestart {
+                for i in 0..NODES as usize {
+                    let stop = fault.at + Duration::from_millis(1200 * i as u64 + 100);
+                    actions.push((stop, Action::RollingStop(i)));
+                    actions.push((stop + Duration::from_millis(600), Action::RollingStart(i)));
+                }
+            }
             if fault.kind == FaultKind::Churn {
                 let mut at = fault.at + Duration::from_millis(rng.random_range(300..800));
                 while at < end {
@@ -922,6 +1157,24 @@ impl Controller {
             old_side: Vec::new(),
             stranded: None,
             strand_side: Vec::new(),
+            flapping: None,
+            rolling: Vec::new(),
+            window_starts: Vec::new(),
+        }
+    }
+
+    /// A follower (not the leader), at random.
+    fn follower(&mut self, leader: u64) -> u64 {
+        self.shuffled_nodes()
+            .into_iter()
+            .find(|&n| n != leader)
+            .expect("a follower")
+    }
+
+    /// Cuts `node` from every other node but those in `keep`.
+    fn cut_all_but(&mut self, sim: &turmoil::Sim<'_>, node: u64, keep: &[u64]) {
+        for other in (1..=NODES).filter(|&o| o != node && !keep.contains(&o)) {
+            self.cut(sim, node, other);
         }
     }
 
@@ -1072,6 +1325,7 @@ impl Controller {
         let observer = nemesis.observer;
         let disks = nemesis.disks;
         if let Action::Start(fault) = &action {
+            self.window_starts.push(observer.leader_and_term());
             if fault.slow_disk {
                 for disk in disks.values() {
                     disk.lock().expect("disk").latency = DiskLatency::SLOW;
@@ -1265,6 +1519,101 @@ impl Controller {
                     }
                 }
             }
+            Action::Start(ScheduledFault {
+                kind: FaultKind::IsolateFollower,
+                ..
+            }) => {
+                let leader = self.leader_or_any(observer);
+                let node = self.follower(leader);
+                self.cut_all_but(sim, node, &[]);
+            }
+            Action::Start(ScheduledFault {
+                kind: FaultKind::FollowerOnlyLeader,
+                ..
+            }) => {
+                let leader = self.leader_or_any(observer);
+                let node = self.follower(leader);
+                self.cut_all_but(sim, node, &[leader]);
+            }
+            Action::Start(ScheduledFault {
+                kind: FaultKind::LeaderOneFollower,
+                ..
+            }) => {
+                let leader = self.leader_or_any(observer);
+                let bridge = self.follower(leader);
+                self.cut_all_but(sim, leader, &[bridge]);
+            }
+            Action::Start(ScheduledFault {
+                kind: FaultKind::NodeOnlyFollower,
+                ..
+            }) => {
+                let leader = self.leader_or_any(observer);
+                let nodes: Vec<u64> = self
+                    .shuffled_nodes()
+                    .into_iter()
+                    .filter(|&n| n != leader)
+                    .collect();
+                self.cut_all_but(sim, nodes[0], &[nodes[1]]);
+            }
+            Action::Start(ScheduledFault {
+                kind: FaultKind::LeaderBehindBridge,
+                ..
+            }) => {
+                let leader = self.leader_or_any(observer);
+                let nodes: Vec<u64> = self
+                    .shuffled_nodes()
+                    .into_iter()
+                    .filter(|&n| n != leader)
+                    .collect();
+                let (bridge, isolated) = (nodes[0], nodes[1]);
+                self.cut_all_but(sim, leader, &[bridge]);
+                self.cut_all_but(sim, isolated, &[]);
+            }
+            Action::Start(ScheduledFault {
+                kind: FaultKind::FlappingLink,
+                ..
+            }) => {
+                let leader = self.leader_or_any(observer);
+                let follower = self.follower(leader);
+                self.cut(sim, leader, follower);
+                self.flapping = Some((leader, follower, true));
+            }
+            Action::Flap => {
+                if let Some((a, b, is_cut)) = self.flapping {
+                    if is_cut {
+                        self.cuts.remove(&(a, b));
+                        self.cuts.remove(&(b, a));
+                        sim.repair(host(a), host(b));
+                    } else {
+                        self.cut(sim, a, b);
+                    }
+                    self.flapping = Some((a, b, !is_cut));
+                }
+            }
+            Action::Start(ScheduledFault {
+                kind: FaultKind::RollingRestart,
+                ..
+            }) => {
+                // Followers first, the leader last, as an operator would.
+                let leader = self.leader_or_any(observer);
+                let mut order: Vec<u64> = self
+                    .shuffled_nodes()
+                    .into_iter()
+                    .filter(|&n| n != leader)
+                    .collect();
+                order.push(leader);
+                self.rolling = order;
+            }
+            Action::RollingStop(i) => {
+                if let Some(&node) = self.rolling.get(i) {
+                    nemesis.controls[&node].send_replace(NodeControl { running: false });
+                }
+            }
+            Action::RollingStart(i) => {
+                if let Some(&node) = self.rolling.get(i) {
+                    nemesis.controls[&node].send_replace(NodeControl { running: true });
+                }
+            }
             Action::HealCuts => self.repair_all(sim),
             Action::RestartAllButOne => {
                 let late = self.rng.random_range(1..=NODES);
@@ -1327,6 +1676,15 @@ impl Controller {
             Action::Heal => {
                 self.old_side.clear();
                 self.strand_side.clear();
+                self.flapping = None;
+                self.rolling.clear();
+                for control in nemesis.controls.values() {
+                    control.send_if_modified(|c| {
+                        let was_stopped = !c.running;
+                        c.running = true;
+                        was_stopped
+                    });
+                }
                 if let Some(node) = self.stranded.take() {
                     for other in (1..=NODES).filter(|&o| o != node) {
                         sim.release(host(node), host(other));
@@ -1469,8 +1827,11 @@ fn jepsen_seeds() {
     let started = std::time::Instant::now();
     // With the planted-bugs feature, `LATTICE_BUG=Name` plants one bug in
     // every seed: how many seeds catch it measures the suite's power.
+    // `LATTICE_LIVENESS=off` turns PreVote and CheckQuorum off: the
+    // "before" column of the unavailability table in tests/README.md.
     let variant = Variant {
         bug: planted_bug_from_env(),
+        liveness_off: std::env::var("LATTICE_LIVENESS").as_deref() == Ok("off"),
         ..Variant::default()
     };
     let runs = run_seeds(&seeds, variant, false);
@@ -1536,6 +1897,7 @@ fn jepsen_seeds() {
         "  overlaid: SlowDisk {}, MessageChaos {}, CrashLeader {}; ClockSkew in {skewed} seeds",
         overlays[0], overlays[1], overlays[2]
     );
+    print_availability(&runs, variant.liveness_off);
     if let Some(bug) = variant.bug {
         let caught = runs.iter().filter(|r| r.is_caught()).count();
         println!(
@@ -1574,7 +1936,20 @@ fn jepsen_seeds() {
             overlays[0] > 0 && skewed > 0,
             "slow disks and skewed clocks ran"
         );
-        for kind in ALL_FAULTS {
+        let checked = runs.iter().fold([0, 0], |[a, b], r| {
+            [a + r.liveness_checked[0], b + r.liveness_checked[1]]
+        });
+        println!(
+            "liveness assertions checked: {} isolated followers (leader and term unchanged), {} partial partitions (served within {PARTIAL_PARTITION_SERVES_WITHIN:?})",
+            checked[0], checked[1]
+        );
+        assert!(
+            checked[0] > 0 && checked[1] > 0,
+            "the liveness assertions ran: {checked:?}"
+        );
+        // The liveness kinds keep their windows free of overlays: not every
+        // one of them leaves a follower behind a snapshot.
+        for kind in ALL_FAULTS.into_iter().filter(|&k| !is_clean(k)) {
             let [installs, compactions] = snapshots_by_kind.get(&kind).copied().unwrap_or_default();
             assert!(
                 installs > 0 && compactions > 0,
@@ -1622,6 +1997,43 @@ fn a_seed_replays_identically() {
     );
 }
 
+/// Per fault kind, over every window of every run (from its start to 2 s
+/// after its heal): leader changes and term increases per window, and the
+/// longest time no operation completed (median and worst window).
+fn print_availability(runs: &[SeedRun], liveness_off: bool) {
+    let mut by_kind: BTreeMap<FaultKind, Vec<WindowStats>> = BTreeMap::new();
+    for window in runs.iter().flat_map(|r| &r.windows) {
+        by_kind.entry(window.kind).or_default().push(*window);
+    }
+    println!(
+        "availability by fault kind (PreVote and CheckQuorum {}; from the fault to {}s after its heal):",
+        if liveness_off { "OFF" } else { "on" },
+        AFTER_HEAL.as_secs()
+    );
+    println!(
+        "| fault | windows | leader changes / window | term increases / window | longest unavailability: median | max |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for kind in ALL_FAULTS {
+        let Some(windows) = by_kind.get(&kind) else {
+            continue;
+        };
+        let n = windows.len() as f64;
+        let changes: u64 = windows.iter().map(|w| w.leader_changes).sum();
+        let terms: u64 = windows.iter().map(|w| w.term_increases).sum();
+        let mut gaps: Vec<Duration> = windows.iter().map(|w| w.longest_unavailable).collect();
+        gaps.sort();
+        println!(
+            "| {kind:?} | {} | {:.2} | {:.2} | {:.2}s | {:.2}s |",
+            windows.len(),
+            changes as f64 / n,
+            terms as f64 / n,
+            gaps[gaps.len() / 2].as_secs_f64(),
+            gaps[gaps.len() - 1].as_secs_f64()
+        );
+    }
+}
+
 /// Runs the default seeds with `variant` until one is caught; returns the
 /// first catching run, if any.
 fn first_caught(variant: Variant) -> (Option<SeedRun>, usize) {
@@ -1631,11 +2043,8 @@ fn first_caught(variant: Variant) -> (Option<SeedRun>, usize) {
     (runs.into_iter().find(SeedRun::is_caught), count)
 }
 
-fn assert_caught(name: &str, unsafe_options: Unsafe) {
-    let (caught, runs) = first_caught(Variant {
-        unsafe_options,
-        bug: None,
-    });
+fn assert_caught(name: &str, variant: Variant) {
+    let (caught, runs) = first_caught(variant);
     let Some(run) = caught else {
         panic!("{name} was never caught in {runs} seeds");
     };
@@ -1652,9 +2061,12 @@ fn assert_caught(name: &str, unsafe_options: Unsafe) {
 fn unsafe_stale_local_reads_are_caught() {
     assert_caught(
         "stale local reads",
-        Unsafe {
-            local_reads: true,
-            no_fsync: false,
+        Variant {
+            unsafe_options: Unsafe {
+                local_reads: true,
+                no_fsync: false,
+            },
+            ..Variant::default()
         },
     );
 }
@@ -1663,10 +2075,42 @@ fn unsafe_stale_local_reads_are_caught() {
 fn unsafe_no_fsync_is_caught() {
     assert_caught(
         "no fsync",
-        Unsafe {
-            local_reads: false,
-            no_fsync: true,
+        Variant {
+            unsafe_options: Unsafe {
+                local_reads: false,
+                no_fsync: true,
+            },
+            ..Variant::default()
         },
+    );
+}
+
+/// The negative control of the liveness assertions: without PreVote and
+/// CheckQuorum, an isolated follower comes back with a higher term and
+/// deposes the leader, and the default seeds must see it.
+#[test]
+fn without_prevote_and_checkquorum_the_liveness_assertions_fail() {
+    let (caught, runs) = first_caught(Variant {
+        liveness_off: true,
+        ..Variant::default()
+    });
+    let Some(run) = caught else {
+        panic!("PreVote and CheckQuorum off was never caught in {runs} seeds");
+    };
+    assert!(
+        run.is_liveness_violated,
+        "caught by a liveness assertion, not by {}",
+        run.caught_by()
+    );
+    println!(
+        "PreVote and CheckQuorum off: caught at seed {} by {}: {}",
+        run.seed,
+        run.caught_by(),
+        run.failures
+            .iter()
+            .find(|f| f.starts_with("liveness:"))
+            .map(String::as_str)
+            .unwrap_or("")
     );
 }
 
@@ -1709,8 +2153,8 @@ fn planted_bugs_are_caught() {
         }
         let started = std::time::Instant::now();
         let (caught, runs) = first_caught(Variant {
-            unsafe_options: Unsafe::default(),
             bug: Some(bug),
+            ..Variant::default()
         });
         let wall = started.elapsed().as_secs_f64();
         match caught {

@@ -47,6 +47,11 @@ pub struct RequestVoteResponse {
 pub struct TimeoutNow {
     pub term: Term,
     pub leader: NodeId,
+    /// The leader's last entry when it sent this: the target campaigns only
+    /// if its own log ends there (a late one, after the transfer was
+    /// aborted and the leader appended more, is ignored).
+    pub last_log_index: LogIndex,
+    pub last_log_term: Term,
 }
 
 /// Leader -> follower: entries to append after (`prev_log_index`,

@@ -76,6 +76,12 @@ impl Config {
         {
             return Err("the heartbeat interval must be shorter than the election timeout".into());
         }
+        if self.check_quorum && self.election_timeout_ticks_min < 2 * self.heartbeat_interval_ticks
+        {
+            return Err(
+                "with CheckQuorum the election timeout must hold at least two heartbeats".into(),
+            );
+        }
         if self.inflight_appends_max == 0 || self.append_entries_max == 0 {
             return Err("in-flight and batch limits must be at least 1".into());
         }
@@ -98,6 +104,10 @@ pub enum TransferRejected {
     NotLeader(NotLeader),
     /// The target is not a voter of this cluster.
     UnknownNode(NodeId),
+    /// No follower answered lately (none to pick).
+    NoLiveFollower,
+    /// A transfer to this node is under way.
+    InProgress(NodeId),
 }
 
 /// Returned when only a leader could have done what was asked.
@@ -397,9 +407,7 @@ impl Raft {
                 self.election_elapsed_ticks += 1;
                 if self.election_elapsed_ticks >= self.config.election_timeout_ticks_min {
                     self.election_elapsed_ticks = 0;
-                    if self.config.check_quorum {
-                        self.check_quorum();
-                    }
+                    self.check_quorum();
                 }
             }
             Role::Follower | Role::PreCandidate | Role::Candidate => {
@@ -415,14 +423,19 @@ impl Raft {
         }
     }
 
-    /// CheckQuorum: steps down unless a majority (counting us) answered
-    /// since the last check. Its clients are then told to go elsewhere.
+    /// Every election timeout: who answered in it. With CheckQuorum, steps
+    /// down unless a majority (counting us) did; its clients are then told
+    /// to go elsewhere.
     fn check_quorum(&mut self) {
         let active = 1 + self.progress.values().filter(|p| p.recent_active).count();
         for progress in self.progress.values_mut() {
+            progress.was_active = progress.recent_active;
             progress.recent_active = false;
         }
-        if active < self.quorum() && !is_planted(Bug::CheckQuorumNeverStepsDown) {
+        if self.config.check_quorum
+            && active < self.quorum()
+            && !is_planted(Bug::CheckQuorumNeverStepsDown)
+        {
             warn!(
                 term = self.term.0,
                 active,
@@ -634,6 +647,11 @@ impl Raft {
             && (is_up_to_date || is_planted(Bug::VoteForOlderLog));
         if vote_granted {
             self.vote = Some(request.candidate);
+            if self.role == Role::PreCandidate {
+                // It helps elect another in its own term: it follows now,
+                // rather than campaign past the one it voted for.
+                self.role = Role::Follower;
+            }
             self.reset_election_timer();
         }
         debug!(
@@ -896,9 +914,10 @@ impl Raft {
             }
             if progress.acknowledge(response.match_index) {
                 self.maybe_commit();
-            }
-            if self.transfer_target == Some(from) {
-                self.maybe_send_timeout_now();
+                // Sent once, when the target's log first matches ours.
+                if self.transfer_target == Some(from) {
+                    self.maybe_send_timeout_now();
+                }
             }
         } else if response.rejected_index < progress.match_index {
             // A rejection of an old message overtaken by later successes.
@@ -1070,16 +1089,21 @@ impl Raft {
                 leader: self.leader,
             }));
         }
+        if self.peers.is_empty() {
+            return Ok(self.config.id);
+        }
         let target = match target {
             Some(target) => target,
-            // The most up-to-date follower (the lowest id among equals).
+            // The most up-to-date follower heard from lately (the lowest id
+            // among equals): a crashed one may still show a full match.
             None => match self
                 .progress
                 .iter()
+                .filter(|(_, p)| p.recent_active || p.was_active)
                 .max_by_key(|(&peer, p)| (p.match_index, std::cmp::Reverse(peer)))
             {
                 Some((&peer, _)) => peer,
-                None => return Ok(self.config.id),
+                None => return Err(TransferRejected::NoLiveFollower),
             },
         };
         if target == self.config.id {
@@ -1088,15 +1112,18 @@ impl Raft {
         if !self.peers.contains(&target) {
             return Err(TransferRejected::UnknownNode(target));
         }
-        if self.transfer_target != Some(target) {
-            info!(
-                target = target.0,
-                term = self.term.0,
-                "transferring leadership: proposals paused"
-            );
-            self.transfer_target = Some(target);
-            self.transfer_elapsed_ticks = 0;
+        match self.transfer_target {
+            Some(pending) if pending == target => return Ok(target),
+            Some(pending) => return Err(TransferRejected::InProgress(pending)),
+            None => {}
         }
+        info!(
+            target = target.0,
+            term = self.term.0,
+            "transferring leadership: proposals paused"
+        );
+        self.transfer_target = Some(target);
+        self.transfer_elapsed_ticks = 0;
         self.maybe_send_timeout_now();
         Ok(target)
     }
@@ -1120,6 +1147,8 @@ impl Raft {
                 Message::TimeoutNow(TimeoutNow {
                     term: self.term,
                     leader: self.config.id,
+                    last_log_index: self.log.last_index(),
+                    last_log_term: self.log.last_term(),
                 }),
             ));
         } else {
@@ -1138,6 +1167,15 @@ impl Raft {
                 from = request.leader.0,
                 term = request.term.0,
                 "TimeoutNow from a node that is not my current leader: ignored"
+            );
+            return;
+        }
+        if (self.log.last_index(), self.log.last_term())
+            != (request.last_log_index, request.last_log_term)
+        {
+            debug!(
+                from = request.leader.0,
+                "TimeoutNow for a log other than mine (a late one): ignored"
             );
             return;
         }
@@ -1236,6 +1274,12 @@ impl Raft {
         if self.role != Role::Leader {
             return Err(ReadRejected::NotLeader(NotLeader {
                 leader: self.leader,
+            }));
+        }
+        if let Some(target) = self.transfer_target {
+            // As proposals: it is about to step down.
+            return Err(ReadRejected::NotLeader(NotLeader {
+                leader: Some(target),
             }));
         }
         if self.log.term(self.log.commit()) != Some(self.term)

@@ -34,6 +34,9 @@ pub struct Progress {
     pub read_round_acked: u64,
     /// It answered since the last CheckQuorum (any answer in our term).
     pub recent_active: bool,
+    /// It answered in the window before (a transfer goes only to a peer
+    /// heard from lately).
+    pub was_active: bool,
 }
 
 impl Progress {
@@ -51,6 +54,7 @@ impl Progress {
             inflight_max,
             read_round_acked: 0,
             recent_active: false,
+            was_active: false,
         }
     }
 

@@ -1916,12 +1916,46 @@ fn timeout_now_from_anyone_but_the_current_leader_is_ignored() {
     c.elect(1);
     c.heartbeat(1);
     let term = c.node(2).term();
-    for (from, at) in [(3, term.0), (1, term.0 - 1)] {
+    let (last, last_log_term) = (c.node(2).log().last_index(), c.node(2).log().last_term());
+    // From another node, from an older term, or for a log other than ours
+    // (late: the transfer was aborted and the leader appended more).
+    for (from, at, last) in [
+        (3, term.0, last),
+        (1, term.0 - 1, last),
+        (1, term.0, last.next()),
+    ] {
         c.node_mut(2).handle_timeout_now(TimeoutNow {
             term: Term(at),
             leader: NodeId(from),
+            last_log_index: last,
+            last_log_term,
         });
         assert_eq!(c.node(2).role(), Role::Follower);
         assert_eq!(c.node(2).term(), term);
     }
+    c.node_mut(2).handle_timeout_now(TimeoutNow {
+        term,
+        leader: NodeId(1),
+        last_log_index: last,
+        last_log_term,
+    });
+    assert_eq!(c.node(2).role(), Role::Candidate, "the real one is obeyed");
+}
+
+#[test]
+fn a_transfer_goes_only_to_a_follower_heard_from_lately_and_one_at_a_time() {
+    let mut c = Cluster::with(3, liveness);
+    c.elect(1);
+    c.heartbeat(1);
+    // Node 2 dies with a full match; 3 keeps answering.
+    c.isolate(2);
+    for _ in 0..2 * 10 {
+        c.node_mut(1).tick();
+        c.deliver_all();
+    }
+    assert_eq!(c.node_mut(1).transfer_leadership(None), Ok(NodeId(3)));
+    assert_eq!(
+        c.node_mut(1).transfer_leadership(Some(NodeId(2))),
+        Err(TransferRejected::InProgress(NodeId(3)))
+    );
 }

@@ -255,6 +255,8 @@ pub(crate) fn timeout_now_to_proto(
         from: from.0,
         to: to.0,
         term: m.term.0,
+        last_log_index: m.last_log_index.0,
+        last_log_term: m.last_log_term.0,
     }
 }
 
@@ -262,5 +264,7 @@ pub(crate) fn timeout_now_from_proto(m: &proto::TimeoutNowRequest) -> TimeoutNow
     TimeoutNow {
         term: Term(m.term),
         leader: NodeId(m.from),
+        last_log_index: LogIndex(m.last_log_index),
+        last_log_term: Term(m.last_log_term),
     }
 }

@@ -101,7 +101,8 @@ struct Stream {
 /// What woke the sender's loop.
 enum Event {
     Shutdown,
-    Vote(Result<Result<Input, Status>, tokio::task::JoinError>),
+    /// A unary call ended: a vote's answer, or nothing (TimeoutNow).
+    Vote(Result<Result<Option<Input>, Status>, tokio::task::JoinError>),
     Snapshot(Result<Result<Input, Status>, tokio::task::JoinError>),
     Opened(Result<Streaming<proto::AppendEntriesResponse>, Status>),
     Response(Result<Option<proto::AppendEntriesResponse>, Status>),
@@ -155,7 +156,7 @@ impl PeerSender {
         mut queue: mpsc::Receiver<Message>,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let mut votes: JoinSet<Result<Input, Status>> = JoinSet::new();
+        let mut votes: JoinSet<Result<Option<Input>, Status>> = JoinSet::new();
         let mut snapshot_sends: JoinSet<Result<Input, Status>> = JoinSet::new();
         // One timer for the oldest AppendEntries in flight, moved only when
         // that message changes (not re-armed on every wake-up).
@@ -185,10 +186,13 @@ impl PeerSender {
             };
             let input = match event {
                 Event::Shutdown | Event::Queued(None) => return,
-                Event::Vote(Ok(Ok(input))) => {
+                Event::Vote(Ok(Ok(answer))) => {
                     self.votes_backoff.succeeded();
                     self.mark_up();
-                    input
+                    match answer {
+                        Some(input) => input,
+                        None => continue,
+                    }
                 }
                 Event::Vote(Ok(Err(status))) => {
                     self.votes_backoff.failed();
@@ -271,12 +275,14 @@ impl PeerSender {
                     // Fire and forget: a lost one only lets the transfer
                     // time out (the leader sends it again on each answer).
                     let message = timeout_now_to_proto(self.id, self.peer.id, request);
+                    // The votes channel gives the call its deadline.
                     let mut client = self.votes.clone();
-                    tokio::spawn(
+                    votes.spawn(
                         async move {
                             if let Err(status) = client.timeout_now(message).await {
                                 warn!("TimeoutNow was not delivered: {}", describe(&status));
                             }
+                            Ok(None)
                         }
                         .in_current_span(),
                     );
@@ -495,13 +501,13 @@ async fn request_vote(
     mut client: RaftClient<Channel>,
     to: NodeId,
     message: proto::RequestVoteRequest,
-) -> Result<Input, Status> {
+) -> Result<Option<Input>, Status> {
     let response = client.request_vote(message).await?.into_inner();
     check_sender(to, response.from)?;
-    Ok(Input::RequestVoteResponse {
+    Ok(Some(Input::RequestVoteResponse {
         from: to,
         response: request_vote_response_from_proto(response),
-    })
+    }))
 }
 
 /// The address we dialled must be the node we meant.

@@ -363,6 +363,10 @@ pub struct WhiteBox {
     /// When (simulated) each snapshot was installed, and each compaction.
     pub installed_at: Vec<Duration>,
     pub compacted_at: Vec<Duration>,
+    /// When each (term, leader) first reported leading.
+    pub elections: Vec<(Duration, Term, NodeId)>,
+    /// When some node first reached each higher term.
+    pub term_rises: Vec<(Duration, Term)>,
 }
 
 impl WhiteBox {
@@ -569,6 +573,9 @@ impl Observer for WhiteBoxObserver {
     fn role_changed(&self, node: NodeId, term: Term, role: Role) {
         let mut w = self.0.lock().expect("white box");
         w.roles.insert(node, (term, role));
+        if w.term_rises.last().is_none_or(|&(_, max)| term > max) {
+            w.term_rises.push((now(), term));
+        }
         if role == Role::Leader {
             // A leader holds a quorum of votes of its term, its own included.
             let mut voters = w.votes.get(&(term, node)).cloned().unwrap_or_default();
@@ -589,6 +596,7 @@ impl Observer for WhiteBoxObserver {
                 Some(_) => {}
                 None => {
                     w.leaders.insert(term, node);
+                    w.elections.push((now(), term, node));
                 }
             }
         }
@@ -623,6 +631,16 @@ impl WhiteBoxObserver {
 
     pub fn has_violations(&self) -> bool {
         !self.0.lock().expect("white box").violations.is_empty()
+    }
+
+    /// The leader of the highest term and that term, if a node reports leading.
+    pub fn leader_and_term(&self) -> Option<(NodeId, Term)> {
+        let w = self.0.lock().expect("white box");
+        w.roles
+            .iter()
+            .filter(|(_, (_, role))| *role == Role::Leader)
+            .max_by_key(|(_, (term, _))| *term)
+            .map(|(node, (term, _))| (*node, *term))
     }
 
     /// The node that most recently reported leading, in the highest term.
