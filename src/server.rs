@@ -122,7 +122,8 @@ pub trait Observer: Send + Sync {
     /// The node handed these entries to its disk, cutting its log at the
     /// first one's index first.
     fn log_written(&self, _node: NodeId, _entries: &[raft::Entry]) {}
-    /// The node's answer granting its vote in `term` to `candidate` left it.
+    /// The node's answer granting its vote in `term` to `candidate` left it
+    /// (or, with `candidate` the node itself, its RequestVote as a candidate).
     fn vote_granted(&self, _node: NodeId, _term: Term, _candidate: NodeId) {}
     /// The node's answer acknowledging its log up to `match_index` to the
     /// leader of `term` left it (the entries are durable).
@@ -702,13 +703,15 @@ impl Node {
     /// Stops every task of the node and waits for them (storage is released).
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
-        for task in std::mem::take(&mut self.tasks) {
-            let abort = task.abort_handle();
-            if tokio::time::timeout(Duration::from_secs(2), task)
+        for mut task in std::mem::take(&mut self.tasks) {
+            if tokio::time::timeout(Duration::from_secs(2), &mut task)
                 .await
                 .is_err()
             {
-                abort.abort();
+                // Wait for the cancellation too: only then are its sockets
+                // closed (a restart binds the same ports).
+                task.abort();
+                let _ = task.await;
             }
         }
     }
@@ -1470,6 +1473,17 @@ impl Driver {
 
     /// Hands messages to the peers' sender tasks, never blocking the loop.
     fn send(&mut self, messages: Vec<(NodeId, Message)>) {
+        if let Some(observer) = &self.observer {
+            // A candidate's RequestVote leaves once its own vote is durable.
+            if let Some((_, Message::RequestVote(request))) = messages
+                .iter()
+                .find(|(_, m)| matches!(m, Message::RequestVote(r) if !r.pre_vote))
+            {
+                observer
+                    .0
+                    .vote_granted(self.raft.id(), request.term, request.candidate);
+            }
+        }
         for (to, message) in messages {
             let Some((sender, _)) = self.peers.get(&to) else {
                 warn!(to = to.0, "message for an unknown peer dropped");

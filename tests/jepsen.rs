@@ -103,6 +103,9 @@ enum FaultKind {
     /// Every node in turn is stopped gracefully (SIGTERM: a leader hands
     /// leadership over first) and started again.
     RollingRestart,
+    /// Every 0.5-1 s an operator moves leadership to a random follower
+    /// (`lattice move-leader`), under the overlays like any other fault.
+    MoveLeaderRepeatedly,
 }
 
 /// The kinds the liveness assertions are about: run without overlays, so
@@ -133,7 +136,7 @@ fn is_partial_partition(kind: FaultKind) -> bool {
 }
 const PARTIAL_PARTITION_SERVES_WITHIN: Duration = Duration::from_secs(5);
 
-const ALL_FAULTS: [FaultKind; 23] = [
+const ALL_FAULTS: [FaultKind; 24] = [
     FaultKind::PartitionHalves,
     FaultKind::IsolateLeader,
     FaultKind::MajoritiesRing,
@@ -157,6 +160,7 @@ const ALL_FAULTS: [FaultKind; 23] = [
     FaultKind::LeaderBehindBridge,
     FaultKind::FlappingLink,
     FaultKind::RollingRestart,
+    FaultKind::MoveLeaderRepeatedly,
 ];
 
 /// One fault window: a network or process fault, and the conditions laid
@@ -180,7 +184,7 @@ struct ScheduledFault {
 const OVERLAY_P: f64 = 0.4;
 
 /// The fault schedule of a seed. The first fault cycles through every kind
-/// across consecutive seeds, so any 23 seeds draw each kind at least once.
+/// across consecutive seeds, so any 24 seeds draw each kind at least once.
 fn schedule(seed: u64) -> Vec<ScheduledFault> {
     let mut rng = StdRng::seed_from_u64(seed ^ 0xFA17_5C4E_D01E);
     let mut faults = Vec::new();
@@ -305,10 +309,13 @@ struct NodeHarness {
 }
 
 /// What an operator does to a node's process (the host keeps running):
-/// stop it gracefully (SIGTERM) or start it again.
+/// stop it gracefully (SIGTERM) or start it again, or ask it to hand
+/// leadership to `transfer_to` (each request counted in `transfers`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct NodeControl {
     running: bool,
+    transfers: u64,
+    transfer_to: u64,
 }
 
 fn node_config(
@@ -699,7 +706,11 @@ fn run_seed_planted(seed: u64, variant: Variant) -> SeedRun {
         let disk = disks[&id].clone();
         let (pause_tx, pause_rx) = watch::channel(false);
         pauses.insert(id, pause_tx);
-        let (control_tx, control_rx) = watch::channel(NodeControl { running: true });
+        let (control_tx, control_rx) = watch::channel(NodeControl {
+            running: true,
+            transfers: 0,
+            transfer_to: 0,
+        });
         controls.insert(id, control_tx);
         let harness = NodeHarness {
             observer: observer.clone(),
@@ -726,8 +737,23 @@ fn run_seed_planted(seed: u64, variant: Variant) -> SeedRun {
                     let node =
                         Node::start_with(config, Box::new(storage), Arc::new(TurmoilTransport))
                             .await?;
-                    if control.wait_for(|c| !c.running).await.is_err() {
-                        return Ok(());
+                    let mut transfers = control.borrow_and_update().transfers;
+                    loop {
+                        if control.changed().await.is_err() {
+                            return Ok(());
+                        }
+                        let now = *control.borrow_and_update();
+                        if !now.running {
+                            break;
+                        }
+                        if now.transfers != transfers {
+                            transfers = now.transfers;
+                            // Refused unless this node leads: as an operator
+                            // who asked a node that just lost leadership.
+                            let _ = node
+                                .transfer_leadership(Some(NodeId(now.transfer_to)))
+                                .await;
+                        }
                     }
                     node.shutdown_gracefully().await;
                 }
@@ -952,6 +978,7 @@ fn run_seed_planted(seed: u64, variant: Variant) -> SeedRun {
             liveness_checked[0] += 1;
             if leader_changes > 0 || term_increases > 0 {
                 is_liveness_violated = true;
+                detected_at = Some(detected_at.map_or(end, |d: Duration| d.min(end)));
                 failures.push(format!(
                     "liveness: isolating a follower at {:.2}s and healing it at {:.2}s changed the leader {leader_changes} time(s) and raised the term by {term_increases} (leader and term at the start: {start_leader:?})",
                     start.as_secs_f64(),
@@ -967,6 +994,7 @@ fn run_seed_planted(seed: u64, variant: Variant) -> SeedRun {
                 .any(|&(invoked, done)| invoked >= start && done <= deadline);
             if !is_served {
                 is_liveness_violated = true;
+                detected_at = Some(detected_at.map_or(deadline, |d: Duration| d.min(deadline)));
                 failures.push(format!(
                     "liveness: under {:?} from {:.2}s no operation invoked after the fault started completed within {PARTIAL_PARTITION_SERVES_WITHIN:?}",
                     fault.kind,
@@ -1087,6 +1115,9 @@ enum Action {
     /// gracefully, or start it again.
     RollingStop(usize),
     RollingStart(usize),
+    /// Part of "move the leader repeatedly": ask the leader to hand over to
+    /// a random follower.
+    MoveLeader,
 }
 
 impl Controller {
@@ -1128,6 +1159,13 @@ impl Controller {
                 while at < end {
                     actions.push((at, Action::Flap));
                     at += Duration::from_millis(rng.random_range(100..400));
+                }
+            }
+            if fault.kind == FaultKind::MoveLeaderRepeatedly {
+                let mut at = fault.at + Duration::from_millis(rng.random_range(200..500));
+                while at < end {
+                    actions.push((at, Action::MoveLeader));
+                    at += Duration::from_millis(rng.random_range(500..1000));
                 }
             }
             if fault.kind == FaultKind::RollingRestart {
@@ -1606,12 +1644,25 @@ impl Controller {
             }
             Action::RollingStop(i) => {
                 if let Some(&node) = self.rolling.get(i) {
-                    nemesis.controls[&node].send_replace(NodeControl { running: false });
+                    nemesis.controls[&node].send_modify(|c| c.running = false);
                 }
             }
             Action::RollingStart(i) => {
                 if let Some(&node) = self.rolling.get(i) {
-                    nemesis.controls[&node].send_replace(NodeControl { running: true });
+                    nemesis.controls[&node].send_modify(|c| c.running = true);
+                }
+            }
+            Action::Start(ScheduledFault {
+                kind: FaultKind::MoveLeaderRepeatedly,
+                ..
+            }) => {}
+            Action::MoveLeader => {
+                if let Some(leader) = observer.leader() {
+                    let target = self.follower(leader.0);
+                    nemesis.controls[&leader.0].send_modify(|c| {
+                        c.transfers += 1;
+                        c.transfer_to = target;
+                    });
                 }
             }
             Action::HealCuts => self.repair_all(sim),

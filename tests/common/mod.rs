@@ -47,11 +47,15 @@ impl Transport for TurmoilTransport {
 fn futures_stream(listener: turmoil::net::TcpListener) -> Listener {
     let (sender, receiver) = tokio::sync::mpsc::channel(16);
     tokio::spawn(async move {
+        // Ends (closing the port) as soon as the server drops the stream,
+        // so that a node stopped gracefully can start again on its ports.
         loop {
-            let accepted = listener
-                .accept()
-                .await
-                .map(|(stream, _)| Connection::new(stream));
+            let accepted = tokio::select! {
+                biased;
+                _ = sender.closed() => return,
+                accepted = listener.accept() => accepted,
+            };
+            let accepted = accepted.map(|(stream, _)| Connection::new(stream));
             if sender.send(accepted).await.is_err() {
                 return;
             }
@@ -345,6 +349,9 @@ pub struct WhiteBox {
     pub quorum: usize,
     /// (term, candidate) -> the nodes whose granting answers left them.
     pub votes: BTreeMap<(Term, NodeId), std::collections::BTreeSet<NodeId>>,
+    /// (node, term) -> whom its vote (granted, or its own as a candidate)
+    /// went to.
+    pub voted: BTreeMap<(NodeId, Term), NodeId>,
     /// Per node: the highest index it acknowledged, in the latest term it
     /// acknowledged anything.
     pub acknowledged: BTreeMap<NodeId, (Term, LogIndex)>,
@@ -537,6 +544,19 @@ impl Observer for WhiteBoxObserver {
     fn vote_granted(&self, node: NodeId, term: Term, candidate: NodeId) {
         let mut w = self.0.lock().expect("white box");
         w.votes.entry((term, candidate)).or_default().insert(node);
+        // A vote is durable before it leaves: one per node and term, ever.
+        match w.voted.get(&(node, term)) {
+            Some(&other) if other != candidate => {
+                let message = format!(
+                    "election: node {node} voted for {other} and for {candidate} in term {term}"
+                );
+                w.violate(message);
+            }
+            Some(_) => {}
+            None => {
+                w.voted.insert((node, term), candidate);
+            }
+        }
     }
 
     fn acknowledged(&self, node: NodeId, term: Term, match_index: LogIndex) {
