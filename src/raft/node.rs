@@ -612,9 +612,7 @@ impl Raft {
             // above it next time (etcd #8501 and openraft #1796: else a
             // longer log on a lower term and a shorter one on a higher term
             // refuse each other forever).
-            let is_up_to_date = (request.last_log_term, request.last_log_index)
-                >= (self.log.last_term(), self.log.last_index());
-            let granted = request.term > self.term && is_up_to_date;
+            let granted = request.term > self.term && self.is_log_up_to_date(&request);
             debug!(
                 candidate = request.candidate.0,
                 term = request.term.0,
@@ -639,12 +637,10 @@ impl Raft {
                 (self.election_elapsed_ticks, self.election_timeout_ticks) = timer;
             }
         }
-        let is_up_to_date = (request.last_log_term, request.last_log_index)
-            >= (self.log.last_term(), self.log.last_index());
         let vote_granted = request.term == self.term
             && (self.vote.is_none_or(|v| v == request.candidate)
                 || is_planted(Bug::TwoVotesInOneTerm))
-            && (is_up_to_date || is_planted(Bug::VoteForOlderLog));
+            && self.is_log_up_to_date(&request);
         if vote_granted {
             self.vote = Some(request.candidate);
             if self.role == Role::PreCandidate {
@@ -665,6 +661,15 @@ impl Raft {
             vote_granted,
             pre_vote: false,
         }
+    }
+
+    /// The candidate's log is at least as up to date as ours (5.4.1: a
+    /// higher last term wins, equal last terms compare last indexes). One
+    /// rule for votes and pre-votes alike.
+    fn is_log_up_to_date(&self, request: &RequestVote) -> bool {
+        (request.last_log_term, request.last_log_index)
+            >= (self.log.last_term(), self.log.last_index())
+            || is_planted(Bug::VoteForOlderLog)
     }
 
     pub fn handle_request_vote_response(&mut self, from: NodeId, response: RequestVoteResponse) {
