@@ -193,7 +193,14 @@ fn schedule(seed: u64) -> Vec<ScheduledFault> {
         let kind = if faults.is_empty() {
             ALL_FAULTS[(seed % ALL_FAULTS.len() as u64) as usize]
         } else {
-            ALL_FAULTS[rng.random_range(0..ALL_FAULTS.len())]
+            // The liveness kinds (clean and long windows) half as often as
+            // the others, which compose with the overlays.
+            loop {
+                let kind = ALL_FAULTS[rng.random_range(0..ALL_FAULTS.len())];
+                if !is_clean(kind) || rng.random_bool(0.5) {
+                    break kind;
+                }
+            }
         };
         let duration = Duration::from_millis(rng.random_range(1000..4000));
         // Stranding a new leader takes three elections: give it the longest.
@@ -202,7 +209,7 @@ fn schedule(seed: u64) -> Vec<ScheduledFault> {
         // an isolated follower, several election timeouts; a rolling restart,
         // 1.2 s per node.
         let duration = match kind {
-            FaultKind::StrandNewLeader => Duration::from_millis(4500),
+            FaultKind::StrandNewLeader => Duration::from_millis(6500),
             FaultKind::LaggingNode => Duration::from_millis(rng.random_range(3000..4500)),
             kind if is_partial_partition(kind) => {
                 Duration::from_millis(rng.random_range(6000..7000))
