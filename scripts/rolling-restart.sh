@@ -11,7 +11,9 @@
 #
 #   scripts/rolling-restart.sh          (no root needed)
 #
-# Environment: LATTICE_ROLLING_DIR (output; default target/rolling-restart),
+# Environment: LATTICE_BIN and LATTICE_CHECKER (binaries; default the release
+# builds, else the debug ones), LATTICE_ROLLING_DIR (output; default
+# target/rolling-restart),
 # LATTICE_ROLLING_CLIENTS (default 8), LATTICE_ROLLING_SETTLE (seconds between
 # restarts, default 3).
 set -euo pipefail
@@ -30,8 +32,8 @@ pick() {
         if [ -x "$candidate" ]; then echo "$candidate"; return; fi
     done
 }
-lattice=$(pick lattice)
-checker=$(pick checker)
+lattice=${LATTICE_BIN:-$(pick lattice)}
+checker=${LATTICE_CHECKER:-$(pick checker)}
 if [ -z "$lattice" ] || [ -z "$checker" ]; then
     (cd "$root" && cargo build --release --bin lattice && cargo build --release -p checker --bin checker)
     lattice=$(pick lattice); checker=$(pick checker)

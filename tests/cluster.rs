@@ -590,3 +590,112 @@ async fn a_wiped_follower_rejoins_by_snapshot() -> Result<()> {
     cluster.shutdown().await;
     Ok(())
 }
+
+/// `lattice move-leader` and SIGTERM's graceful shutdown on real TCP: the
+/// leader moves where it is told (and refuses strangers), then a graceful
+/// stop of the new leader hands over again, while writers run: none of
+/// their writes fails or ends unknown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn move_leader_and_graceful_shutdown_fail_no_client() -> Result<()> {
+    let data = tempfile::tempdir()?;
+    let mut cluster = TestCluster::start(data.path()).await?;
+    let first = cluster.leader(Duration::from_secs(10)).await?;
+
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let is_stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for writer in 0..4u64 {
+        let mut client = cluster.client(300 + writer);
+        let (ledger, is_stopping) = (ledger.clone(), is_stopping.clone());
+        writers.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            while !is_stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                let (key, value) = (format!("m{writer}-{i}"), format!("v{i}"));
+                let result = client.put(key.as_bytes(), value.as_bytes()).await;
+                let mut ledger = ledger.lock().await;
+                match result {
+                    Ok(()) => {
+                        ledger.acknowledged.insert(key, value);
+                    }
+                    Err(ClientError::Unknown(_)) => ledger.unknown += 1,
+                    Err(ClientError::Failed(_)) => ledger.failed += 1,
+                }
+                i += 1;
+            }
+        }));
+    }
+    let acked = |ledger: &Arc<Mutex<Ledger>>| {
+        let ledger = ledger.clone();
+        async move { ledger.lock().await.acknowledged.len() }
+    };
+    wait_until(Duration::from_secs(10), || acked(&ledger), |n| n >= 50).await?;
+
+    // The admin service, as `lattice move-leader` uses it.
+    let admin = cluster.client(399);
+    let target = if first == 3 { 2 } else { 3 };
+    let bad = admin
+        .move_leader(Some(NodeId(9)), Duration::from_secs(5))
+        .await;
+    assert!(
+        matches!(bad, Err(lattice::Error::InvalidArgument(_))),
+        "a stranger is refused: {bad:?}"
+    );
+    let (leader, term) = admin
+        .move_leader(Some(NodeId(target)), Duration::from_secs(5))
+        .await?;
+    assert_eq!(leader, NodeId(target));
+    assert_eq!(cluster.leader(Duration::from_secs(5)).await?, target);
+    let statuses = admin.statuses().await;
+    assert_eq!(statuses.len(), 3);
+    for (endpoint, status) in &statuses {
+        let status = status
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("{endpoint}: {e}"))?;
+        assert_eq!(status.term, term, "{endpoint}");
+        assert_eq!(status.leader, Some(NodeId(target)), "{endpoint}");
+    }
+    let before = acked(&ledger).await;
+    wait_until(
+        Duration::from_secs(10),
+        || acked(&ledger),
+        |n| n >= before + 50,
+    )
+    .await?;
+
+    // SIGTERM's path on the new leader: it hands over, then stops.
+    let node = cluster.nodes.remove(&target).expect("running");
+    node.shutdown_gracefully().await;
+    let next = cluster.leader(Duration::from_secs(5)).await?;
+    assert_ne!(next, target);
+    let before = acked(&ledger).await;
+    wait_until(
+        Duration::from_secs(10),
+        || acked(&ledger),
+        |n| n >= before + 50,
+    )
+    .await?;
+
+    is_stopping.store(true, std::sync::atomic::Ordering::Relaxed);
+    for writer in writers {
+        writer.await?;
+    }
+    let ledger = Arc::try_unwrap(ledger)
+        .ok()
+        .expect("writers done")
+        .into_inner();
+    println!(
+        "moved {first} -> {target}, stopped {target} -> {next}: {} writes acknowledged, {} unknown, {} failed",
+        ledger.acknowledged.len(),
+        ledger.unknown,
+        ledger.failed
+    );
+    assert_eq!(
+        (ledger.unknown, ledger.failed),
+        (0, 0),
+        "no client saw a failure"
+    );
+    let mut reader = cluster.client(901);
+    verify_acknowledged(&mut reader, &ledger).await?;
+    cluster.shutdown().await;
+    Ok(())
+}
