@@ -10,9 +10,13 @@
 #   LATTICE_MODEL_TERMS=4 LATTICE_MODEL_CRASHES=2 scripts/model-check.sh
 #   scripts/model-check.sh --catalogue          # the planted bugs, release build
 #
+# Two configurations run one after the other: the base protocol, then PreVote,
+# CheckQuorum and a leadership transfer (2 steps deeper, without crashes,
+# snapshots and reads); LATTICE_MODEL_CONFIG=base|liveness runs one.
 # Every bound is an environment variable: LATTICE_MODEL_{TERMS,PROPOSALS,
-# IN_FLIGHT,CRASHES,DUPLICATES,READS,DEPTH,APPEND_MAX}; LATTICE_MODEL_MAX_STATES
-# stops early after that many generated states (the run then is not exhaustive).
+# IN_FLIGHT,CRASHES,DUPLICATES,READS,SNAPSHOTS,TRANSFERS,DEPTH,APPEND_MAX};
+# LATTICE_MODEL_MAX_STATES stops early after that many generated states (the
+# run then is not exhaustive).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

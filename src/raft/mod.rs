@@ -77,7 +77,9 @@
 //!   leader learns of a node that raised its term while cut off and cannot
 //!   rejoin otherwise (etcd #8243);
 //! - a leader reaching only one follower steps down by CheckQuorum rather
-//!   than renewing that follower's lease forever (openraft #2080).
+//!   than renewing that follower's lease forever (openraft #2080; the lease
+//!   of CockroachDB #107060: followers hearing a leader that cannot serve
+//!   must not refuse to elect another).
 //!
 //! Leadership transfer: the leader stops taking proposals, brings the
 //! target up to date, and sends it `TimeoutNow`; the target campaigns at

@@ -1802,10 +1802,12 @@ fn a_lower_term_append_is_answered_at_the_current_term_etcd_8243() {
 }
 
 #[test]
-fn a_leader_reaching_one_follower_steps_down_openraft_2080() {
+fn a_leader_reaching_one_follower_steps_down_openraft_2080_cockroach_107060() {
     // Five voters. The old leader 1 reaches only 2 (the bridge); 2, 3 and 4
     // see each other; 5 is cut off. 3 and 4 need 2's vote, and 2 hears from
-    // 1: only 1 stepping down (CheckQuorum) ends 2's lease.
+    // 1: only 1 stepping down (CheckQuorum) ends 2's lease. (CockroachDB
+    // #107060 is this lease at work: followers hearing a leader that could
+    // not serve would not elect another.)
     let mut c = Cluster::with(5, liveness);
     c.elect(1);
     c.heartbeat(1);
