@@ -176,6 +176,71 @@ struct Ledger {
     failed: usize,
 }
 
+/// Clients putting unique keys until stopped, each noting what the
+/// cluster acknowledged, and what failed or ended unknown.
+struct Writers {
+    ledger: Arc<Mutex<Ledger>>,
+    is_stopping: Arc<std::sync::atomic::AtomicBool>,
+    handles: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Writers {
+    fn spawn(cluster: &TestCluster, first_client_id: u64, count: u64, prefix: &str) -> Writers {
+        let ledger = Arc::new(Mutex::new(Ledger::default()));
+        let is_stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut handles = Vec::new();
+        for writer in 0..count {
+            let mut client = cluster.client(first_client_id + writer);
+            let (ledger, is_stopping) = (ledger.clone(), is_stopping.clone());
+            let prefix = prefix.to_string();
+            handles.push(tokio::spawn(async move {
+                let mut i = 0u64;
+                while !is_stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                    let key = format!("{prefix}{writer}-{i}");
+                    let value = format!("value-{writer}-{i}");
+                    let result = client.put(key.as_bytes(), value.as_bytes()).await;
+                    let mut ledger = ledger.lock().await;
+                    match result {
+                        Ok(()) => {
+                            ledger.acknowledged.insert(key, value);
+                        }
+                        Err(ClientError::Unknown(_)) => ledger.unknown += 1,
+                        Err(ClientError::Failed(_)) => ledger.failed += 1,
+                    }
+                    i += 1;
+                }
+            }));
+        }
+        Writers {
+            ledger,
+            is_stopping,
+            handles,
+        }
+    }
+
+    async fn acknowledged(&self) -> usize {
+        self.ledger.lock().await.acknowledged.len()
+    }
+
+    /// Waits until `more` writes beyond those acknowledged now are.
+    async fn wait_for_more(&self, more: usize, timeout: Duration) -> Result<()> {
+        let target = self.acknowledged().await + more;
+        wait_until(timeout, || self.acknowledged(), |n| n >= target).await
+    }
+
+    async fn stop(self) -> Result<Ledger> {
+        self.is_stopping
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        for handle in self.handles {
+            handle.await?;
+        }
+        Ok(Arc::try_unwrap(self.ledger)
+            .ok()
+            .expect("writers done")
+            .into_inner())
+    }
+}
+
 /// Checks that every acknowledged write reads back with its value.
 async fn verify_acknowledged(client: &mut Client, ledger: &Ledger) -> Result<()> {
     for (key, value) in &ledger.acknowledged {
@@ -196,40 +261,11 @@ async fn acknowledged_writes_survive_leader_failure_and_full_restart() -> Result
     let mut cluster = TestCluster::start(data.path()).await?;
     let first_leader = cluster.leader(Duration::from_secs(10)).await?;
 
-    let ledger = Arc::new(Mutex::new(Ledger::default()));
-    let is_stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut writers = Vec::new();
-    for writer in 0..4u64 {
-        let mut client = cluster.client(100 + writer);
-        let ledger = ledger.clone();
-        let is_stopping = is_stopping.clone();
-        writers.push(tokio::spawn(async move {
-            let mut i = 0u64;
-            while !is_stopping.load(std::sync::atomic::Ordering::Relaxed) {
-                let key = format!("w{writer}-{i}");
-                let value = format!("value-{writer}-{i}");
-                let result = client.put(key.as_bytes(), value.as_bytes()).await;
-                let mut ledger = ledger.lock().await;
-                match result {
-                    Ok(()) => {
-                        ledger.acknowledged.insert(key, value);
-                    }
-                    Err(ClientError::Unknown(_)) => ledger.unknown += 1,
-                    Err(ClientError::Failed(_)) => ledger.failed += 1,
-                }
-                i += 1;
-            }
-        }));
-    }
-
-    let acked = |ledger: &Arc<Mutex<Ledger>>| {
-        let ledger = ledger.clone();
-        async move { ledger.lock().await.acknowledged.len() }
-    };
-    wait_until(Duration::from_secs(10), || acked(&ledger), |n| n >= 100).await?;
+    let writers = Writers::spawn(&cluster, 100, 4, "w");
+    writers.wait_for_more(100, Duration::from_secs(10)).await?;
 
     // Stop the leader in the middle of the writes.
-    let before_failover = acked(&ledger).await;
+    let before_failover = writers.acknowledged().await;
     cluster.stop_node(first_leader).await;
     let new_leader = cluster.leader(Duration::from_secs(10)).await?;
     assert_ne!(
@@ -238,19 +274,12 @@ async fn acknowledged_writes_survive_leader_failure_and_full_restart() -> Result
     );
     wait_until(
         Duration::from_secs(15),
-        || acked(&ledger),
+        || writers.acknowledged(),
         |n| n >= before_failover + 100,
     )
     .await?;
 
-    is_stopping.store(true, std::sync::atomic::Ordering::Relaxed);
-    for writer in writers {
-        writer.await?;
-    }
-    let ledger = Arc::try_unwrap(ledger)
-        .ok()
-        .expect("writers done")
-        .into_inner();
+    let ledger = writers.stop().await?;
     println!(
         "acknowledged {} writes ({} unknown, {} failed); leader {first_leader} stopped, {new_leader} took over",
         ledger.acknowledged.len(),
@@ -601,34 +630,8 @@ async fn move_leader_and_graceful_shutdown_fail_no_client() -> Result<()> {
     let mut cluster = TestCluster::start(data.path()).await?;
     let first = cluster.leader(Duration::from_secs(10)).await?;
 
-    let ledger = Arc::new(Mutex::new(Ledger::default()));
-    let is_stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut writers = Vec::new();
-    for writer in 0..4u64 {
-        let mut client = cluster.client(300 + writer);
-        let (ledger, is_stopping) = (ledger.clone(), is_stopping.clone());
-        writers.push(tokio::spawn(async move {
-            let mut i = 0u64;
-            while !is_stopping.load(std::sync::atomic::Ordering::Relaxed) {
-                let (key, value) = (format!("m{writer}-{i}"), format!("v{i}"));
-                let result = client.put(key.as_bytes(), value.as_bytes()).await;
-                let mut ledger = ledger.lock().await;
-                match result {
-                    Ok(()) => {
-                        ledger.acknowledged.insert(key, value);
-                    }
-                    Err(ClientError::Unknown(_)) => ledger.unknown += 1,
-                    Err(ClientError::Failed(_)) => ledger.failed += 1,
-                }
-                i += 1;
-            }
-        }));
-    }
-    let acked = |ledger: &Arc<Mutex<Ledger>>| {
-        let ledger = ledger.clone();
-        async move { ledger.lock().await.acknowledged.len() }
-    };
-    wait_until(Duration::from_secs(10), || acked(&ledger), |n| n >= 50).await?;
+    let writers = Writers::spawn(&cluster, 300, 4, "m");
+    writers.wait_for_more(50, Duration::from_secs(10)).await?;
 
     // The admin service, as `lattice move-leader` uses it.
     let admin = cluster.client(399);
@@ -654,35 +657,16 @@ async fn move_leader_and_graceful_shutdown_fail_no_client() -> Result<()> {
         assert_eq!(status.term, term, "{endpoint}");
         assert_eq!(status.leader, Some(NodeId(target)), "{endpoint}");
     }
-    let before = acked(&ledger).await;
-    wait_until(
-        Duration::from_secs(10),
-        || acked(&ledger),
-        |n| n >= before + 50,
-    )
-    .await?;
+    writers.wait_for_more(50, Duration::from_secs(10)).await?;
 
     // SIGTERM's path on the new leader: it hands over, then stops.
     let node = cluster.nodes.remove(&target).expect("running");
     node.shutdown_gracefully().await;
     let next = cluster.leader(Duration::from_secs(5)).await?;
     assert_ne!(next, target);
-    let before = acked(&ledger).await;
-    wait_until(
-        Duration::from_secs(10),
-        || acked(&ledger),
-        |n| n >= before + 50,
-    )
-    .await?;
+    writers.wait_for_more(50, Duration::from_secs(10)).await?;
 
-    is_stopping.store(true, std::sync::atomic::Ordering::Relaxed);
-    for writer in writers {
-        writer.await?;
-    }
-    let ledger = Arc::try_unwrap(ledger)
-        .ok()
-        .expect("writers done")
-        .into_inner();
+    let ledger = writers.stop().await?;
     println!(
         "moved {first} -> {target}, stopped {target} -> {next}: {} writes acknowledged, {} unknown, {} failed",
         ledger.acknowledged.len(),

@@ -48,7 +48,7 @@ enum Command {
     /// Talk to a cluster: put, get, delete, cas, leader.
     Kv(KvArgs),
     /// Print every endpoint's view: id, role, term, leader, indexes.
-    Status(AdminArgs),
+    Status(ClusterArgs),
     /// Hand leadership to node ID (etcdctl move-leader); without ID, to the
     /// most up-to-date follower. Waits until the new leader leads.
     MoveLeader(MoveLeaderArgs),
@@ -121,8 +121,9 @@ struct NodeArgs {
     no_check_quorum: bool,
 }
 
+/// Where a cluster is, for the commands that talk to one.
 #[derive(Args)]
-struct AdminArgs {
+struct ClusterArgs {
     /// KV endpoints of the cluster, comma separated.
     #[arg(
         long,
@@ -138,23 +139,15 @@ struct AdminArgs {
 #[derive(Args)]
 struct MoveLeaderArgs {
     #[command(flatten)]
-    admin: AdminArgs,
+    cluster: ClusterArgs,
     /// The node to hand leadership to (default: the most up-to-date follower).
     id: Option<u64>,
 }
 
 #[derive(Args)]
 struct KvArgs {
-    /// KV endpoints of the cluster, comma separated.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "[::1]:50152,[::1]:50252,[::1]:50352"
-    )]
-    endpoints: Vec<String>,
-    /// Give up after this many seconds.
-    #[arg(long, default_value_t = 10)]
-    timeout_secs: u64,
+    #[command(flatten)]
+    cluster: ClusterArgs,
     #[command(subcommand)]
     operation: KvOperation,
 }
@@ -316,7 +309,7 @@ fn show(value: &Option<Vec<u8>>) -> String {
     })
 }
 
-async fn run_status(args: AdminArgs) -> Result<()> {
+async fn run_status(args: ClusterArgs) -> Result<()> {
     let client = client(&args.endpoints, Duration::from_secs(args.timeout_secs))?;
     println!(
         "{:<24} {:>4} {:<13} {:>6} {:>6} {:>10} {:>10} {:>10}",
@@ -349,8 +342,8 @@ async fn run_status(args: AdminArgs) -> Result<()> {
 }
 
 async fn run_move_leader(args: MoveLeaderArgs) -> Result<()> {
-    let timeout = Duration::from_secs(args.admin.timeout_secs);
-    let client = client(&args.admin.endpoints, timeout)?;
+    let timeout = Duration::from_secs(args.cluster.timeout_secs);
+    let client = client(&args.cluster.endpoints, timeout)?;
     if args.id == Some(0) {
         bail!("node id 0 is reserved");
     }
@@ -363,7 +356,10 @@ async fn run_move_leader(args: MoveLeaderArgs) -> Result<()> {
 }
 
 async fn run_kv(args: KvArgs) -> Result<()> {
-    let mut client = client(&args.endpoints, Duration::from_secs(args.timeout_secs))?;
+    let mut client = client(
+        &args.cluster.endpoints,
+        Duration::from_secs(args.cluster.timeout_secs),
+    )?;
     match args.operation {
         KvOperation::Put { key, value } => {
             client.put(key, value).await?;
