@@ -671,6 +671,15 @@ impl Node {
     /// an election timeout, or commands that do not commit within the
     /// request timeout, do not hold it up further.
     pub async fn shutdown_gracefully(self) {
+        self.hand_over_and_drain().await;
+        self.shutdown().await;
+    }
+
+    /// The first half of a graceful shutdown: a leader hands leadership
+    /// over, then the node waits (bounded) for the commands it accepted to
+    /// be applied. It refuses new commands from here on, but keeps serving
+    /// its peers until it is stopped.
+    pub async fn hand_over_and_drain(&self) {
         if self.status.borrow().role == Role::Leader {
             match self.transfer_leadership(None).await {
                 Ok((leader, term)) => info!(
@@ -697,7 +706,6 @@ impl Node {
                 "shutting down with commands still waiting to commit"
             );
         }
-        self.shutdown().await;
     }
 
     /// Stops every task of the node and waits for them (storage is released).

@@ -23,7 +23,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -317,6 +317,9 @@ struct NodeHarness {
     chaos: SimChaos,
     pause: watch::Receiver<bool>,
     control: watch::Receiver<NodeControl>,
+    /// Set by the node's host once a graceful stop has handed over and
+    /// drained: the controller then ends the process (see `Controller::kill`).
+    stopped: Arc<AtomicBool>,
 }
 
 /// What an operator does to a node's process (the host keeps running):
@@ -714,6 +717,7 @@ fn run_seed_planted(seed: u64, variant: Variant) -> SeedRun {
         .collect();
     let mut pauses = BTreeMap::new();
     let mut controls = BTreeMap::new();
+    let mut stopped = BTreeMap::new();
     for id in 1..=NODES {
         let disk = disks[&id].clone();
         let (pause_tx, pause_rx) = watch::channel(false);
@@ -724,11 +728,14 @@ fn run_seed_planted(seed: u64, variant: Variant) -> SeedRun {
             transfer_to: 0,
         });
         controls.insert(id, control_tx);
+        let is_stopped = Arc::new(AtomicBool::new(false));
+        stopped.insert(id, is_stopped.clone());
         let harness = NodeHarness {
             observer: observer.clone(),
             chaos: chaos.clone(),
             pause: pause_rx,
             control: control_rx,
+            stopped: is_stopped,
         };
         let incarnations = Arc::new(AtomicUsize::new(0));
         sim.host(host(id), move || {
@@ -767,7 +774,13 @@ fn run_seed_planted(seed: u64, variant: Variant) -> SeedRun {
                                 .await;
                         }
                     }
-                    node.shutdown_gracefully().await;
+                    // The process exits once the controller sees it
+                    // drained: it cuts the host off first, so the sockets
+                    // the exit closes draw nothing from the network's
+                    // random numbers (see `Controller::kill`).
+                    node.hand_over_and_drain().await;
+                    harness.stopped.store(true, Ordering::Relaxed);
+                    std::future::pending::<()>().await;
                 }
             }
         });
@@ -791,6 +804,7 @@ fn run_seed_planted(seed: u64, variant: Variant) -> SeedRun {
         chaos: &chaos,
         pauses: &pauses,
         controls: &controls,
+        stopped: &stopped,
     };
     loop {
         actions.apply_due(&mut sim, &nemesis);
@@ -1069,6 +1083,8 @@ struct Nemesis<'a> {
     pauses: &'a BTreeMap<u64, watch::Sender<bool>>,
     /// Stops each node's process gracefully, or starts it.
     controls: &'a BTreeMap<u64, watch::Sender<NodeControl>>,
+    /// Which nodes finished the first half of a graceful stop.
+    stopped: &'a BTreeMap<u64, Arc<AtomicBool>>,
 }
 
 /// Applies the fault schedule as simulated time passes, and heals it.
@@ -1213,12 +1229,16 @@ impl Controller {
         }
     }
 
+    /// Every node but the leader, shuffled.
+    fn followers(&mut self, leader: u64) -> Vec<u64> {
+        let mut nodes = self.shuffled_nodes();
+        nodes.retain(|&n| n != leader);
+        nodes
+    }
+
     /// A follower (not the leader), at random.
     fn follower(&mut self, leader: u64) -> u64 {
-        self.shuffled_nodes()
-            .into_iter()
-            .find(|&n| n != leader)
-            .expect("a follower")
+        self.followers(leader)[0]
     }
 
     /// Cuts `node` from every other node but those in `keep`.
@@ -1229,6 +1249,7 @@ impl Controller {
     }
 
     fn apply_due(&mut self, sim: &mut turmoil::Sim<'_>, nemesis: &Nemesis<'_>) {
+        self.end_stopped_processes(sim, nemesis);
         if !self.old_side.is_empty() {
             self.strand_new_leader(sim, nemesis.observer);
         }
@@ -1275,24 +1296,46 @@ impl Controller {
         }
     }
 
-    /// kill -9, losing what the disk had not synced. The node is cut off
-    /// first, so the connections its crash closes vanish from the network
-    /// without a trace (as at a power loss: its peers learn from silence).
-    /// Otherwise the order tokio closes them in (by task id, a counter of
-    /// the whole process) would draw the network's random numbers in a
-    /// different order in each process, and a seed would not replay.
+    /// kill -9, losing what the disk had not synced.
     fn crash(
         &mut self,
         sim: &mut turmoil::Sim<'_>,
         disks: &BTreeMap<u64, Arc<Mutex<SimDisk>>>,
         node: u64,
     ) {
-        if sim.is_host_running(host(node)) {
-            for other in Self::others(node) {
-                sim.partition(host(node), other);
-            }
-            sim.crash(host(node));
+        if self.kill(sim, node) {
             disks[&node].lock().expect("disk").crash();
+        }
+    }
+
+    /// Ends the node's process (its disk keeps what it wrote); false if it
+    /// was not running. The node is cut off first, so the connections the
+    /// exit closes vanish from the network without a trace (its peers learn
+    /// from silence). Otherwise the order tokio closes them in (by task id,
+    /// a counter of the whole process) would draw the network's random
+    /// numbers in a different order in each process, and a seed would not
+    /// replay.
+    fn kill(&mut self, sim: &mut turmoil::Sim<'_>, node: u64) -> bool {
+        if !sim.is_host_running(host(node)) {
+            return false;
+        }
+        for other in Self::others(node) {
+            sim.partition(host(node), other);
+        }
+        sim.crash(host(node));
+        true
+    }
+
+    /// The second half of a graceful stop: a node that handed over and
+    /// drained exits, and starts again at once if it was asked to meanwhile.
+    fn end_stopped_processes(&mut self, sim: &mut turmoil::Sim<'_>, nemesis: &Nemesis<'_>) {
+        for (&node, stopped) in nemesis.stopped {
+            if stopped.swap(false, Ordering::Relaxed) {
+                self.kill(sim, node);
+                if nemesis.controls[&node].borrow().running {
+                    self.restart(sim, node);
+                }
+            }
         }
     }
 
@@ -1401,9 +1444,7 @@ impl Controller {
                 ..
             }) => {
                 let leader = self.leader_or_any(observer);
-                for other in (1..=NODES).filter(|&o| o != leader) {
-                    self.cut(sim, leader, other);
-                }
+                self.cut_all_but(sim, leader, &[]);
             }
             Action::Start(ScheduledFault {
                 kind: FaultKind::MajoritiesRing,
@@ -1537,15 +1578,9 @@ impl Controller {
                 // other two, a bare majority, while its disk hangs: whatever
                 // it acknowledges now is durable on those two alone.
                 let leader = self.leader_or_any(observer);
-                let followers: Vec<u64> = self
-                    .shuffled_nodes()
-                    .into_iter()
-                    .filter(|&n| n != leader)
-                    .collect();
+                let followers = self.followers(leader);
                 for &cut in &followers[..2] {
-                    for other in (1..=NODES).filter(|&o| o != cut) {
-                        self.cut(sim, cut, other);
-                    }
+                    self.cut_all_but(sim, cut, &[]);
                 }
                 disks[&leader].lock().expect("disk").latency = DiskLatency::STALLED;
             }
@@ -1556,17 +1591,11 @@ impl Controller {
                 // A follower goes away (crashed, or cut off and still
                 // running) while the others go on and compact past it.
                 let leader = self.leader_or_any(observer);
-                let node = self
-                    .shuffled_nodes()
-                    .into_iter()
-                    .find(|&n| n != leader)
-                    .expect("a follower");
+                let node = self.follower(leader);
                 if self.rng.random_bool(0.5) {
                     self.crash(sim, disks, node);
                 } else {
-                    for other in (1..=NODES).filter(|&o| o != node) {
-                        self.cut(sim, node, other);
-                    }
+                    self.cut_all_but(sim, node, &[]);
                 }
             }
             Action::Start(ScheduledFault {
@@ -1598,11 +1627,7 @@ impl Controller {
                 ..
             }) => {
                 let leader = self.leader_or_any(observer);
-                let nodes: Vec<u64> = self
-                    .shuffled_nodes()
-                    .into_iter()
-                    .filter(|&n| n != leader)
-                    .collect();
+                let nodes = self.followers(leader);
                 self.cut_all_but(sim, nodes[0], &[nodes[1]]);
             }
             Action::Start(ScheduledFault {
@@ -1610,11 +1635,7 @@ impl Controller {
                 ..
             }) => {
                 let leader = self.leader_or_any(observer);
-                let nodes: Vec<u64> = self
-                    .shuffled_nodes()
-                    .into_iter()
-                    .filter(|&n| n != leader)
-                    .collect();
+                let nodes = self.followers(leader);
                 let (bridge, isolated) = (nodes[0], nodes[1]);
                 self.cut_all_but(sim, leader, &[bridge]);
                 self.cut_all_but(sim, isolated, &[]);
@@ -1646,11 +1667,7 @@ impl Controller {
             }) => {
                 // Followers first, the leader last, as an operator would.
                 let leader = self.leader_or_any(observer);
-                let mut order: Vec<u64> = self
-                    .shuffled_nodes()
-                    .into_iter()
-                    .filter(|&n| n != leader)
-                    .collect();
+                let mut order = self.followers(leader);
                 order.push(leader);
                 self.rolling = order;
             }
@@ -1662,6 +1679,8 @@ impl Controller {
             Action::RollingStart(i) => {
                 if let Some(&node) = self.rolling.get(i) {
                     nemesis.controls[&node].send_modify(|c| c.running = true);
+                    // Unless it is still draining (it then starts as it exits).
+                    self.restart(sim, node);
                 }
             }
             Action::Start(ScheduledFault {
@@ -1693,8 +1712,7 @@ impl Controller {
                 // the leader goes on appending what its pinned clients send,
                 // entries that will not commit.
                 let leader = self.leader_or_any(observer);
-                let nodes = self.shuffled_nodes();
-                let follower = nodes.into_iter().find(|&n| n != leader).expect("a node");
+                let follower = self.follower(leader);
                 let side = [leader, follower];
                 for a in 1..=NODES {
                     for b in (a + 1)..=NODES {
@@ -1815,7 +1833,7 @@ fn seeds() -> Vec<u64> {
 /// depend on which thread finished first).
 fn run_seeds(seeds: &[u64], variant: Variant, stop_early: bool) -> Vec<SeedRun> {
     let next = AtomicUsize::new(0);
-    let caught = std::sync::atomic::AtomicBool::new(false);
+    let caught = AtomicBool::new(false);
     let runs = Mutex::new(Vec::new());
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
@@ -2046,18 +2064,29 @@ fn jepsen_seeds() {
 
 #[test]
 fn a_seed_replays_identically() {
-    // A seed whose first fault crashes every node, run twice at once on two
-    // threads (as `run_seeds` does), after other runs in this process: the
-    // state a process carries between runs (tokio's task ids) must not leak
-    // into the simulation.
-    let crash_all = ALL_FAULTS
-        .iter()
-        .position(|&k| k == FaultKind::CrashRestartAll)
-        .expect("a fault kind") as u64;
+    // Seeds whose first fault ends processes (kill -9 of every node, a
+    // rolling restart by SIGTERM) or moves the leader, each run twice at
+    // once on two threads (as `run_seeds` does), after other runs in this
+    // process: the state a process carries between runs (tokio's task ids)
+    // must not leak into the simulation.
     let base = seeds()[0].wrapping_add(1000);
-    let seed = (base..)
-        .find(|s| s % ALL_FAULTS.len() as u64 == crash_all)
-        .expect("a seed");
+    for kind in [
+        FaultKind::CrashRestartAll,
+        FaultKind::RollingRestart,
+        FaultKind::MoveLeaderRepeatedly,
+    ] {
+        let index = ALL_FAULTS
+            .iter()
+            .position(|&k| k == kind)
+            .expect("a fault kind") as u64;
+        let seed = (base..)
+            .find(|s| s % ALL_FAULTS.len() as u64 == index)
+            .expect("a seed");
+        assert_replays(seed);
+    }
+}
+
+fn assert_replays(seed: u64) {
     let (first, second) = std::thread::scope(|scope| {
         let first = scope.spawn(|| run_seed(seed, Variant::default()));
         let second = scope.spawn(|| run_seed(seed, Variant::default()));
@@ -2066,7 +2095,7 @@ fn a_seed_replays_identically() {
             second.join().expect("second run"),
         )
     });
-    assert!(first.counts[0] > 100, "the run did work");
+    assert!(first.counts[0] > 100, "seed {seed}: the run did work");
     if first.history_jsonl != second.history_jsonl {
         let dir = artifacts_dir(seed);
         let _ = std::fs::create_dir_all(&dir);
