@@ -13,8 +13,9 @@
 #
 #   sudo scripts/live-jepsen.sh          (root: unshare and iptables need it)
 #
-# Environment: LATTICE_LIVE_SECS (workload length, default 85; the faults take
-# about 70 s and must all fall inside it),
+# Environment: LATTICE_BIN and LATTICE_CHECKER (binaries; default the release
+# builds, else the debug ones), LATTICE_LIVE_SECS (workload length, default
+# 85; the faults take about 70 s and must all fall inside it),
 # LATTICE_LIVE_DIR (output; default target/live-jepsen): history.jsonl,
 # report.html, checker.txt, faults.tsv, node logs.
 set -euo pipefail
@@ -38,17 +39,9 @@ out=${LATTICE_LIVE_DIR:-$root/target/live-jepsen}
 rm -rf "$out"
 mkdir -p "$out"
 
-pick() {
-    for candidate in "$root/target/release/$1" "$root/target/debug/$1"; do
-        if [ -x "$candidate" ]; then echo "$candidate"; return; fi
-    done
-}
-lattice=$(pick lattice)
-checker=$(pick checker)
-if [ -z "$lattice" ] || [ -z "$checker" ]; then
-    (cd "$root" && cargo build --release --bin lattice && cargo build --release -p checker --bin checker)
-    lattice=$(pick lattice); checker=$(pick checker)
-fi
+# shellcheck source=scripts/live-lib.sh
+. "$root/scripts/live-lib.sh"
+find_binaries
 export LATTICE_DIR="$out/cluster" LATTICE_BIN="$lattice"
 cluster="$root/scripts/cluster.sh"
 partition="$root/scripts/partition.sh"
@@ -69,11 +62,6 @@ leader_id() {
     leader=$("$lattice" kv --endpoints "$endpoints" --timeout-secs 5 leader 2>/dev/null) || return 1
     # 127.0.0.1N:7002 -> N
     echo "$leader" | sed -E 's/^127\.0\.0\.1([0-9]):7002$/\1/'
-}
-# "ID TERM" of the node that says it leads in the highest term.
-leader_and_term() {
-    "$lattice" status --endpoints "$endpoints" --timeout-secs 2 2>/dev/null \
-        | awk '$3 == "leader" { print $4, $2 }' | sort -n | tail -1 | awk '{ print $2, $1 }'
 }
 for _ in $(seq 1 40); do leader_id >/dev/null && break; sleep 0.5; done
 leader_id >/dev/null || die "no leader was elected"
@@ -123,11 +111,11 @@ fault "kill -9 a follower (node $1)" 5 "$cluster" kill "$1"; "$cluster" restart 
 sleep 3
 # PreVote: a follower cut off for 5 s (several election timeouts) comes back
 # at the term it left and deposes nobody.
-before=$(leader_and_term)
+before=$(leader_and_term "$endpoints")
 [ -n "$before" ] || die "no leader before isolating a follower"
 set -- $(others "${before% *}")
 fault "isolate a follower (node $1) for 5 s" 5 "$partition" isolate "$1"; heal; sleep 3
-after=$(leader_and_term)
+after=$(leader_and_term "$endpoints")
 echo "leader and term before isolating node $1: $before; after healing: $after"
 [ "$before" = "$after" ] || die "isolating follower $1 changed the leader or the term ($before -> $after)"
 is_isolation_clean=1

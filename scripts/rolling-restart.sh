@@ -27,27 +27,16 @@ settle=${LATTICE_ROLLING_SETTLE:-3}
 rm -rf "$out"
 mkdir -p "$out"
 
-pick() {
-    for candidate in "$root/target/release/$1" "$root/target/debug/$1"; do
-        if [ -x "$candidate" ]; then echo "$candidate"; return; fi
-    done
-}
-lattice=${LATTICE_BIN:-$(pick lattice)}
-checker=${LATTICE_CHECKER:-$(pick checker)}
-if [ -z "$lattice" ] || [ -z "$checker" ]; then
-    (cd "$root" && cargo build --release --bin lattice && cargo build --release -p checker --bin checker)
-    lattice=$(pick lattice); checker=$(pick checker)
-fi
+# shellcheck source=scripts/live-lib.sh
+. "$root/scripts/live-lib.sh"
+find_binaries
 export LATTICE_DIR="$out/cluster" LATTICE_BIN="$lattice"
 cluster="$root/scripts/cluster.sh"
 trap '"$cluster" stop >/dev/null 2>&1 || true' EXIT
 
 "$cluster" start 3 > /dev/null
 endpoints=$("$cluster" endpoints)
-leader_id() {
-    "$lattice" status --endpoints "$endpoints" --timeout-secs 2 2>/dev/null \
-        | awk '$3 == "leader" { print $4, $2 }' | sort -n | tail -1 | awk '{ print $2 }'
-}
+leader_id() { leader_and_term "$endpoints" | cut -d' ' -f1; }
 for _ in $(seq 1 40); do [ -n "$(leader_id)" ] && break; sleep 0.25; done
 [ -n "$(leader_id)" ] || die "no leader was elected"
 

@@ -663,14 +663,9 @@ impl WhiteBoxObserver {
             .map(|(node, (term, _))| (*node, *term))
     }
 
-    /// The node that most recently reported leading, in the highest term.
+    /// The node that reports leading in the highest term.
     pub fn leader(&self) -> Option<NodeId> {
-        let w = self.0.lock().expect("white box");
-        w.roles
-            .iter()
-            .filter(|(_, (_, role))| *role == Role::Leader)
-            .max_by_key(|(_, (term, _))| *term)
-            .map(|(node, _)| *node)
+        self.leader_and_term().map(|(node, _)| node)
     }
 }
 
