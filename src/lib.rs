@@ -29,10 +29,12 @@ pub mod server;
 pub mod storage;
 pub mod transport;
 
-pub use client::{Client, ClientConfig, ClientError, ReadResult};
+pub use client::{
+    Client, ClientConfig, ClientError, EndpointStatus, MemberChange, MemberList, ReadResult,
+};
 pub use error::{Error, Result};
 pub use raft::{LogIndex, NodeId, Term};
-pub use server::{Node, NodeConfig, PeerConfig};
+pub use server::{MemberRole, Members, Node, NodeConfig, PeerConfig};
 
 /// The generated protobuf and gRPC code (`proto/lattice.proto`).
 pub mod proto {

@@ -9,7 +9,7 @@
 
 mod disk;
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,6 +48,16 @@ pub(crate) enum Input {
     },
     /// Answers once no accepted proposal waits to be applied here.
     Drain { reply: oneshot::Sender<()> },
+    /// An operator's membership change (leader only); answered once it
+    /// is applied here.
+    ConfChange {
+        change: raft::ConfChange,
+        reply: oneshot::Sender<Result<Members>>,
+    },
+    /// The configuration in force (leader only).
+    Members {
+        reply: oneshot::Sender<Result<Members>>,
+    },
     /// A whole snapshot received from the leader, verified.
     InstallSnapshot {
         request: InstallSnapshot,
@@ -205,8 +215,13 @@ pub struct NodeConfig {
     pub raft_addr: String,
     /// Address the KV client service binds to.
     pub kv_addr: String,
-    /// The other voters.
+    /// The other voters of a new cluster (every founding node lists the
+    /// same). Empty with `join`.
     pub peers: Vec<PeerConfig>,
+    /// A node that joins a running cluster: it knows no configuration and
+    /// learns it from the leader once an operator (or `lattice node
+    /// --join`) added it. Without it and without peers, a one-node cluster.
+    pub join: bool,
     /// Where the WAL, the snapshots and the hard state live.
     pub data_dir: PathBuf,
     /// Snapshot the state machine once this many entries were applied since
@@ -276,6 +291,7 @@ impl NodeConfig {
             raft_addr: raft_addr.into(),
             kv_addr: kv_addr.into(),
             peers,
+            join: false,
             data_dir: data_dir.into(),
             snapshot_entries: 10_000,
             snapshot_bytes: 64 << 20,
@@ -309,9 +325,36 @@ impl NodeConfig {
         }
     }
 
+    /// The configuration of a new cluster: this node and its peers, all
+    /// voters, with their addresses.
+    fn bootstrap_membership(&self) -> raft::Membership {
+        let mut membership = raft::Membership::default();
+        if self.join {
+            return membership;
+        }
+        let own = PeerConfig {
+            id: self.id,
+            raft_addr: self.raft_addr.clone(),
+            kv_addr: self.kv_addr.clone(),
+        };
+        for peer in self.peers.iter().chain([&own]) {
+            membership.members.insert(
+                peer.id,
+                raft::Member {
+                    raft_addr: peer.raft_addr.clone(),
+                    kv_addr: peer.kv_addr.clone(),
+                    is_learner: false,
+                },
+            );
+        }
+        membership
+    }
+
     fn raft_config(&self) -> raft::Config {
         let mut voters: Vec<NodeId> = self.peers.iter().map(|p| p.id).collect();
-        voters.push(self.id);
+        if !self.join {
+            voters.push(self.id);
+        }
         voters.sort();
         raft::Config {
             id: self.id,
@@ -330,6 +373,11 @@ impl NodeConfig {
 
     pub fn validate(&self) -> Result<()> {
         self.raft_config().validate().map_err(Error::Config)?;
+        if self.join && !self.peers.is_empty() {
+            return Err(Error::Config(
+                "a joining node learns its peers from the cluster: give no peers".into(),
+            ));
+        }
         if self.peers.iter().any(|p| p.id == self.id) {
             return Err(Error::Config(format!(
                 "node {} lists itself as a peer",
@@ -369,6 +417,32 @@ pub struct Status {
     pub snapshots_installed: u64,
     /// Set when the node stopped on a fatal error (a storage failure).
     pub failure: Option<String>,
+    /// Whether this node is a voter, a learner, or not (yet) a member of
+    /// the configuration in force.
+    pub membership: MemberRole,
+    /// Set when the node stopped because it was removed from the cluster.
+    pub is_removed: bool,
+}
+
+/// A node's place in the configuration in force.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemberRole {
+    Voter,
+    Learner,
+    /// Joining (it knows no configuration with itself yet) or removed.
+    None,
+}
+
+impl MemberRole {
+    fn of(membership: &raft::Membership, id: NodeId) -> MemberRole {
+        if membership.is_voter(id) {
+            MemberRole::Voter
+        } else if membership.is_learner(id) {
+            MemberRole::Learner
+        } else {
+            MemberRole::None
+        }
+    }
 }
 
 /// A summary of the applied state machine.
@@ -450,10 +524,16 @@ impl Node {
                 "restored from storage"
             )
         });
+        let bootstrap_membership = config.bootstrap_membership();
+        let membership = kv
+            .membership()
+            .cloned()
+            .unwrap_or_else(|| bootstrap_membership.clone());
         let raft = Raft::restore(
             config.raft_config(),
             recovered.hard_state,
             snapshot,
+            membership,
             recovered.entries,
         );
         let storage_last_index = storage.last_index();
@@ -474,35 +554,18 @@ impl Node {
         let (inbox_tx, inbox_rx) = mpsc::channel(config.inbox_capacity);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let mut tasks = Vec::new();
-        let mut peers = BTreeMap::new();
-        for peer_config in &config.peers {
-            let channels = peer::PeerChannels {
-                votes: transport::channel(
-                    transport.clone(),
-                    &peer_config.raft_addr,
-                    config.peer_channel,
-                )?,
-                replication: transport::stream_channel(
-                    transport.clone(),
-                    &peer_config.raft_addr,
-                    config.peer_channel,
-                )?,
-                rpc_timeout: config.peer_channel.rpc_timeout,
-                snapshots: snapshots.clone(),
-                snapshot_sends: snapshot_sends.clone(),
-            };
-            let (sender, task) = peer::spawn(
-                config.id,
-                peer_config.clone(),
-                channels,
-                inbox_tx.clone(),
-                config.inflight_appends_max,
-                shutdown_rx.clone(),
-                span.clone(),
-            );
-            tasks.push(task);
-            peers.insert(peer_config.id, (sender, peer_config.kv_addr.clone()));
-        }
+        // Peers follow the configuration in force (see `Driver::sync_peers`).
+        let spawner = PeerSpawner {
+            id: config.id,
+            transport: transport.clone(),
+            channel: config.peer_channel,
+            snapshots: snapshots.clone(),
+            snapshot_sends,
+            inbox: inbox_tx.clone(),
+            inflight_max: config.inflight_appends_max,
+            shutdown: shutdown_rx.clone(),
+            span: span.clone(),
+        };
 
         let initial_status = Status {
             id: config.id,
@@ -517,6 +580,8 @@ impl Node {
             snapshots_taken: 0,
             snapshots_installed: 0,
             failure: None,
+            membership: MemberRole::of(raft.membership(), config.id),
+            is_removed: false,
         };
         if let Some(observer) = &config.observer {
             observer
@@ -525,10 +590,13 @@ impl Node {
         }
         let (status_tx, status_rx) = watch::channel(initial_status);
 
-        let peer_ids: BTreeSet<NodeId> = config.peers.iter().map(|p| p.id).collect();
+        let (senders_tx, senders_rx) = watch::channel(service::Senders {
+            members: raft.membership().members.keys().copied().collect(),
+            removed: raft.membership().removed.clone(),
+        });
         tasks.push(service::spawn_raft_server(
             config.id,
-            peer_ids,
+            senders_rx,
             raft_listener,
             inbox_tx.clone(),
             shutdown_rx.clone(),
@@ -544,6 +612,7 @@ impl Node {
                 id: config.id,
                 status: status_rx.clone(),
                 transfer_timeout,
+                request_timeout: config.request_timeout,
             },
             shutdown_rx.clone(),
             span.clone(),
@@ -565,8 +634,13 @@ impl Node {
         debug_assert_eq!(storage_last_index, raft.log().last_index());
         let (disk, durable, disk_task) = disk::spawn(storage, config.unsafe_no_fsync, span.clone());
         tasks.push(disk_task);
-        let driver = Driver {
+        let mut driver = Driver {
             raft,
+            spawner,
+            senders: senders_tx,
+            peers_membership: raft::Membership::default(),
+            conf_changes: BTreeMap::new(),
+            removed_ticks: None,
             observer: config.observer.clone(),
             chaos: config.chaos.clone(),
             own_inbox: inbox_tx.clone(),
@@ -592,7 +666,8 @@ impl Node {
             snapshots_taken: 0,
             snapshots_installed: 0,
             own_kv_addr: config.kv_addr.clone(),
-            peers,
+            bootstrap_membership,
+            peers: BTreeMap::new(),
             answers: Vec::new(),
             held: VecDeque::new(),
             proposals: BTreeMap::new(),
@@ -603,6 +678,7 @@ impl Node {
             read_context_next: 1,
             status: status_tx,
         };
+        driver.sync_peers();
         tasks.push(tokio::spawn(
             driver
                 .run(
@@ -662,6 +738,18 @@ impl Node {
             self.transfer_timeout,
         )
         .await
+    }
+
+    /// Changes the cluster's membership (leader only): answers once the
+    /// change is committed and applied here, with the configuration then
+    /// in force. See [`raft::Raft::propose_conf_change`] for the rules.
+    pub async fn change_membership(&self, change: raft::ConfChange) -> Result<Members> {
+        change_membership(&self.inbox, change, self.request_timeout).await
+    }
+
+    /// The configuration in force (leader only).
+    pub async fn members(&self) -> Result<Members> {
+        members(&self.inbox).await
     }
 
     /// Stops the node without failing its clients (SIGTERM): a leader first
@@ -734,6 +822,38 @@ impl Drop for Node {
     }
 }
 
+/// Asks the driver behind `inbox` to make a membership change and waits
+/// (up to `timeout`) until it is applied.
+pub(crate) async fn change_membership(
+    inbox: &mpsc::Sender<Input>,
+    change: raft::ConfChange,
+    timeout: Duration,
+) -> Result<Members> {
+    let (reply, answer) = oneshot::channel();
+    inbox
+        .send(Input::ConfChange { change, reply })
+        .await
+        .map_err(|_| Error::Unavailable("node stopped".into()))?;
+    match tokio::time::timeout(timeout, answer).await {
+        Ok(answer) => answer.map_err(|_| Error::Unavailable("node stopped".into()))?,
+        Err(_) => Err(Error::Indeterminate(format!(
+            "the membership change did not commit within {timeout:?}; \
+             it may still: check with member list"
+        ))),
+    }
+}
+
+pub(crate) async fn members(inbox: &mpsc::Sender<Input>) -> Result<Members> {
+    let (reply, answer) = oneshot::channel();
+    inbox
+        .send(Input::Members { reply })
+        .await
+        .map_err(|_| Error::Unavailable("node stopped".into()))?;
+    answer
+        .await
+        .map_err(|_| Error::Unavailable("node stopped".into()))?
+}
+
 /// Asks the driver behind `inbox` to hand leadership over, then waits
 /// (on `status`) until another node leads, or `timeout`.
 pub(crate) async fn transfer_leadership(
@@ -790,6 +910,67 @@ struct Proposal {
     reply: oneshot::Sender<Result<Outcome>>,
 }
 
+struct ConfChangeWaiter {
+    term: Term,
+    reply: oneshot::Sender<Result<Members>>,
+}
+
+/// The cluster's configuration as its leader sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Members {
+    pub leader: NodeId,
+    /// The index of the configuration entry (0: the bootstrap configuration).
+    pub index: LogIndex,
+    /// Whether that entry is committed (a change answers only once it is).
+    pub is_committed: bool,
+    pub membership: raft::Membership,
+}
+
+/// Ticks a removed node keeps running after applying its removal, so its
+/// last messages (a leader's handover among them) leave before it stops.
+const REMOVED_STOP_TICKS: u32 = 4;
+
+/// Starts the sender task of one peer (see `transport::peer`).
+struct PeerSpawner {
+    id: NodeId,
+    transport: Arc<dyn Transport>,
+    channel: ChannelConfig,
+    snapshots: Arc<dyn SnapshotStore>,
+    snapshot_sends: Arc<tokio::sync::Semaphore>,
+    inbox: mpsc::Sender<Input>,
+    inflight_max: usize,
+    shutdown: watch::Receiver<bool>,
+    span: tracing::Span,
+}
+
+impl PeerSpawner {
+    /// The peer's queue; its task ends when the queue is dropped (or at
+    /// shutdown).
+    fn spawn(&self, peer: PeerConfig) -> Result<mpsc::Sender<Message>> {
+        let channels = peer::PeerChannels {
+            votes: transport::channel(self.transport.clone(), &peer.raft_addr, self.channel)?,
+            replication: transport::stream_channel(
+                self.transport.clone(),
+                &peer.raft_addr,
+                self.channel,
+            )?,
+            rpc_timeout: self.channel.rpc_timeout,
+            snapshots: self.snapshots.clone(),
+            snapshot_sends: self.snapshot_sends.clone(),
+        };
+        let (sender, _task) = peer::spawn(
+            self.id,
+            peer,
+            channels,
+            self.inbox.clone(),
+            self.inflight_max,
+            self.shutdown.clone(),
+            self.span.clone(),
+        );
+        Ok(sender)
+    }
+}
+
 struct PendingRead {
     key: Vec<u8>,
     reply: oneshot::Sender<Result<ReadValue>>,
@@ -844,6 +1025,21 @@ struct Driver {
     snapshots_taken: u64,
     snapshots_installed: u64,
     own_kv_addr: String,
+    /// Starts the sender task of a peer the configuration adds.
+    spawner: PeerSpawner,
+    /// Who the Raft service hears (the members, not the removed).
+    senders: watch::Sender<service::Senders>,
+    /// The configuration `peers` was last made to follow.
+    peers_membership: raft::Membership,
+    /// Membership changes proposed here, by log index: answered once
+    /// applied (or failed if another entry took the index).
+    conf_changes: BTreeMap<LogIndex, ConfChangeWaiter>,
+    /// Ticks since this node applied its own removal (it stops shortly
+    /// after: its last messages, the handover among them, leave first).
+    removed_ticks: Option<u32>,
+    /// The configuration of this cluster before any change (in force at a
+    /// snapshot that carries none).
+    bootstrap_membership: raft::Membership,
     /// Each peer's outgoing queue and KV address.
     peers: BTreeMap<NodeId, (mpsc::Sender<Message>, String)>,
     /// Answers to peer requests made since the last `Ready`: they wait for
@@ -910,6 +1106,15 @@ impl Driver {
                 _ = ticker.tick() => {
                     if !self.is_draining || self.raft.role() == Role::Leader {
                         self.raft.tick();
+                    }
+                    if let Some(ticks) = self.removed_ticks.as_mut() {
+                        *ticks += 1;
+                        if *ticks >= REMOVED_STOP_TICKS {
+                            warn!("removed from the cluster: this node stops (its data directory is of no further use)");
+                            self.publish_status();
+                            self.status.send_modify(|s| s.is_removed = true);
+                            return;
+                        }
                     }
                 }
                 input = inbox.recv() => match input {
@@ -988,6 +1193,10 @@ impl Driver {
                 self.answers.push(Held::Append(reply, response));
             }
             Input::TimeoutNow { request } => self.raft.handle_timeout_now(request),
+            Input::ConfChange { change, reply } => self.propose_conf_change(change, reply),
+            Input::Members { reply } => {
+                let _ = reply.send(self.members());
+            }
             Input::TransferLeadership { target, reply } => {
                 let result = self.raft.transfer_leadership(target).map_err(|e| match e {
                     raft::TransferRejected::NotLeader(_) => self.not_leader(),
@@ -1107,6 +1316,85 @@ impl Driver {
         });
     }
 
+    /// Makes the peer tasks follow the configuration in force: a task for
+    /// every other member, none for a node that left.
+    fn sync_peers(&mut self) {
+        if *self.raft.membership() == self.peers_membership {
+            return;
+        }
+        let membership = self.raft.membership().clone();
+        let id = self.raft.id();
+        self.senders.send_replace(service::Senders {
+            members: membership.members.keys().copied().collect(),
+            removed: membership.removed.clone(),
+        });
+        self.peers.retain(|peer, _| membership.contains(*peer));
+        for (&peer, member) in &membership.members {
+            if peer == id || self.peers.contains_key(&peer) {
+                continue;
+            }
+            let config = PeerConfig {
+                id: peer,
+                raft_addr: member.raft_addr.clone(),
+                kv_addr: member.kv_addr.clone(),
+            };
+            match self.spawner.spawn(config) {
+                Ok(sender) => {
+                    info!(peer = peer.0, raft_addr = %member.raft_addr, "peer added");
+                    self.peers.insert(peer, (sender, member.kv_addr.clone()));
+                }
+                Err(e) => error!(
+                    peer = peer.0,
+                    raft_addr = %member.raft_addr,
+                    error = %e,
+                    "cannot reach a member: its address is unusable"
+                ),
+            }
+        }
+        self.peers_membership = membership;
+    }
+
+    fn propose_conf_change(
+        &mut self,
+        change: raft::ConfChange,
+        reply: oneshot::Sender<Result<Members>>,
+    ) {
+        use raft::ConfChangeRejected as Rejected;
+        match self.raft.propose_conf_change(&change) {
+            Ok(index) => {
+                let term = self.raft.term();
+                self.conf_changes
+                    .insert(index, ConfChangeWaiter { term, reply });
+            }
+            Err(rejected) => {
+                let error = match rejected {
+                    Rejected::NotLeader(_) => self.not_leader(),
+                    Rejected::ChangePending
+                    | Rejected::NotReady
+                    | Rejected::TransferInProgress
+                    | Rejected::LearnerBehind { .. } => Error::Unavailable(rejected.to_string()),
+                    Rejected::IdTaken(_) | Rejected::UnknownNode(_) | Rejected::Invalid(_) => {
+                        Error::InvalidArgument(rejected.to_string())
+                    }
+                };
+                let _ = reply.send(Err(error));
+            }
+        }
+    }
+
+    /// The configuration in force (leader only: a follower's may be behind).
+    fn members(&self) -> Result<Members> {
+        if self.raft.role() != Role::Leader {
+            return Err(self.not_leader());
+        }
+        Ok(Members {
+            leader: self.raft.id(),
+            index: self.raft.membership_index(),
+            is_committed: self.raft.membership_index() <= self.raft.log().commit(),
+            membership: self.raft.membership().clone(),
+        })
+    }
+
     fn kv_addr_of(&self, node: NodeId) -> Option<String> {
         if node == self.raft.id() {
             return Some(self.own_kv_addr.clone());
@@ -1203,7 +1491,13 @@ impl Driver {
                 return;
             }
         };
-        let (response, is_accepted) = self.raft.handle_install_snapshot(request, meta);
+        // Without a configuration, the cluster's bootstrap one is in force
+        // at the snapshot (it never changed up to there).
+        let membership = kv
+            .membership()
+            .cloned()
+            .unwrap_or_else(|| self.bootstrap_membership.clone());
+        let (response, is_accepted) = self.raft.handle_install_snapshot(request, meta, membership);
         if is_accepted {
             // Commands proposed here at or below it may or may not be in it.
             let below: Vec<LogIndex> = self
@@ -1346,6 +1640,7 @@ impl Driver {
     /// Fails only if the disk task has stopped.
     async fn process_ready(&mut self) -> std::result::Result<(), ()> {
         let mut ready: Ready = self.raft.ready();
+        self.sync_peers();
         // A leader's AppendEntries may go out before its own disk has the
         // entries (Raft thesis 10.2.1): the core counts the leader's own copy
         // only once the disk reports it durable. Messages of a Ready that
@@ -1399,6 +1694,35 @@ impl Driver {
             let outcome = self.kv.apply(&entry);
             if let Some(observer) = &self.observer {
                 observer.0.applied(self.raft.id(), &entry);
+            }
+            if let Some(waiter) = self.conf_changes.remove(&entry.index) {
+                let answer = if waiter.term == entry.term {
+                    Ok(Members {
+                        leader: self.raft.id(),
+                        index: entry.index,
+                        is_committed: true,
+                        membership: self.kv.membership().cloned().unwrap_or_default(),
+                    })
+                } else {
+                    Err(Error::Unavailable(format!(
+                        "the change was overwritten at index {} by a new leader; it did not happen",
+                        entry.index
+                    )))
+                };
+                let _ = waiter.reply.send(answer);
+            }
+            if self.removed_ticks.is_none()
+                && self
+                    .kv
+                    .membership()
+                    .is_some_and(|m| m.removed.contains(&self.raft.id()))
+            {
+                warn!(
+                    index = entry.index.0,
+                    "this node was removed from the cluster (configuration at index {}): it stops shortly",
+                    entry.index
+                );
+                self.removed_ticks = Some(0);
             }
             if let Some(proposal) = self.proposals.remove(&entry.index) {
                 let answer = if proposal.term == entry.term {
@@ -1524,6 +1848,8 @@ impl Driver {
             snapshots_taken: self.snapshots_taken,
             snapshots_installed: self.snapshots_installed,
             failure: None,
+            membership: MemberRole::of(self.raft.membership(), self.raft.id()),
+            is_removed: false,
         };
         let observer = self.observer.as_ref();
         self.status.send_if_modified(|current| {

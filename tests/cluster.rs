@@ -79,8 +79,9 @@ impl TestCluster {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            // A fourth pair of addresses for a node that joins later.
             let mut cluster = TestCluster {
-                addrs: free_addrs(3),
+                addrs: free_addrs(4),
                 data: data.to_path_buf(),
                 nodes: BTreeMap::new(),
             };
@@ -104,10 +105,20 @@ impl TestCluster {
     }
 
     async fn start_node(&mut self, id: u64) -> Result<()> {
-        let node = Node::start(node_config(id, &self.addrs, &self.data))
+        let node = Node::start(node_config(id, &self.addrs[..3], &self.data))
             .await
             .with_context(|| format!("starting node {id}"))?;
         self.nodes.insert(id, node);
+        Ok(())
+    }
+
+    /// Node 4, on the spare addresses: it knows no peers and joins.
+    async fn start_joining_node(&mut self) -> Result<()> {
+        let mut config = node_config(4, &self.addrs, &self.data);
+        config.peers.clear();
+        config.join = true;
+        let node = Node::start(config).await.context("starting node 4")?;
+        self.nodes.insert(4, node);
         Ok(())
     }
 
@@ -117,8 +128,9 @@ impl TestCluster {
         }
     }
 
+    /// The founding nodes' KV endpoints.
     fn endpoints(&self) -> Vec<String> {
-        self.addrs.iter().map(|a| a.kv.clone()).collect()
+        self.addrs[..3].iter().map(|a| a.kv.clone()).collect()
     }
 
     fn client(&self, client_id: u64) -> Client {
@@ -681,5 +693,154 @@ async fn move_leader_and_graceful_shutdown_fail_no_client() -> Result<()> {
     let mut reader = cluster.client(901);
     verify_acknowledged(&mut reader, &ledger).await?;
     cluster.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joins_as_a_learner_is_promoted_and_the_leader_is_removed_under_writes() -> Result<()>
+{
+    use lattice::{MemberChange, MemberRole};
+    let data = tempfile::tempdir()?;
+    let mut cluster = TestCluster::start(data.path()).await?;
+    let leader = cluster.leader(Duration::from_secs(10)).await?;
+    let mut client = cluster.client(7);
+    put_all(&mut client, "before", 300).await?;
+
+    // A writer runs throughout; every write it saw acknowledged must be
+    // there at the end.
+    let mut all = cluster.endpoints();
+    all.push(cluster.addrs[3].kv.clone());
+    let writer_client = Client::with_config(
+        &all,
+        ClientConfig {
+            client_id: Some(8),
+            operation_timeout: Duration::from_secs(5),
+            rpc_timeout: Duration::from_secs(2),
+            ..ClientConfig::default()
+        },
+        Arc::new(lattice::transport::TcpTransport),
+    )?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = tokio::spawn({
+        let stop = stop.clone();
+        let mut client = writer_client;
+        async move {
+            let (mut acked, mut failed) = (Vec::new(), 0);
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let key = format!("during-{i}");
+                match client.put(key.as_bytes(), b"v").await {
+                    Ok(()) => acked.push(key),
+                    Err(_) => failed += 1,
+                }
+                i += 1;
+            }
+            (acked, failed)
+        }
+    });
+
+    let admin = cluster.client(9);
+    let timeout = Duration::from_secs(10);
+    cluster.start_joining_node().await?;
+    assert_eq!(cluster.nodes[&4].status().membership, MemberRole::None);
+    let added = admin
+        .change_membership(
+            MemberChange::Add {
+                id: NodeId(4),
+                raft_addr: cluster.addrs[3].raft.clone(),
+                kv_addr: cluster.addrs[3].kv.clone(),
+                is_learner: true,
+            },
+            timeout,
+        )
+        .await?;
+    assert!(added.is_committed);
+    assert!(added.membership.is_learner(NodeId(4)));
+    assert_eq!(added.membership.voters().count(), 3);
+    // The learner catches up (by snapshot: the log was compacted).
+    let leader_applied = cluster.nodes[&leader].status().applied_index.0 as usize;
+    wait_until(
+        Duration::from_secs(15),
+        || async { cluster.nodes[&4].status().applied_index.0 as usize },
+        |applied| applied >= leader_applied,
+    )
+    .await?;
+    assert_eq!(cluster.nodes[&4].status().membership, MemberRole::Learner);
+    assert!(cluster.nodes[&4].status().snapshots_installed >= 1);
+
+    let promoted = admin
+        .change_membership(MemberChange::Promote(NodeId(4)), timeout)
+        .await?;
+    assert_eq!(promoted.membership.voters().count(), 4);
+    wait_until(
+        Duration::from_secs(5),
+        || async { usize::from(cluster.nodes[&4].status().membership == MemberRole::Voter) },
+        |is_voter| is_voter == 1,
+    )
+    .await?;
+
+    // The leader itself leaves: it hands over and stops.
+    let removed = admin
+        .change_membership(MemberChange::Remove(NodeId(leader)), timeout)
+        .await?;
+    assert!(!removed.membership.contains(NodeId(leader)));
+    assert!(removed.membership.removed.contains(&NodeId(leader)));
+    wait_until(
+        Duration::from_secs(5),
+        || async { usize::from(cluster.nodes[&leader].status().is_removed) },
+        |is_removed| is_removed == 1,
+    )
+    .await?;
+    cluster.stop_node(leader).await;
+    let members = admin.members(timeout).await?;
+    assert_ne!(members.leader, NodeId(leader));
+    assert_eq!(members.membership.voters().count(), 3);
+    // Its id is never reused.
+    let reuse = admin
+        .change_membership(
+            MemberChange::Add {
+                id: NodeId(leader),
+                raft_addr: "127.0.0.1:1".into(),
+                kv_addr: "127.0.0.1:2".into(),
+                is_learner: true,
+            },
+            timeout,
+        )
+        .await;
+    assert!(
+        matches!(reuse, Err(lattice::Error::InvalidArgument(ref m)) if m.contains("never reused")),
+        "{reuse:?}"
+    );
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (acked, failed) = writer.await?;
+    println!(
+        "writer: {} acknowledged, {failed} failed during the changes",
+        acked.len()
+    );
+    assert!(acked.len() > 5, "the writer made progress: {}", acked.len());
+    let mut reader = Client::with_config(
+        &all,
+        ClientConfig {
+            client_id: Some(10),
+            operation_timeout: Duration::from_secs(5),
+            ..ClientConfig::default()
+        },
+        Arc::new(lattice::transport::TcpTransport),
+    )?;
+    for key in acked.iter().step_by(7).chain(acked.last()) {
+        assert_eq!(
+            reader.get(key.as_bytes()).await?.as_deref(),
+            Some(&b"v"[..]),
+            "{key} was acknowledged"
+        );
+    }
+    for i in (0..300).step_by(29) {
+        let key = format!("before-{i}");
+        assert!(reader.get(key.as_bytes()).await?.is_some(), "{key}");
+    }
+    for node in cluster.nodes.into_values() {
+        node.shutdown().await;
+    }
     Ok(())
 }

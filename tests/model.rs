@@ -53,7 +53,7 @@ use std::time::Instant;
 
 use lattice::planted::Bug;
 use lattice::raft::{
-    AppendEntriesResponse, Config, Entry, HardState, InstallSnapshot, Message, Raft,
+    AppendEntriesResponse, Config, Entry, HardState, InstallSnapshot, Membership, Message, Raft,
     RequestVoteResponse, Role, SnapshotMeta,
 };
 use lattice::{LogIndex, NodeId, Term};
@@ -316,6 +316,11 @@ fn node_id(index: usize) -> NodeId {
 
 fn index_of(id: NodeId) -> usize {
     (id.0 - 1) as usize
+}
+
+/// The model's configuration never changes: its three voters.
+fn membership(bounds: &Bounds) -> Membership {
+    Membership::bootstrap(&raft_config(0, bounds).voters)
 }
 
 fn raft_config(index: usize, bounds: &Bounds) -> Config {
@@ -584,7 +589,8 @@ impl RaftModel {
                     }
                     Payload::Snapshot(request, meta, data) => {
                         let commit = raft.log().commit();
-                        let (response, is_accepted) = raft.handle_install_snapshot(request, meta);
+                        let (response, is_accepted) =
+                            raft.handle_install_snapshot(request, meta, membership(&self.bounds));
                         if is_accepted {
                             if meta.index <= commit {
                                 state.stale_install = Some(format!(
@@ -739,6 +745,7 @@ impl RaftModel {
                     raft_config(n, &self.bounds),
                     node.durable_hard_state,
                     meta,
+                    membership(&self.bounds),
                     entries,
                 );
                 node.applied = data;

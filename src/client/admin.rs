@@ -1,12 +1,13 @@
 //! Administration through the `Admin` service: each endpoint's view of the
-//! cluster (`lattice status`, etcdctl's `endpoint status`) and leadership
-//! transfer (`lattice move-leader`, etcdctl's `move-leader`).
+//! cluster (`lattice endpoint status`, as etcdctl's), leadership transfer
+//! (`lattice move-leader`) and membership (`lattice member list / add /
+//! promote / remove`).
 
 use std::time::Duration;
 
 use crate::proto::admin_client::AdminClient;
 use crate::proto::{self};
-use crate::raft::{NodeId, Term};
+use crate::raft::{LogIndex, Member, Membership, NodeId, Term};
 use crate::transport::{self, status_to_error};
 use crate::{Error, Result};
 
@@ -25,6 +26,56 @@ pub struct EndpointStatus {
     pub applied_index: u64,
     pub last_index: u64,
     pub snapshot_index: u64,
+    /// "voter", "learner" or "none" (joining, or removed).
+    pub membership: String,
+    /// Entries held in its log (after compaction).
+    pub log_entries: u64,
+}
+
+/// The cluster's configuration, as its leader answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberList {
+    pub leader: NodeId,
+    /// The configuration entry's index (0: the bootstrap configuration).
+    pub index: LogIndex,
+    pub is_committed: bool,
+    pub membership: Membership,
+}
+
+impl MemberList {
+    fn from_proto(response: proto::MemberListResponse) -> MemberList {
+        let mut membership = Membership::default();
+        for member in response.members {
+            membership.members.insert(
+                NodeId(member.id),
+                Member {
+                    raft_addr: member.raft_addr,
+                    kv_addr: member.kv_addr,
+                    is_learner: member.learner,
+                },
+            );
+        }
+        membership.removed = response.removed.into_iter().map(NodeId).collect();
+        MemberList {
+            leader: NodeId(response.leader),
+            index: LogIndex(response.config_index),
+            is_committed: response.committed,
+            membership,
+        }
+    }
+}
+
+/// A membership change, as `lattice member` asks for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MemberChange {
+    Add {
+        id: NodeId,
+        raft_addr: String,
+        kv_addr: String,
+        is_learner: bool,
+    },
+    Promote(NodeId),
+    Remove(NodeId),
 }
 
 impl Client {
@@ -62,7 +113,97 @@ impl Client {
             applied_index: response.applied_index,
             last_index: response.last_index,
             snapshot_index: response.snapshot_index,
+            membership: response.membership,
+            log_entries: response.log_entries,
         })
+    }
+
+    /// The endpoint of the node that says it leads in the highest term.
+    async fn leader_status(&self) -> Option<EndpointStatus> {
+        self.statuses()
+            .await
+            .into_iter()
+            .filter_map(|(_, status)| status.ok())
+            .filter(|s| s.role == "leader")
+            .max_by_key(|s| s.term)
+    }
+
+    /// Runs `call` against the leader, retrying while no leader is known
+    /// or the one asked no longer leads, until `timeout`.
+    async fn at_leader<T, F, Fut>(&self, timeout: Duration, call: F) -> Result<T>
+    where
+        F: Fn(AdminClient<tonic::transport::Channel>) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, tonic::Status>>,
+    {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let error = match self.leader_status().await {
+                Some(leader) => match call(self.admin(&leader.endpoint)?).await {
+                    Ok(answer) => return Ok(answer),
+                    Err(status) => status_to_error(&status),
+                },
+                None => Error::Unavailable("no endpoint says it leads".into()),
+            };
+            let is_retryable = matches!(error, Error::NotLeader { .. } | Error::Unavailable(_));
+            if !is_retryable || tokio::time::Instant::now() >= deadline {
+                return Err(error);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The configuration in force, from the leader (etcdctl member list).
+    pub async fn members(&self, timeout: Duration) -> Result<MemberList> {
+        self.at_leader(timeout, |mut admin| async move {
+            let response = admin.member_list(proto::MemberListRequest {}).await?;
+            Ok(MemberList::from_proto(response.into_inner()))
+        })
+        .await
+    }
+
+    /// Makes one membership change at the leader; answers once it is
+    /// committed, with the configuration then in force. Retries while the
+    /// leader is busy (another change pending, a learner still catching
+    /// up) until `timeout`.
+    pub async fn change_membership(
+        &self,
+        change: MemberChange,
+        timeout: Duration,
+    ) -> Result<MemberList> {
+        self.at_leader(timeout, |mut admin| {
+            let change = change.clone();
+            async move {
+                let response = match change {
+                    MemberChange::Add {
+                        id,
+                        raft_addr,
+                        kv_addr,
+                        is_learner,
+                    } => {
+                        admin
+                            .member_add(proto::MemberAddRequest {
+                                id: id.0,
+                                raft_addr,
+                                kv_addr,
+                                learner: is_learner,
+                            })
+                            .await?
+                    }
+                    MemberChange::Promote(id) => {
+                        admin
+                            .member_promote(proto::MemberPromoteRequest { id: id.0 })
+                            .await?
+                    }
+                    MemberChange::Remove(id) => {
+                        admin
+                            .member_remove(proto::MemberRemoveRequest { id: id.0 })
+                            .await?
+                    }
+                };
+                Ok(MemberList::from_proto(response.into_inner()))
+            }
+        })
+        .await
     }
 
     /// Hands leadership to `target` (`None`: the most up-to-date follower).
@@ -76,14 +217,7 @@ impl Client {
     ) -> Result<(NodeId, Term)> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let leader = self
-                .statuses()
-                .await
-                .into_iter()
-                .filter_map(|(_, status)| status.ok())
-                .filter(|s| s.role == "leader")
-                .max_by_key(|s| s.term);
-            let error = match leader {
+            let error = match self.leader_status().await {
                 Some(leader) if Some(leader.id) == target => {
                     return Ok((leader.id, leader.term));
                 }

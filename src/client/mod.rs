@@ -14,13 +14,14 @@
 mod admin;
 mod batcher;
 
+pub use admin::{EndpointStatus, MemberChange, MemberList};
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 use tracing::debug;
 
-pub use self::admin::EndpointStatus;
 use self::batcher::Batcher;
 use crate::proto::kv_request::Operation;
 use crate::proto::kv_response::Result as Answer;

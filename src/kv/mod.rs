@@ -16,7 +16,7 @@ use tracing::warn;
 
 use crate::planted::{is_planted, Bug};
 use crate::proto;
-use crate::raft::{Entry, LogIndex, SnapshotMeta, Term};
+use crate::raft::{Entry, LogIndex, Membership, SnapshotMeta, Term};
 use crate::{Error, Result};
 
 /// A key is 1 byte to 4 KiB.
@@ -206,6 +206,10 @@ pub struct KvStore {
     applied: LogIndex,
     /// The term of the entry at `applied`.
     applied_term: Term,
+    /// The configuration of the newest configuration entry applied (`None`:
+    /// the cluster's bootstrap configuration). A snapshot carries it: it
+    /// is the one in force at the snapshot's index.
+    membership: Option<Membership>,
 }
 
 impl KvStore {
@@ -223,6 +227,11 @@ impl KvStore {
             index: self.applied,
             term: self.applied_term,
         }
+    }
+
+    /// See the field: `None` while the bootstrap configuration is in force.
+    pub fn membership(&self) -> Option<&Membership> {
+        self.membership.as_ref()
     }
 
     pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
@@ -249,7 +258,8 @@ impl KvStore {
         hasher.finalize()
     }
 
-    /// Applies the next committed entry. Returns `None` for a no-op.
+    /// Applies the next committed entry. Returns `None` for a no-op and a
+    /// configuration entry.
     pub fn apply(&mut self, entry: &Entry) -> Option<Outcome> {
         assert_eq!(
             entry.index,
@@ -259,6 +269,16 @@ impl KvStore {
         self.applied = entry.index;
         self.applied_term = entry.term;
         if entry.data.is_empty() {
+            return None;
+        }
+        if let Some(decoded) = entry.membership() {
+            // The core checked it before it entered the log.
+            match decoded {
+                Ok(membership) => self.membership = Some(membership),
+                Err(e) => {
+                    warn!(index = entry.index.0, error = %e, "committed configuration does not decode: skipped")
+                }
+            }
             return None;
         }
         let command = match Command::decode(&entry.data) {
@@ -369,7 +389,8 @@ impl KvStore {
 // endian: applied index: u64, applied term: u64, key count: u64, then per key
 // key length: u32, key, value length: u32, value; session count: u64, then
 // per session client id: u64, sequence: u64, command CRC: u32, last index:
-// u64, outcome (tag: u8, then its fields).
+// u64, outcome (tag: u8, then its fields); then, if a configuration entry
+// was applied, that configuration (length: u32, `Membership::encode`).
 
 const OUTCOME_PUT: u8 = 0;
 const OUTCOME_DELETE: u8 = 1;
@@ -409,6 +430,9 @@ impl KvStore {
                     write_bytes(out, reason.as_bytes())?;
                 }
             }
+        }
+        if let Some(membership) = &self.membership {
+            write_bytes(out, &membership.encode())?;
         }
         Ok(())
     }
@@ -474,6 +498,12 @@ impl KvStore {
         }
         if store.sessions.len() as u64 != sessions || store.data.len() as u64 != keys {
             return Err(reader.bad("duplicate keys or sessions"));
+        }
+        if reader.at != data.len() {
+            let config = reader.bytes()?;
+            let membership = Membership::decode(config)
+                .map_err(|e| reader.bad(&format!("the configuration does not decode: {e}")))?;
+            store.membership = Some(membership);
         }
         if reader.at != data.len() {
             return Err(reader.bad("trailing bytes"));
@@ -696,11 +726,47 @@ mod tests {
         let entry = Entry {
             term: Term(1),
             index: LogIndex(1),
-            data: vec![0xff, 0xff, 0xff],
+            data: vec![0xfe, 0xff, 0xff],
         };
         assert!(matches!(store.apply(&entry), Some(Outcome::Rejected(_))));
         assert_eq!(store.applied(), LogIndex(1));
         assert!(store.is_empty());
+    }
+
+    #[test]
+    fn a_configuration_entry_is_applied_and_kept_in_the_snapshot() {
+        use crate::raft::{ConfChange, Membership, NodeId};
+        let mut log = Log::new();
+        log.apply(7, 1, put("k", "v"));
+        let mut store = log.store;
+        assert_eq!(store.membership(), None, "the bootstrap configuration");
+        let membership = Membership::bootstrap(&[NodeId(1), NodeId(2), NodeId(3)])
+            .changed(&ConfChange::Add {
+                id: NodeId(4),
+                raft_addr: "127.0.0.4:7001".into(),
+                kv_addr: "127.0.0.4:7002".into(),
+                is_learner: true,
+            })
+            .unwrap();
+        let entry = Entry {
+            term: Term(1),
+            index: LogIndex(2),
+            data: membership.encode(),
+        };
+        assert_eq!(store.apply(&entry), None, "no client outcome");
+        assert_eq!(store.applied(), LogIndex(2));
+        assert_eq!(store.membership(), Some(&membership));
+        let mut bytes = Vec::new();
+        store.write_snapshot(&mut bytes).unwrap();
+        let restored = KvStore::restore(&bytes).unwrap();
+        assert_eq!(restored.membership(), Some(&membership));
+        assert_eq!(restored.digest(), store.digest());
+        // A snapshot without a configuration (written before any change)
+        // still loads; a truncated configuration does not.
+        let mut plain = Vec::new();
+        KvStore::new().write_snapshot(&mut plain).unwrap();
+        assert_eq!(KvStore::restore(&plain).unwrap().membership(), None);
+        assert!(KvStore::restore(&bytes[..bytes.len() - 1]).is_err());
     }
 
     #[test]

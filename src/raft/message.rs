@@ -2,6 +2,7 @@
 //! answered by exactly one response of the paired type; the transport carries
 //! each pair as one unary RPC. `TimeoutNow` has no answer.
 
+use super::membership::Membership;
 use super::{LogIndex, NodeId, Term};
 
 /// One log entry. An empty `data` is the no-op a leader appends when elected.
@@ -10,6 +11,14 @@ pub struct Entry {
     pub term: Term,
     pub index: LogIndex,
     pub data: Vec<u8>,
+}
+
+impl Entry {
+    /// For a configuration entry, the configuration it puts in force (or
+    /// why it does not decode); `None` for a command or a no-op.
+    pub fn membership(&self) -> Option<Result<Membership, String>> {
+        Membership::is_config_entry(&self.data).then(|| Membership::decode(&self.data))
+    }
 }
 
 /// Candidate -> peer: "vote for me in `term`" (Raft 5.2), or, as a

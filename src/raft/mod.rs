@@ -86,15 +86,51 @@
 //! once, its requests marked as a transfer so the lease does not refuse
 //! them. The transfer aborts after an election timeout.
 //!
-//! # Not implemented (yet)
-//! - Membership changes, learners.
+//! # Membership changes (thesis chapter 4; `membership.rs`)
+//!
+//! Single-server changes, not joint consensus: each change adds or removes
+//! one member (or promotes one learner), so any majority of the old voters
+//! and any majority of the new ones overlap, and no two leaders can be
+//! elected by disjoint majorities. Chosen because it is the smaller
+//! mechanism (no joint state to enter and leave, one configuration in force
+//! at a time), it covers what operators do (replace a machine: add one,
+//! remove one), and its one known flaw has a known fix (below). Joint
+//! consensus (etcd's ConfChangeV2) buys arbitrary changes in one step,
+//! which Lattice does not need.
+//!
+//! - **In force once in the log**, committed or not (thesis 4.1): every
+//!   node uses the newest configuration entry its log holds; one truncated
+//!   away takes its configuration with it. A leader counts only the voters
+//!   of that configuration, itself only while it is one of them.
+//! - **One change at a time**: a change is refused while the last one is
+//!   not committed.
+//! - **The 2015 fix** (Ongaro, raft-dev, "bug in single-server membership
+//!   changes"): a leader appends a change only once it has committed an
+//!   entry of its own term. Otherwise a new leader's change and an old
+//!   leader's uncommitted one, each one server away from the configuration
+//!   before, can be two servers apart, and their majorities need not meet.
+//! - **Learners** receive the log and snapshots but do not vote, do not
+//!   campaign and do not count toward commit or a read's round. A learner
+//!   is promoted only once it holds 90% of the leader's log (etcd's rule),
+//!   so a promotion does not stall commits while it catches up.
+//! - **A configuration entry holds the whole configuration** (members,
+//!   their addresses, the removed ids), and a snapshot carries the one in
+//!   force at its index: a restart uses the newest of the snapshot's and
+//!   the log's. Removed ids are never reused.
+//! - **A removed leader** leads until its removal commits (it does not
+//!   count itself meanwhile), then tells the others the commit index, hands
+//!   leadership to a voter whose log matches its own (`TimeoutNow`), and
+//!   steps down. A removed node stops itself once it applies its removal
+//!   (the driver). A node not in its configuration never campaigns.
 
 mod log;
+mod membership;
 mod message;
 mod node;
 mod progress;
 
 pub use log::RaftLog;
+pub use membership::{ConfChange, ConfChangeRejected, Member, Membership, CONFIG_ENTRY_MARKER};
 pub use message::{
     AppendEntries, AppendEntriesResponse, Entry, InstallSnapshot, Message, RequestVote,
     RequestVoteResponse, TimeoutNow,

@@ -9,6 +9,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tracing::{debug, info, warn};
 
+use super::membership::{ConfChange, ConfChangeRejected, Membership};
 use super::progress::{Progress, ProgressState};
 use super::{
     AppendEntries, AppendEntriesResponse, Entry, HardState, InstallSnapshot, LogIndex, Message,
@@ -20,7 +21,10 @@ use crate::planted::{is_planted, Bug};
 #[derive(Clone, Debug)]
 pub struct Config {
     pub id: NodeId,
-    /// Every voter, this node included.
+    /// The voters of a new cluster, this node included ([`Raft::new`];
+    /// [`Raft::restore`] takes the configuration itself). Empty for a node
+    /// that joins a running cluster: it learns the configuration from the
+    /// leader, and does nothing until then.
     pub voters: Vec<NodeId>,
     /// A follower or candidate starts an election after a random number of
     /// ticks without hearing from a leader, drawn from this inclusive range.
@@ -53,7 +57,7 @@ impl Config {
         if self.id.0 == 0 {
             return Err("node id 0 is reserved".into());
         }
-        if !self.voters.contains(&self.id) {
+        if !self.voters.is_empty() && !self.voters.contains(&self.id) {
             return Err(format!(
                 "node {} is not among the voters {:?}",
                 self.id, self.voters
@@ -178,7 +182,13 @@ pub struct Ready {
 #[derive(Clone)]
 pub struct Raft {
     config: Config,
-    /// The other voters, sorted.
+    /// The configurations in the log, oldest first, as (index, term,
+    /// configuration): the first is the one in force at the log's start
+    /// (the snapshot's, or the bootstrap one at index 0), each later one a
+    /// configuration entry. The last is in force: a configuration is in
+    /// force as soon as it is in the log (thesis 4.1).
+    configs: Vec<(LogIndex, Term, Membership)>,
+    /// Every other member (voters and learners), sorted.
     peers: Vec<NodeId>,
     term: Term,
     vote: Option<NodeId>,
@@ -220,28 +230,47 @@ impl Raft {
     /// A node restored from its durable state (empty for a new node), with
     /// no snapshot.
     pub fn new(config: Config, hard_state: HardState, entries: Vec<Entry>) -> Self {
-        Raft::restore(config, hard_state, SnapshotMeta::default(), entries)
+        let membership = Membership::bootstrap(&config.voters);
+        Raft::restore(
+            config,
+            hard_state,
+            SnapshotMeta::default(),
+            membership,
+            entries,
+        )
     }
 
     /// A node restored from its durable state: the hard state, the newest
-    /// snapshot (the state machine is restored from it) and the log entries
-    /// after it.
+    /// snapshot (the state machine is restored from it) with the
+    /// configuration in force at it (without a snapshot: the bootstrap
+    /// configuration, [`Membership::bootstrap`] of the voters, addresses
+    /// filled in by the driver), and the log entries after it. A
+    /// configuration entry that does not decode is refused.
     pub fn restore(
         config: Config,
         hard_state: HardState,
         snapshot: SnapshotMeta,
+        membership: Membership,
         entries: Vec<Entry>,
     ) -> Self {
         if let Err(reason) = config.validate() {
             panic!("invalid raft config (validate before constructing): {reason}");
         }
-        let mut peers: Vec<NodeId> = config
-            .voters
-            .iter()
-            .copied()
-            .filter(|&v| v != config.id)
-            .collect();
-        peers.sort();
+        let mut configs = vec![(snapshot.index, snapshot.term, membership)];
+        // Entries at or below the snapshot (a catch-up tail kept below it)
+        // are in the snapshot's configuration already.
+        for entry in entries.iter().filter(|e| e.index > snapshot.index) {
+            if let Some(decoded) = entry.membership() {
+                let membership = decoded.unwrap_or_else(|reason| {
+                    panic!(
+                        "the log's configuration entry {} does not decode: {reason} \
+                         (storage checks entries before they are recovered)",
+                        entry.index
+                    )
+                });
+                configs.push((entry.index, entry.term, membership));
+            }
+        }
         // A snapshot is written beside the disk queue, so it can be durable
         // while the hard state of its term is not yet: the node heard of that
         // term but never answered in it (answers wait for the hard state),
@@ -258,7 +287,8 @@ impl Raft {
         let rng =
             StdRng::seed_from_u64(config.seed ^ config.id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let mut raft = Raft {
-            peers,
+            configs,
+            peers: Vec::new(),
             term: hard_state.term,
             vote: hard_state.vote,
             role: Role::Follower,
@@ -292,6 +322,7 @@ impl Raft {
             raft.log.last_term(),
             raft.term
         );
+        raft.configuration_changed();
         raft.reset_election_timer();
         raft
     }
@@ -327,6 +358,50 @@ impl Raft {
             term: self.term,
             vote: self.vote,
         }
+    }
+
+    /// The configuration in force: the newest in the log, committed or not.
+    pub fn membership(&self) -> &Membership {
+        &self
+            .configs
+            .last()
+            .expect("a configuration is always known")
+            .2
+    }
+
+    /// The index of the newest configuration entry (or of the snapshot or
+    /// the bootstrap that holds the configuration in force).
+    pub fn membership_index(&self) -> LogIndex {
+        self.configs
+            .last()
+            .expect("a configuration is always known")
+            .0
+    }
+
+    /// The configuration in force at `index` (what a snapshot ending there
+    /// carries). `index` must be at or after the log's start.
+    pub fn membership_at(&self, index: LogIndex) -> &Membership {
+        &self
+            .configs
+            .iter()
+            .rev()
+            .find(|(at, _, _)| *at <= index)
+            .unwrap_or(&self.configs[0])
+            .2
+    }
+
+    fn is_voter(&self) -> bool {
+        self.membership().is_voter(self.config.id)
+    }
+
+    /// The votes and acknowledgements that make a majority, of voters
+    /// only: learners never count.
+    fn voter_peers(&self) -> impl Iterator<Item = NodeId> + '_ {
+        let membership = self.membership();
+        self.peers
+            .iter()
+            .copied()
+            .filter(move |&peer| membership.is_voter(peer))
     }
 
     /// Feeds the protocol state into `state`, with every node id passed
@@ -369,10 +444,52 @@ impl Raft {
         self.hard_state_handed.term.hash(state);
         self.hard_state_handed.vote.map(rename).hash(state);
         self.transfer_target.map(rename).hash(state);
+        for (index, term, membership) in &self.configs {
+            (index, term).hash(state);
+            let mut members: Vec<(NodeId, bool)> = membership
+                .members
+                .iter()
+                .map(|(&id, member)| (rename(id), member.is_learner))
+                .collect();
+            members.sort_unstable();
+            members.hash(state);
+            let mut removed: Vec<NodeId> = membership.removed.iter().copied().map(rename).collect();
+            removed.sort_unstable();
+            removed.hash(state);
+        }
     }
 
     fn quorum(&self) -> usize {
-        self.config.voters.len() / 2 + 1
+        self.membership().quorum()
+    }
+
+    /// The configuration in force changed (appended, truncated, installed):
+    /// who to talk to, and a leader's view of them.
+    fn configuration_changed(&mut self) {
+        let id = self.config.id;
+        self.peers = self
+            .membership()
+            .members
+            .keys()
+            .copied()
+            .filter(|&member| member != id)
+            .collect();
+        if self.role == Role::Leader {
+            let next = self.log.last_index().next();
+            let inflight_max = self.config.inflight_appends_max;
+            let peers = &self.peers;
+            self.progress.retain(|peer, _| peers.contains(peer));
+            for &peer in &self.peers {
+                self.progress
+                    .entry(peer)
+                    .or_insert_with(|| Progress::new(next, inflight_max));
+            }
+            if let Some(target) = self.transfer_target {
+                if !self.membership().is_voter(target) {
+                    self.transfer_target = None;
+                }
+            }
+        }
     }
 
     fn reset_election_timer(&mut self) {
@@ -412,6 +529,13 @@ impl Raft {
             }
             Role::Follower | Role::PreCandidate | Role::Candidate => {
                 self.election_elapsed_ticks += 1;
+                if self.election_elapsed_ticks >= self.election_timeout_ticks && !self.is_voter() {
+                    // A learner, a node removed or one still joining: it
+                    // never campaigns.
+                    self.role = Role::Follower;
+                    self.reset_election_timer();
+                    return;
+                }
                 if self.election_elapsed_ticks >= self.election_timeout_ticks {
                     if self.config.pre_vote {
                         self.pre_campaign();
@@ -427,7 +551,11 @@ impl Raft {
     /// down unless a majority (counting us) did; its clients are then told
     /// to go elsewhere.
     fn check_quorum(&mut self) {
-        let active = 1 + self.progress.values().filter(|p| p.recent_active).count();
+        let active = usize::from(self.is_voter())
+            + self
+                .voter_peers()
+                .filter(|peer| self.progress.get(peer).is_some_and(|p| p.recent_active))
+                .count();
         for progress in self.progress.values_mut() {
             progress.was_active = progress.recent_active;
             progress.recent_active = false;
@@ -517,7 +645,8 @@ impl Raft {
             pre_vote,
             transfer,
         };
-        for &peer in &self.peers {
+        let voters: Vec<NodeId> = self.voter_peers().collect();
+        for peer in voters {
             self.messages
                 .push((peer, Message::RequestVote(request.clone())));
         }
@@ -691,7 +820,7 @@ impl Raft {
         if !is_counted {
             return;
         }
-        if !self.peers.contains(&from) {
+        if from == self.config.id || !self.membership().is_voter(from) {
             warn!(
                 from = from.0,
                 "vote from a node that is not a voter: ignored"
@@ -765,12 +894,16 @@ impl Raft {
             }
             Some(_) => {}
         }
-        if let Err(reason) = self.validate_entries(&request) {
-            warn!(leader = request.leader.0, %reason, "malformed AppendEntries: rejected");
-            response.conflict_index = self.log.commit().next();
-            return response;
-        }
+        let configs = match self.validate_entries(&request) {
+            Ok(configs) => configs,
+            Err(reason) => {
+                warn!(leader = request.leader.0, %reason, "malformed AppendEntries: rejected");
+                response.conflict_index = self.log.commit().next();
+                return response;
+            }
+        };
         let last_given = self.log.merge(request.entries).unwrap_or(prev);
+        self.reconcile_configs(configs);
         if is_planted(Bug::CommitPastVerifiedMatch) {
             self.log
                 .commit_to(request.leader_commit.min(self.log.last_index()));
@@ -791,6 +924,7 @@ impl Raft {
         &mut self,
         request: InstallSnapshot,
         snapshot: SnapshotMeta,
+        membership: Membership,
     ) -> (AppendEntriesResponse, bool) {
         let append = AppendEntries {
             term: request.term,
@@ -834,6 +968,12 @@ impl Raft {
             "installing the leader's snapshot"
         );
         self.log.install(snapshot);
+        let log = &self.log;
+        self.configs
+            .retain(|(index, term, _)| *index > snapshot.index && log.term(*index) == Some(*term));
+        self.configs
+            .insert(0, (snapshot.index, snapshot.term, membership));
+        self.configuration_changed();
         self.applied = snapshot.index;
         self.snapshot_accepted = Some(snapshot);
         response.match_index = snapshot.index;
@@ -842,8 +982,13 @@ impl Raft {
 
     /// Bad input never reaches the log: entries must follow `prev` one by one,
     /// with terms that never decrease and never pass the leader's, and must not
-    /// contradict a committed entry.
-    fn validate_entries(&self, request: &AppendEntries) -> Result<(), String> {
+    /// contradict a committed entry; configuration entries must decode.
+    /// Returns the configurations among them.
+    fn validate_entries(
+        &self,
+        request: &AppendEntries,
+    ) -> Result<Vec<(LogIndex, Term, Membership)>, String> {
+        let mut configs = Vec::new();
         let mut expected_index = request.prev_log_index.next();
         let mut term_min = request.prev_log_term;
         for entry in &request.entries {
@@ -865,10 +1010,44 @@ impl Raft {
                     entry.index, entry.term
                 ));
             }
+            if let Some(decoded) = entry.membership() {
+                let membership = decoded.map_err(|reason| {
+                    format!(
+                        "configuration entry {} does not decode: {reason}",
+                        entry.index
+                    )
+                })?;
+                configs.push((entry.index, entry.term, membership));
+            }
             term_min = entry.term;
             expected_index = expected_index.next();
         }
-        Ok(())
+        Ok(configs)
+    }
+
+    /// After the log changed on a follower: forgets the configurations
+    /// whose entries were truncated away, and adds `appended` (the
+    /// configuration entries just given, which may or may not be new).
+    fn reconcile_configs(&mut self, appended: Vec<(LogIndex, Term, Membership)>) {
+        let before = self.membership_index();
+        let offset = self.log.offset().index;
+        let log = &self.log;
+        // The first is at or before the log's start: always kept.
+        self.configs
+            .retain(|(index, term, _)| *index <= offset || log.term(*index) == Some(*term));
+        for (index, term, membership) in appended {
+            if index > self.membership_index() && self.log.term(index) == Some(term) {
+                self.configs.push((index, term, membership));
+            }
+        }
+        if self.membership_index() != before {
+            info!(
+                index = self.membership_index().0,
+                configuration = %self.membership(),
+                "configuration changed"
+            );
+            self.configuration_changed();
+        }
     }
 
     pub fn handle_append_entries_response(
@@ -1094,17 +1273,18 @@ impl Raft {
                 leader: self.leader,
             }));
         }
-        if self.peers.is_empty() {
+        if self.voter_peers().next().is_none() {
             return Ok(self.config.id);
         }
+        let membership = self.membership();
         let target = match target {
             Some(target) => target,
-            // The most up-to-date follower heard from lately (the lowest id
+            // The most up-to-date voter heard from lately (the lowest id
             // among equals): a crashed one may still show a full match.
             None => match self
                 .progress
                 .iter()
-                .filter(|(_, p)| p.recent_active || p.was_active)
+                .filter(|(&peer, p)| membership.is_voter(peer) && (p.recent_active || p.was_active))
                 .max_by_key(|(&peer, p)| (p.match_index, std::cmp::Reverse(peer)))
             {
                 Some((&peer, _)) => peer,
@@ -1114,7 +1294,7 @@ impl Raft {
         if target == self.config.id {
             return Ok(target);
         }
-        if !self.peers.contains(&target) {
+        if !self.membership().is_voter(target) {
             return Err(TransferRejected::UnknownNode(target));
         }
         match self.transfer_target {
@@ -1167,6 +1347,7 @@ impl Raft {
         if request.term != self.term
             || self.role != Role::Follower
             || self.leader != Some(request.leader)
+            || !self.is_voter()
         {
             debug!(
                 from = request.leader.0,
@@ -1217,32 +1398,89 @@ impl Raft {
         }
         let to = to.min(self.log.persisting()).min(self.log.commit());
         self.log.compact_to(to);
-        self.log.offset().index
+        let offset = self.log.offset().index;
+        // The configuration in force at the new start becomes the first
+        // (the log may start below the first one: a tail kept below a
+        // snapshot).
+        let first_kept = self
+            .configs
+            .iter()
+            .rposition(|(index, _, _)| *index <= offset)
+            .unwrap_or(0);
+        self.configs.drain(..first_kept);
+        offset
     }
 
     /// Commits the highest index stored on a majority, if it is of our term
     /// (Raft figure 8: older entries commit only indirectly).
+    /// Only voters count, the leader itself only while it is one (a leader
+    /// removing itself leads until the removal commits, thesis 4.2.2, then
+    /// steps down).
     fn maybe_commit(&mut self) -> bool {
+        let own = if is_planted(Bug::OwnUnsyncedEntriesCounted) {
+            self.log.last_index()
+        } else {
+            self.log.persisted()
+        };
         let mut matched: Vec<LogIndex> = self
-            .progress
-            .values()
-            .map(|p| p.match_index)
-            .chain([if is_planted(Bug::OwnUnsyncedEntriesCounted) {
-                self.log.last_index()
-            } else {
-                self.log.persisted()
-            }])
+            .voter_peers()
+            .map(|peer| {
+                self.progress
+                    .get(&peer)
+                    .map_or(LogIndex(0), |p| p.match_index)
+            })
+            .chain(self.is_voter().then_some(own))
             .collect();
         matched.sort_unstable_by(|a, b| b.cmp(a));
-        let candidate = matched[self.quorum() - 1];
+        let Some(&candidate) = matched.get(self.quorum() - 1) else {
+            return false;
+        };
         if candidate > self.log.commit()
             && (self.log.term(candidate) == Some(self.term)
                 || is_planted(Bug::CommitOlderTermByCounting))
         {
             self.log.commit_to(candidate);
+            if !self.membership().contains(self.config.id)
+                && self.membership_index() <= self.log.commit()
+            {
+                self.step_down_removed();
+            }
             return true;
         }
         false
+    }
+
+    /// This leader's removal committed: it tells the others the commit
+    /// index, hands leadership to a voter whose log matches its own (as a
+    /// transfer: no election timeout to wait out), and steps down.
+    fn step_down_removed(&mut self) {
+        let last = self.log.last_index();
+        let membership = self.membership();
+        let successor = self
+            .progress
+            .iter()
+            .filter(|(&peer, p)| membership.is_voter(peer) && p.match_index == last)
+            .map(|(&peer, _)| peer)
+            .next();
+        info!(
+            term = self.term.0,
+            index = self.membership_index().0,
+            successor = successor.map_or(0, |s| s.0),
+            "my removal from the cluster committed: stepping down"
+        );
+        self.broadcast_heartbeat();
+        if let Some(successor) = successor {
+            self.messages.push((
+                successor,
+                Message::TimeoutNow(TimeoutNow {
+                    term: self.term,
+                    leader: self.config.id,
+                    last_log_index: last,
+                    last_log_term: self.log.last_term(),
+                }),
+            ));
+        }
+        self.become_follower(self.term, None);
     }
 
     // ------------------------------------------------------------ clients
@@ -1262,6 +1500,10 @@ impl Raft {
                 leader: Some(target),
             });
         }
+        debug_assert!(
+            !Membership::is_config_entry(&data),
+            "a command must not look like a configuration entry"
+        );
         let index = self.log.last_index().next();
         self.log.push(Entry {
             term: self.term,
@@ -1269,6 +1511,63 @@ impl Raft {
             data,
         });
         self.is_broadcast_wanted = true;
+        Ok(index)
+    }
+
+    /// Appends a configuration change (leader only), one server at a time
+    /// (thesis 4.1). It is in force as soon as it is in the log. Refused
+    /// while another change is not committed, and until this leader has
+    /// committed an entry of its own term (Ongaro, raft-dev 2015: else a
+    /// change appended by a new leader can meet an uncommitted change of
+    /// an old one, and two majorities that do not overlap elect two
+    /// leaders). A learner is promoted only once it holds 90% of the
+    /// leader's log (etcd). Returns the entry's index: the change is done
+    /// once that commits.
+    pub fn propose_conf_change(
+        &mut self,
+        change: &ConfChange,
+    ) -> Result<LogIndex, ConfChangeRejected> {
+        if self.role != Role::Leader {
+            return Err(ConfChangeRejected::NotLeader(self.leader));
+        }
+        if self.transfer_target.is_some() {
+            return Err(ConfChangeRejected::TransferInProgress);
+        }
+        if self.log.term(self.log.commit()) != Some(self.term) {
+            return Err(ConfChangeRejected::NotReady);
+        }
+        if self.membership_index() > self.log.commit() {
+            return Err(ConfChangeRejected::ChangePending);
+        }
+        let membership = self.membership().changed(change)?;
+        if let ConfChange::Promote(id) = change {
+            let matched = self.progress.get(id).map_or(0, |p| p.match_index.0);
+            let leader = self.log.last_index().0;
+            if matched.saturating_mul(10) < leader.saturating_mul(9) {
+                return Err(ConfChangeRejected::LearnerBehind {
+                    id: *id,
+                    matched,
+                    leader,
+                });
+            }
+        }
+        let index = self.log.last_index().next();
+        info!(
+            index = index.0,
+            change = ?change,
+            configuration = %membership,
+            "proposing a configuration change"
+        );
+        self.log.push(Entry {
+            term: self.term,
+            index,
+            data: membership.encode(),
+        });
+        self.configs.push((index, self.term, membership));
+        self.configuration_changed();
+        self.is_broadcast_wanted = true;
+        // A change that leaves a single voter commits at once.
+        self.maybe_commit();
         Ok(index)
     }
 
@@ -1293,7 +1592,8 @@ impl Raft {
             return Err(ReadRejected::NotReady);
         }
         let index = self.log.commit();
-        if self.peers.is_empty() || is_planted(Bug::ReadWithoutQuorumRound) {
+        let is_sole_voter = self.is_voter() && self.voter_peers().next().is_none();
+        if is_sole_voter || is_planted(Bug::ReadWithoutQuorumRound) {
             self.read_states.push(ReadState { context, index });
             return Ok(());
         }
@@ -1312,13 +1612,14 @@ impl Raft {
             return;
         };
         let mut acked: Vec<u64> = self
-            .progress
-            .values()
-            .map(|p| p.read_round_acked)
-            .chain([u64::MAX])
+            .voter_peers()
+            .map(|peer| self.progress.get(&peer).map_or(0, |p| p.read_round_acked))
+            .chain(self.is_voter().then_some(u64::MAX))
             .collect();
         acked.sort_unstable_by(|a, b| b.cmp(a));
-        let confirmed = acked[self.quorum() - 1];
+        let Some(&confirmed) = acked.get(self.quorum() - 1) else {
+            return;
+        };
         if front.round > confirmed {
             return;
         }

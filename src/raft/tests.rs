@@ -65,6 +65,17 @@ struct Disk {
     log: BTreeMap<LogIndex, Entry>,
 }
 
+/// The configuration a snapshot of `state` (the entries applied) carries:
+/// the newest configuration entry applied, else the bootstrap one.
+fn snapshot_membership(config: &Config, state: &[Entry]) -> Membership {
+    state
+        .iter()
+        .rev()
+        .find_map(|e| e.membership())
+        .map(|decoded| decoded.expect("configuration entries decode"))
+        .unwrap_or_else(|| Membership::bootstrap(&config.voters))
+}
+
 impl Disk {
     /// The log a restart resumes with (as `storage::resume_log`).
     fn entries_after_snapshot(&self) -> Vec<Entry> {
@@ -237,7 +248,8 @@ impl Cluster {
     /// Delivers one envelope, or drops it if its link is cut.
     fn deliver(&mut self, envelope: Envelope) {
         let (from, to) = envelope.route();
-        if self.cut.contains(&(from, to)) {
+        // A member added to the configuration whose machine is not up yet.
+        if self.cut.contains(&(from, to)) || !self.nodes.contains_key(&to) {
             self.drop_envelope(envelope);
             return;
         }
@@ -264,7 +276,8 @@ impl Cluster {
                 // The driver streams the sender's newest durable snapshot.
                 let disk = &self.disks[&from];
                 let (meta, state) = (disk.snapshot, disk.snapshot_state.clone());
-                let (response, is_accepted) = raft.handle_install_snapshot(m, meta);
+                let membership = snapshot_membership(raft.config(), &state);
+                let (response, is_accepted) = raft.handle_install_snapshot(m, meta, membership);
                 if is_accepted {
                     self.installing.insert(to, (meta, state));
                 }
@@ -408,7 +421,13 @@ impl Cluster {
         let entries = disk.entries_after_snapshot();
         self.nodes.insert(
             id,
-            Raft::restore(cfg, disk.hard_state, disk.snapshot, entries),
+            Raft::restore(
+                cfg.clone(),
+                disk.hard_state,
+                disk.snapshot,
+                snapshot_membership(&cfg, &disk.snapshot_state),
+                entries,
+            ),
         );
         self.applied.insert(id, disk.snapshot_state.clone());
         self.installing.remove(&id);
@@ -435,6 +454,30 @@ impl Cluster {
         let raft = self.node_mut(id);
         raft.snapshot_saved(meta);
         raft.compact(keep)
+    }
+
+    /// A node that joins a running cluster: it knows no configuration and
+    /// learns it from the leader once added.
+    fn add_joining_node(&mut self) -> u64 {
+        self.n += 1;
+        let id = self.n;
+        let mut config = config(id, 1);
+        config.voters.clear();
+        self.nodes.insert(
+            NodeId(id),
+            Raft::new(config, HardState::default(), Vec::new()),
+        );
+        self.disks.insert(NodeId(id), Disk::default());
+        self.applied.insert(NodeId(id), Vec::new());
+        id
+    }
+
+    /// Proposes a configuration change at the leader `id` and delivers.
+    fn change(&mut self, id: u64, change: ConfChange) -> Result<LogIndex, ConfChangeRejected> {
+        let index = self.node_mut(id).propose_conf_change(&change)?;
+        self.process(NodeId(id));
+        self.deliver_all();
+        Ok(index)
     }
 
     fn propose(&mut self, id: u64, data: &str) -> LogIndex {
@@ -1215,7 +1258,7 @@ fn randomized_runs_keep_the_safety_invariants() {
                     for id in 1..=n {
                         if c.node(id).role() == Role::Leader {
                             proposed += 1;
-                            let _ = c.node_mut(id).propose(proposed.to_le_bytes().to_vec());
+                            let _ = c.node_mut(id).propose(proposed.to_be_bytes().to_vec());
                             c.process(NodeId(id));
                         }
                     }
@@ -1338,8 +1381,14 @@ fn follower_from_snapshot(index: u64, term: u64, after: &[u64], current: u64) ->
             index: LogIndex(index),
             term: Term(term),
         },
+        Membership::bootstrap(&config(2, 3).voters),
         entries,
     )
+}
+
+/// The configuration of the three-node cluster of these tests.
+fn three() -> Membership {
+    Membership::bootstrap(&config(1, 3).voters)
 }
 
 fn install(term: u64) -> InstallSnapshot {
@@ -1403,7 +1452,7 @@ fn a_snapshot_at_or_below_the_commit_index_is_not_installed() {
     raft.handle_append_entries(append(3, (12, 3), &[], 12));
     assert_eq!(raft.log().commit(), LogIndex(12));
     for index in [5, 10, 12] {
-        let (r, is_accepted) = raft.handle_install_snapshot(install(3), meta(index, 2));
+        let (r, is_accepted) = raft.handle_install_snapshot(install(3), meta(index, 2), three());
         assert!(!is_accepted, "snapshot at {index}");
         assert!(r.success, "answered as an append at the commit index");
         assert_eq!(r.match_index, LogIndex(12));
@@ -1417,7 +1466,7 @@ fn a_snapshot_at_or_below_the_commit_index_is_not_installed() {
 fn an_installed_snapshot_keeps_the_log_after_it_only_if_it_matches() {
     // The log holds the snapshot's last entry: what follows it stays.
     let mut raft = follower_with_terms(&[1, 1, 2, 2, 2], 2);
-    let (r, is_accepted) = raft.handle_install_snapshot(install(2), meta(3, 2));
+    let (r, is_accepted) = raft.handle_install_snapshot(install(2), meta(3, 2), three());
     assert!(is_accepted && r.success);
     assert_eq!(r.match_index, LogIndex(3));
     assert_eq!(raft.log().offset(), meta(3, 2));
@@ -1431,13 +1480,13 @@ fn an_installed_snapshot_keeps_the_log_after_it_only_if_it_matches() {
     );
     // It holds another term there: the whole log goes.
     let mut raft = follower_with_terms(&[1, 1, 1, 1, 1], 2);
-    let (_, is_accepted) = raft.handle_install_snapshot(install(2), meta(3, 2));
+    let (_, is_accepted) = raft.handle_install_snapshot(install(2), meta(3, 2), three());
     assert!(is_accepted);
     assert_eq!(raft.log().last_index(), LogIndex(3));
     assert_eq!(raft.log().last_term(), Term(2));
     // Shorter than the snapshot: the log is emptied and continues after it.
     let mut raft = follower_with_terms(&[1], 2);
-    raft.handle_install_snapshot(install(2), meta(30, 2));
+    raft.handle_install_snapshot(install(2), meta(30, 2), three());
     assert_eq!(raft.log().offset(), meta(30, 2));
     assert_eq!(raft.log().last_index(), LogIndex(30));
     let r = raft.handle_append_entries(append(2, (30, 2), &[(31, 2)], 31));
@@ -1447,7 +1496,7 @@ fn an_installed_snapshot_keeps_the_log_after_it_only_if_it_matches() {
 #[test]
 fn a_snapshot_from_a_stale_leader_is_refused() {
     let mut raft = follower_with_terms(&[1], 5);
-    let (r, is_accepted) = raft.handle_install_snapshot(install(4), meta(30, 4));
+    let (r, is_accepted) = raft.handle_install_snapshot(install(4), meta(30, 4), three());
     assert!(!is_accepted && !r.success);
     assert_eq!(r.term, Term(5));
     assert_eq!(raft.log().last_index(), LogIndex(1));
@@ -1600,6 +1649,7 @@ fn a_restart_keeps_the_catch_up_tail_below_its_snapshot() {
             vote: None,
         },
         meta(10, 1),
+        Membership::bootstrap(&config(1, 3).voters),
         entries,
     );
     assert_eq!(raft.log().offset(), meta(6, 1));
@@ -1960,4 +2010,247 @@ fn a_transfer_goes_only_to_a_follower_heard_from_lately_and_one_at_a_time() {
         c.node_mut(1).transfer_leadership(Some(NodeId(2))),
         Err(TransferRejected::InProgress(NodeId(3)))
     );
+}
+
+// ------------------------------------------------------------ membership
+
+fn add_learner(id: u64) -> ConfChange {
+    ConfChange::Add {
+        id: NodeId(id),
+        raft_addr: format!("127.0.0.{id}:7001"),
+        kv_addr: format!("127.0.0.{id}:7002"),
+        is_learner: true,
+    }
+}
+
+fn voters(raft: &Raft) -> Vec<u64> {
+    raft.membership().voters().map(|v| v.0).collect()
+}
+
+#[test]
+fn a_learner_catches_up_without_voting_and_is_promoted_only_once_caught_up() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.propose(1, "a");
+    c.deliver_all();
+    let learner = c.add_joining_node();
+    let at = c.change(1, add_learner(learner)).expect("added");
+    c.heartbeat(1);
+    assert!(c.node(1).log().commit() >= at, "the change committed");
+    for id in 1..=4 {
+        assert!(c.node(id).membership().is_learner(NodeId(4)), "node {id}");
+        assert_eq!(voters(c.node(id)), [1, 2, 3], "node {id}");
+    }
+    assert_eq!(
+        c.node(4).log().commit(),
+        c.node(1).log().commit(),
+        "it caught up"
+    );
+    // A learner never campaigns, however long it hears nothing.
+    c.isolate(4);
+    for _ in 0..100 {
+        c.node_mut(4).tick();
+    }
+    assert_eq!(c.node(4).role(), Role::Follower);
+    assert_eq!(c.node(4).term(), c.node(1).term());
+    // Behind: not promoted, with a clear reason.
+    for i in 0..30 {
+        c.propose(1, &format!("v{i}"));
+    }
+    c.deliver_all();
+    assert!(matches!(
+        c.node_mut(1)
+            .propose_conf_change(&ConfChange::Promote(NodeId(4))),
+        Err(ConfChangeRejected::LearnerBehind { .. })
+    ));
+    c.heal();
+    c.heartbeat(1);
+    c.heartbeat(1);
+    let at = c
+        .change(1, ConfChange::Promote(NodeId(4)))
+        .expect("promoted");
+    c.heartbeat(1);
+    assert!(c.node(1).log().commit() >= at);
+    assert_eq!(voters(c.node(4)), [1, 2, 3, 4]);
+    // Four voters: a majority is three, so two nodes cannot commit.
+    c.isolate(3);
+    c.isolate(4);
+    let index = c.propose(1, "needs three");
+    c.deliver_all();
+    c.heartbeat(1);
+    assert!(
+        c.node(1).log().commit() < index,
+        "two of four voters do not commit"
+    );
+    c.heal();
+    c.heartbeat(1);
+    assert!(c.node(1).log().commit() >= index);
+}
+
+#[test]
+fn a_learner_does_not_count_toward_commit() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    let learner = c.add_joining_node();
+    c.change(1, add_learner(learner)).expect("added");
+    c.heartbeat(1);
+    // Only the leader and the learner hear each other.
+    c.isolate(2);
+    c.isolate(3);
+    let index = c.propose(1, "x");
+    c.deliver_all();
+    c.heartbeat(1);
+    assert_eq!(c.node(4).log().last_index(), index, "the learner has it");
+    assert!(
+        c.node(1).log().commit() < index,
+        "a leader and a learner are not a majority of three voters"
+    );
+    // Nor does it vote: a candidate needs two of the three voters.
+    assert_eq!(
+        c.node(1).membership().quorum(),
+        2,
+        "the learner is not in the quorum"
+    );
+}
+
+#[test]
+fn one_change_at_a_time_and_only_after_a_commit_of_the_leaders_term() {
+    let mut c = Cluster::new(3);
+    c.campaign(1);
+    // Elected, but nothing of its term committed yet: its no-op is out.
+    c.deliver_filtered(|e| {
+        matches!(
+            e,
+            Envelope::Request(_, _, Message::RequestVote(_)) | Envelope::VoteResponse(..)
+        )
+    });
+    assert_eq!(c.node(1).role(), Role::Leader);
+    assert_eq!(
+        c.node_mut(1).propose_conf_change(&add_learner(4)),
+        Err(ConfChangeRejected::NotReady)
+    );
+    c.heartbeat(1);
+    c.isolate(2);
+    c.isolate(3);
+    c.node_mut(1)
+        .propose_conf_change(&add_learner(4))
+        .expect("first change");
+    assert_eq!(
+        c.node_mut(1).propose_conf_change(&add_learner(5)),
+        Err(ConfChangeRejected::ChangePending),
+        "the first is not committed"
+    );
+    assert_eq!(
+        c.node_mut(2).propose_conf_change(&add_learner(5)),
+        Err(ConfChangeRejected::NotLeader(Some(NodeId(1))))
+    );
+    // Ids are never reused.
+    c.heal();
+    c.heartbeat(1);
+    c.change(1, ConfChange::Remove(NodeId(4))).expect("removed");
+    c.heartbeat(1);
+    assert_eq!(
+        c.node_mut(1).propose_conf_change(&add_learner(4)),
+        Err(ConfChangeRejected::IdTaken(NodeId(4)))
+    );
+}
+
+#[test]
+fn a_removed_leader_leads_until_the_removal_commits_then_steps_down() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.isolate(2);
+    c.isolate(3);
+    let at = c
+        .node_mut(1)
+        .propose_conf_change(&ConfChange::Remove(NodeId(1)))
+        .expect("proposed");
+    c.process(NodeId(1));
+    assert_eq!(c.node(1).role(), Role::Leader, "not committed yet");
+    assert_eq!(voters(c.node(1)), [2, 3], "in force once in the log");
+    c.heal();
+    c.deliver_all();
+    c.heartbeat(1);
+    assert!(c.node(2).log().commit() >= at || c.node(1).log().commit() >= at);
+    assert_eq!(c.node(1).role(), Role::Follower, "stepped down");
+    // It never campaigns again; the others elect among themselves.
+    for _ in 0..100 {
+        c.node_mut(1).tick();
+    }
+    assert_eq!(c.node(1).role(), Role::Follower);
+    c.isolate(1);
+    c.run_rounds(60);
+    let leader = (2..=3).find(|&id| c.node(id).role() == Role::Leader);
+    assert!(leader.is_some(), "2 and 3 elect a leader");
+    let leader = leader.unwrap();
+    let index = c.propose(leader, "after");
+    c.deliver_all();
+    c.heartbeat(leader);
+    assert!(
+        c.node(leader).log().commit() >= index,
+        "two of two voters commit"
+    );
+}
+
+#[test]
+fn a_configuration_entry_cut_from_the_log_is_forgotten() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.isolate(1);
+    c.node_mut(1)
+        .propose_conf_change(&add_learner(4))
+        .expect("proposed");
+    c.process(NodeId(1));
+    assert!(c.node(1).membership().contains(NodeId(4)));
+    c.elect(2);
+    c.propose(2, "overwrites");
+    c.deliver_all();
+    c.heal();
+    c.heartbeat(2);
+    c.heartbeat(2);
+    assert_eq!(c.node(1).role(), Role::Follower);
+    assert!(
+        !c.node(1).membership().contains(NodeId(4)),
+        "the uncommitted change was truncated away with its entry"
+    );
+    assert_eq!(c.node(1).log().last_index(), c.node(2).log().last_index());
+}
+
+#[test]
+fn the_configuration_survives_compaction_and_restart_and_reaches_a_learner_by_snapshot() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    let learner = c.add_joining_node();
+    c.change(1, add_learner(learner)).expect("added");
+    c.heartbeat(1);
+    c.change(1, ConfChange::Remove(NodeId(3))).expect("removed");
+    c.heartbeat(1);
+    for i in 0..10 {
+        c.propose(1, &format!("v{i}"));
+    }
+    c.heartbeat(1);
+    for id in 1..=2 {
+        c.snapshot(id, 0);
+        c.restart(id);
+        assert_eq!(voters(c.node(id)), [1, 2], "node {id} after restart");
+        assert!(c.node(id).membership().is_learner(NodeId(4)));
+        assert!(c.node(id).membership().removed.contains(&NodeId(3)));
+    }
+    c.elect(1);
+    // A second learner joins after compaction: it gets the snapshot, and
+    // with it the configuration.
+    c.heartbeat(1);
+    c.snapshot(1, 0);
+    let late = c.add_joining_node();
+    c.change(1, add_learner(late)).expect("added");
+    c.heartbeat(1);
+    c.heartbeat(1);
+    assert_eq!(
+        c.installs.get(&NodeId(late)),
+        Some(&1),
+        "caught up by snapshot"
+    );
+    assert_eq!(voters(c.node(late)), [1, 2]);
+    assert!(c.node(late).membership().is_learner(NodeId(late)));
+    assert_eq!(c.node(late).log().commit(), c.node(1).log().commit());
 }

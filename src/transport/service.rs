@@ -19,8 +19,8 @@ use crate::proto::admin_server::{Admin, AdminServer};
 use crate::proto::kv_server::{Kv, KvServer};
 use crate::proto::raft_server::{Raft, RaftServer};
 use crate::proto::{self};
-use crate::raft::{InstallSnapshot, NodeId, Role, Term};
-use crate::server::{Input, Status as NodeStatus};
+use crate::raft::{ConfChange, InstallSnapshot, NodeId, Role, Term};
+use crate::server::{Input, MemberRole, Members, Status as NodeStatus};
 use crate::storage::SnapshotFile;
 use crate::{Error, Result};
 
@@ -53,9 +53,17 @@ async fn until_shutdown(mut shutdown: watch::Receiver<bool>) {
     }
 }
 
+/// Who may send Raft messages to this node (the driver keeps it in step
+/// with the configuration in force).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Senders {
+    pub members: BTreeSet<NodeId>,
+    pub removed: BTreeSet<NodeId>,
+}
+
 pub(crate) fn spawn_raft_server(
     id: NodeId,
-    peers: BTreeSet<NodeId>,
+    senders: watch::Receiver<Senders>,
     listener: Listener,
     inbox: mpsc::Sender<Input>,
     shutdown: watch::Receiver<bool>,
@@ -63,7 +71,7 @@ pub(crate) fn spawn_raft_server(
 ) -> JoinHandle<()> {
     let service = RaftServer::new(RaftService {
         id,
-        peers,
+        senders,
         inbox,
         shutdown: shutdown.clone(),
         receiving: Default::default(),
@@ -89,6 +97,8 @@ pub(crate) struct AdminConfig {
     pub id: NodeId,
     pub status: watch::Receiver<NodeStatus>,
     pub transfer_timeout: Duration,
+    /// How long a membership change may take to commit.
+    pub request_timeout: Duration,
 }
 
 pub(crate) fn spawn_kv_server(
@@ -133,7 +143,7 @@ const REPLICATE_PENDING_MAX: usize = 64;
 #[derive(Clone)]
 struct RaftService {
     id: NodeId,
-    peers: BTreeSet<NodeId>,
+    senders: watch::Receiver<Senders>,
     inbox: mpsc::Sender<Input>,
     /// Ends the `Replicate` streams, so an idle one does not hold the
     /// server's graceful shutdown open.
@@ -231,7 +241,10 @@ impl RaftService {
         }
     }
 
-    /// Only known peers may speak, and only to this node.
+    /// Only members of the configuration in force may speak, and only to
+    /// this node; a removed node never again. A node that is not a member
+    /// itself (it is joining, and knows no configuration with itself yet)
+    /// hears anyone not removed: it cannot know its cluster's members.
     fn check_route(&self, from: u64, to: u64, term: u64) -> Result<(), Status> {
         if term > TERM_MAX {
             warn!(from, term, "Raft message with an impossible term: rejected");
@@ -239,10 +252,25 @@ impl RaftService {
                 "term {term} is beyond {TERM_MAX}"
             )));
         }
-        if !self.peers.contains(&NodeId(from)) {
+        let is_allowed = {
+            let senders = self.senders.borrow();
+            let from = NodeId(from);
+            if senders.removed.contains(&from) {
+                warn!(
+                    from = from.0,
+                    "Raft message from a node removed from the cluster: rejected"
+                );
+                return Err(Status::permission_denied(format!(
+                    "node {from} was removed from the cluster"
+                )));
+            }
+            senders.members.contains(&from)
+                || (from.0 != 0 && from != self.id && !senders.members.contains(&self.id))
+        };
+        if !is_allowed {
             warn!(from, "Raft message from an unknown node: rejected");
             return Err(Status::permission_denied(format!(
-                "node {from} is not a peer of node {}",
+                "node {from} is not a member of node {}'s cluster",
                 self.id
             )));
         }
@@ -747,6 +775,38 @@ struct AdminService {
     config: std::sync::Arc<AdminConfig>,
 }
 
+impl AdminService {
+    async fn change(
+        &self,
+        change: ConfChange,
+    ) -> Result<Response<proto::MemberListResponse>, Status> {
+        let result =
+            crate::server::change_membership(&self.inbox, change, self.config.request_timeout)
+                .await;
+        unary(result.map(members_response))
+    }
+}
+
+fn members_response(members: Members) -> proto::MemberListResponse {
+    proto::MemberListResponse {
+        members: members
+            .membership
+            .members
+            .iter()
+            .map(|(id, member)| proto::Member {
+                id: id.0,
+                raft_addr: member.raft_addr.clone(),
+                kv_addr: member.kv_addr.clone(),
+                learner: member.is_learner,
+            })
+            .collect(),
+        leader: members.leader.0,
+        config_index: members.index.0,
+        committed: members.is_committed,
+        removed: members.membership.removed.iter().map(|id| id.0).collect(),
+    }
+}
+
 fn role_name(role: Role) -> &'static str {
     match role {
         Role::Follower => "follower",
@@ -772,7 +832,55 @@ impl Admin for AdminService {
             applied_index: status.applied_index.0,
             last_index: status.last_index.0,
             snapshot_index: status.snapshot_index.0,
+            membership: match status.membership {
+                MemberRole::Voter => "voter",
+                MemberRole::Learner => "learner",
+                MemberRole::None => "none",
+            }
+            .into(),
+            log_entries: status.last_index.0.saturating_sub(status.compacted_index.0),
         }))
+    }
+
+    async fn member_list(
+        &self,
+        _request: Request<proto::MemberListRequest>,
+    ) -> Result<Response<proto::MemberListResponse>, Status> {
+        unary(
+            crate::server::members(&self.inbox)
+                .await
+                .map(members_response),
+        )
+    }
+
+    async fn member_add(
+        &self,
+        request: Request<proto::MemberAddRequest>,
+    ) -> Result<Response<proto::MemberListResponse>, Status> {
+        let request = request.into_inner();
+        self.change(ConfChange::Add {
+            id: NodeId(request.id),
+            raft_addr: request.raft_addr,
+            kv_addr: request.kv_addr,
+            is_learner: request.learner,
+        })
+        .await
+    }
+
+    async fn member_promote(
+        &self,
+        request: Request<proto::MemberPromoteRequest>,
+    ) -> Result<Response<proto::MemberListResponse>, Status> {
+        self.change(ConfChange::Promote(NodeId(request.into_inner().id)))
+            .await
+    }
+
+    async fn member_remove(
+        &self,
+        request: Request<proto::MemberRemoveRequest>,
+    ) -> Result<Response<proto::MemberListResponse>, Status> {
+        self.change(ConfChange::Remove(NodeId(request.into_inner().id)))
+            .await
     }
 
     async fn move_leader(

@@ -5,6 +5,9 @@
 //! lattice node --id 1 --raft-addr 127.0.0.11:7001 --kv-addr 127.0.0.11:7002 \
 //!     --peer 2=127.0.0.12:7001,127.0.0.12:7002 --peer 3=127.0.0.13:7001,127.0.0.13:7002 \
 //!     --data-dir ./data/node-1
+//! lattice node --id 4 --raft-addr 127.0.0.14:7001 --kv-addr 127.0.0.14:7002 \
+//!     --join 127.0.0.11:7002,127.0.0.12:7002 --data-dir ./data/node-4
+//! lattice member promote 4 --endpoints 127.0.0.11:7002,127.0.0.12:7002
 //! lattice kv --endpoints 127.0.0.11:7002,127.0.0.12:7002 put k v
 //! lattice workload --endpoints ... --duration-secs 30 --history history.jsonl
 //! ```
@@ -17,7 +20,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use lattice::{Client, ClientConfig, ClientError, Node, NodeConfig, NodeId, PeerConfig};
+use lattice::{
+    Client, ClientConfig, ClientError, MemberChange, MemberList, Node, NodeConfig, NodeId,
+    PeerConfig,
+};
 use serde_json::{json, Value};
 use tracing_subscriber::EnvFilter;
 
@@ -47,8 +53,16 @@ enum Command {
     Node(NodeArgs),
     /// Talk to a cluster: put, get, delete, cas, leader.
     Kv(KvArgs),
-    /// Print every endpoint's view: id, role, term, leader, indexes.
+    /// Print every endpoint's view: id, role, term, leader, indexes, log
+    /// size, voter or learner (the same as `lattice endpoint status`).
     Status(ClusterArgs),
+    /// Endpoints (etcdctl endpoint): `lattice endpoint status`.
+    #[command(subcommand)]
+    Endpoint(EndpointCommand),
+    /// Membership (etcdctl member): list, add, promote, remove. Each change
+    /// answers once it is committed.
+    #[command(subcommand)]
+    Member(MemberCommand),
     /// Hand leadership to node ID (etcdctl move-leader); without ID, to the
     /// most up-to-date follower. Waits until the new leader leads.
     MoveLeader(MoveLeaderArgs),
@@ -69,9 +83,18 @@ struct NodeArgs {
     /// Address of the KV client service (host:port).
     #[arg(long)]
     kv_addr: String,
-    /// Another voter: ID=RAFT_ADDR,KV_ADDR. Repeat for each peer.
-    #[arg(long = "peer", value_parser = parse_peer)]
+    /// Another voter: ID=RAFT_ADDR,KV_ADDR. Repeat for each peer. Only for
+    /// the nodes that found a new cluster (every one with the same list);
+    /// later nodes join with --join.
+    #[arg(long = "peer", value_parser = parse_peer, conflicts_with = "join")]
     peers: Vec<PeerConfig>,
+    /// Join a running cluster through these KV endpoints (comma
+    /// separated): the node starts knowing no configuration, asks the
+    /// cluster to add it as a learner (unless it is a member already), and
+    /// learns the configuration from the leader. Promote it with `lattice
+    /// member promote ID` once it caught up.
+    #[arg(long, value_delimiter = ',')]
+    join: Vec<String>,
     /// Directory for the WAL segments, snapshots and hard state (created if
     /// missing).
     #[arg(long)]
@@ -134,6 +157,53 @@ struct ClusterArgs {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 10)]
     timeout_secs: u64,
+}
+
+#[derive(Subcommand)]
+enum EndpointCommand {
+    /// Every endpoint's view: id, role, term, leader, commit, applied and
+    /// last index, snapshot index, log entries, voter or learner.
+    Status(ClusterArgs),
+}
+
+#[derive(Subcommand)]
+enum MemberCommand {
+    /// The configuration in force, as the leader sees it.
+    List(ClusterArgs),
+    /// Add a node: as a voter at once, or with --learner as a learner that
+    /// receives the log but does not vote (promote it once caught up). Start
+    /// the node itself with `lattice node --join ENDPOINTS` (which adds it
+    /// as a learner by itself).
+    Add(MemberAddArgs),
+    /// Make a learner a voter. Refused until it holds 90% of the leader's log.
+    Promote(MemberIdArgs),
+    /// Remove a node (a voter or a learner). It stops itself once it
+    /// learns of it; its id is never used again.
+    Remove(MemberIdArgs),
+}
+
+#[derive(Args)]
+struct MemberAddArgs {
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    /// The new node's id: never one in use or removed before.
+    id: u64,
+    /// The new node's Raft peer address (host:port).
+    #[arg(long)]
+    raft_addr: String,
+    /// The new node's KV client address (host:port).
+    #[arg(long)]
+    kv_addr: String,
+    /// Add it as a learner.
+    #[arg(long)]
+    learner: bool,
+}
+
+#[derive(Args)]
+struct MemberIdArgs {
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    id: u64,
 }
 
 #[derive(Args)]
@@ -231,7 +301,10 @@ async fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Node(args) => run_node(args).await,
         Command::Kv(args) => run_kv(args).await,
-        Command::Status(args) => run_status(args).await,
+        Command::Status(args) | Command::Endpoint(EndpointCommand::Status(args)) => {
+            run_status(args).await
+        }
+        Command::Member(command) => run_member(command).await,
         Command::MoveLeader(args) => run_move_leader(args).await,
         Command::Workload(args) => run_workload(args).await,
         Command::Bench(args) => bench::run(args).await,
@@ -246,6 +319,7 @@ async fn run_node(args: NodeArgs) -> Result<()> {
         args.peers,
         &args.data_dir,
     );
+    config.join = !args.join.is_empty();
     config.tick_interval = Duration::from_millis(args.tick_ms);
     config.election_timeout_ticks_min = args.election_ticks_min;
     config.election_timeout_ticks_max = args.election_ticks_max;
@@ -278,17 +352,161 @@ async fn run_node(args: NodeArgs) -> Result<()> {
         elapsed_ms = started.elapsed().as_millis() as u64,
         "node started: storage recovered, services listening"
     );
+    if !args.join.is_empty() {
+        join(&node, &args.join, &args.raft_addr, &args.kv_addr).await?;
+    }
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing SIGTERM")?;
+    let mut status = node.watch_status();
+    let stopped = status.wait_for(|s| s.is_removed || s.failure.is_some());
     tokio::select! {
         biased;
         _ = terminate.recv() => tracing::info!("SIGTERM: shutting down gracefully"),
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: shutting down gracefully"),
+        stopped = stopped => {
+            let status = stopped.map(|s| s.clone()).ok();
+            node.shutdown().await;
+            match status {
+                Some(s) if s.is_removed => {
+                    tracing::info!("removed from the cluster: exiting");
+                    return Ok(());
+                }
+                Some(s) => bail!("the node stopped: {}", s.failure.unwrap_or_default()),
+                None => bail!("the node stopped"),
+            }
+        }
     }
     let started = std::time::Instant::now();
     node.shutdown_gracefully().await;
     tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "stopped");
     Ok(())
+}
+
+/// `--join`: asks the cluster behind `endpoints` to add this node as a
+/// learner, unless it is a member already (a restart).
+async fn join(node: &Node, endpoints: &[String], raft_addr: &str, kv_addr: &str) -> Result<()> {
+    let id = node.id();
+    let timeout = Duration::from_secs(30);
+    let client = client(endpoints, timeout)?;
+    let members = client
+        .members(timeout)
+        .await
+        .context("asking the cluster to join for its members")?;
+    if members.membership.removed.contains(&id) {
+        bail!("node id {id} was removed from this cluster and ids are never reused: start with a new id and an empty data directory");
+    }
+    if members.membership.contains(id) {
+        tracing::info!(%id, "already a member: not adding it again");
+        return Ok(());
+    }
+    let change = MemberChange::Add {
+        id,
+        raft_addr: raft_addr.to_string(),
+        kv_addr: kv_addr.to_string(),
+        is_learner: true,
+    };
+    let members = client
+        .change_membership(change, timeout)
+        .await
+        .context("asking the cluster to add this node as a learner")?;
+    tracing::info!(
+        %id,
+        index = members.index.0,
+        "joined as a learner: promote it with `lattice member promote {id}` once it caught up"
+    );
+    Ok(())
+}
+
+async fn run_member(command: MemberCommand) -> Result<()> {
+    let (cluster, change) = match command {
+        MemberCommand::List(cluster) => {
+            let timeout = Duration::from_secs(cluster.timeout_secs);
+            let members = client(&cluster.endpoints, timeout)?
+                .members(timeout)
+                .await
+                .context("listing the members")?;
+            print_members(&members);
+            return Ok(());
+        }
+        MemberCommand::Add(args) => {
+            let change = MemberChange::Add {
+                id: NodeId(nonzero_id(args.id)?),
+                raft_addr: args.raft_addr,
+                kv_addr: args.kv_addr,
+                is_learner: args.learner,
+            };
+            (args.cluster, change)
+        }
+        MemberCommand::Promote(args) => (
+            args.cluster,
+            MemberChange::Promote(NodeId(nonzero_id(args.id)?)),
+        ),
+        MemberCommand::Remove(args) => (
+            args.cluster,
+            MemberChange::Remove(NodeId(nonzero_id(args.id)?)),
+        ),
+    };
+    let timeout = Duration::from_secs(cluster.timeout_secs);
+    let members = client(&cluster.endpoints, timeout)?
+        .change_membership(change.clone(), timeout)
+        .await
+        .with_context(|| format!("{change:?}"))?;
+    println!("committed at index {}", members.index);
+    print_members(&members);
+    Ok(())
+}
+
+fn nonzero_id(id: u64) -> Result<u64> {
+    if id == 0 {
+        bail!("node id 0 is reserved");
+    }
+    Ok(id)
+}
+
+fn print_members(members: &MemberList) {
+    println!(
+        "configuration at index {} ({}), leader {}",
+        members.index,
+        if members.is_committed {
+            "committed"
+        } else {
+            "not committed yet"
+        },
+        members.leader
+    );
+    println!(
+        "{:>4} {:<8} {:<24} {:<24}",
+        "id", "status", "raft address", "kv address"
+    );
+    for (id, member) in &members.membership.members {
+        let or_dash = |a: &str| {
+            if a.is_empty() {
+                "-".to_string()
+            } else {
+                a.to_string()
+            }
+        };
+        println!(
+            "{:>4} {:<8} {:<24} {:<24}",
+            id.0,
+            if member.is_learner {
+                "learner"
+            } else {
+                "voter"
+            },
+            or_dash(&member.raft_addr),
+            or_dash(&member.kv_addr)
+        );
+    }
+    if !members.membership.removed.is_empty() {
+        let removed: Vec<String> = members
+            .membership
+            .removed
+            .iter()
+            .map(|id| id.0.to_string())
+            .collect();
+        println!("removed (ids never reused): {}", removed.join(", "));
+    }
 }
 
 fn client(endpoints: &[String], timeout: Duration) -> Result<Client> {
@@ -312,8 +530,18 @@ fn show(value: &Option<Vec<u8>>) -> String {
 async fn run_status(args: ClusterArgs) -> Result<()> {
     let client = client(&args.endpoints, Duration::from_secs(args.timeout_secs))?;
     println!(
-        "{:<24} {:>4} {:<13} {:>6} {:>6} {:>10} {:>10} {:>10}",
-        "endpoint", "id", "role", "term", "leader", "commit", "applied", "last"
+        "{:<24} {:>4} {:<13} {:>6} {:>6} {:>10} {:>10} {:>10} {:>10} {:>8} {:<7}",
+        "endpoint",
+        "id",
+        "role",
+        "term",
+        "leader",
+        "commit",
+        "applied",
+        "last",
+        "snapshot",
+        "log",
+        "member"
     );
     let mut answered = 0;
     for (endpoint, status) in client.statuses().await {
@@ -321,7 +549,7 @@ async fn run_status(args: ClusterArgs) -> Result<()> {
             Ok(s) => {
                 answered += 1;
                 println!(
-                    "{:<24} {:>4} {:<13} {:>6} {:>6} {:>10} {:>10} {:>10}",
+                    "{:<24} {:>4} {:<13} {:>6} {:>6} {:>10} {:>10} {:>10} {:>10} {:>8} {:<7}",
                     endpoint,
                     s.id.0,
                     s.role,
@@ -329,7 +557,10 @@ async fn run_status(args: ClusterArgs) -> Result<()> {
                     s.leader.map_or("-".to_string(), |l| l.0.to_string()),
                     s.commit_index,
                     s.applied_index,
-                    s.last_index
+                    s.last_index,
+                    s.snapshot_index,
+                    s.log_entries,
+                    s.membership
                 );
             }
             Err(e) => println!("{endpoint:<24} error: {e}"),
