@@ -1,25 +1,25 @@
 //! The cluster demo (see `../shared/seed/EXAMPLES.md` in the project's shared
-//! folder): three real Lattice nodes on localhost talking gRPC, electing a
-//! leader, and serving PUT / GET / DELETE / CAS through consensus.
+//! folder): real Lattice nodes on localhost (three, as `node_configs` lists
+//! them) talking gRPC, electing a leader, and serving PUT / GET / DELETE /
+//! CAS through consensus.
 //!
 //! `cargo run --example cluster` exits 0 once every stage happened, non-zero
 //! with the stage that did not. Data goes to `./data/`; a second run recovers
-//! it. `--keep-running` leaves the cluster up for experiments.
+//! it. `--keep-running` leaves the cluster up for experiments. To run more
+//! nodes, add entries to `node_configs` (`tests/examples.rs` runs it with
+//! five).
 
-use std::fmt;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use lattice::raft::Role;
 use lattice::{Client, Node, NodeConfig, NodeId, PeerConfig};
-use tracing::{Event, Subscriber};
-use tracing_subscriber::fmt::format::Writer;
-use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
-use tracing_subscriber::registry::LookupSpan;
-use tracing_subscriber::EnvFilter;
 
-/// Run a 3-node Lattice cluster on localhost and drive it through consensus.
+mod common;
+use common::{wait_for_leader, wait_for_same_state};
+
+/// Run a Lattice cluster on localhost and drive it through consensus.
 #[derive(Parser)]
 struct Args {
     /// Where each node keeps its WAL (one subdirectory per node).
@@ -34,30 +34,38 @@ struct Args {
     stage_timeout_secs: u64,
 }
 
-/// (id, Raft address, KV address), as in the user document.
-const NODES: [(u64, &str, &str); 3] = [
-    (1, "[::1]:50051", "[::1]:50152"),
-    (2, "[::1]:50151", "[::1]:50252"),
-    (3, "[::1]:50251", "[::1]:50352"),
-];
-
 #[tokio::main]
 async fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_ansi(false)
-        .event_format(NodeFormat)
-        .init();
+    common::init_logging();
     let args = Args::parse();
-    let stage_timeout = Duration::from_secs(args.stage_timeout_secs);
+    // (id, Raft address, KV address) of each node, as in the user document.
+    let node_configs = vec![
+        (1, "[::1]:50051", "[::1]:50152"),
+        (2, "[::1]:50151", "[::1]:50252"),
+        (3, "[::1]:50251", "[::1]:50352"),
+    ];
+    run(
+        &node_configs,
+        &args.data_dir,
+        Duration::from_secs(args.stage_timeout_secs),
+        args.keep_running,
+    )
+    .await
+}
 
-    println!("=== Starting 3-Node Lattice Cluster ===\n");
-    let is_recovering = args.data_dir.exists();
+/// The demo, for any number of nodes.
+pub async fn run(
+    node_configs: &[(u64, &str, &str)],
+    data_dir: &Path,
+    stage_timeout: Duration,
+    keep_running: bool,
+) -> Result<()> {
+    let n = node_configs.len();
+    println!("=== Starting {n}-Node Lattice Cluster ===\n");
+    let is_recovering = data_dir.exists();
     println!(
         "Data directory: {} ({})",
-        args.data_dir.display(),
+        data_dir.display(),
         if is_recovering {
             "found: recovering the nodes' logs"
         } else {
@@ -68,8 +76,8 @@ async fn main() -> Result<()> {
     // 1. Bootstrap. Nodes start a little apart, so the first ones find their
     //    peers missing for a moment: the connection failures are expected.
     let mut nodes = Vec::new();
-    for (id, raft_addr, kv_addr) in NODES {
-        let peers = NODES
+    for &(id, raft_addr, kv_addr) in node_configs {
+        let peers = node_configs
             .iter()
             .filter(|(peer, _, _)| *peer != id)
             .map(|&(peer, raft, kv)| PeerConfig {
@@ -83,7 +91,7 @@ async fn main() -> Result<()> {
             raft_addr,
             kv_addr,
             peers,
-            args.data_dir.join(format!("node-{id}")),
+            data_dir.join(format!("node-{id}")),
         );
         let node = Node::start(config)
             .await
@@ -91,23 +99,18 @@ async fn main() -> Result<()> {
         nodes.push(node);
         tokio::time::sleep(Duration::from_millis(700)).await;
     }
-    println!("\n✓ Bootstrap: 3 nodes started");
+    println!("\n✓ Bootstrap: {n} nodes started");
 
     // 2. Election.
     let (leader, term) = wait_for_leader(&nodes, stage_timeout)
         .await
         .context("stage 'election': no leader was elected")?;
     println!(
-        "✓ Election: node {leader} is the leader in term {term} ({} elected it)",
-        if nodes.len() == 3 {
-            "a majority of 3"
-        } else {
-            "a majority"
-        }
+        "✓ Election: node {leader} is the leader in term {term} (a majority of {n} elected it)"
     );
 
     // 3. Client operations through consensus.
-    let endpoints: Vec<&str> = NODES.iter().map(|(_, _, kv)| *kv).collect();
+    let endpoints: Vec<&str> = node_configs.iter().map(|(_, _, kv)| *kv).collect();
     let mut client = Client::new(&endpoints).context("creating the client")?;
     let runs = client_operations(&mut client)
         .await
@@ -115,7 +118,7 @@ async fn main() -> Result<()> {
     println!(
         "\n  This cluster's data has now seen {runs} run(s) of this demo{}",
         if runs > 1 {
-            " (state recovered from ./data)"
+            " (state recovered from the data directory)"
         } else {
             ""
         }
@@ -126,11 +129,11 @@ async fn main() -> Result<()> {
         .await
         .context("stage 'replication': the nodes did not converge")?;
     println!(
-        "✓ Replication: all 3 nodes applied the same state (applied index {}, {} keys, digest {:08x})",
+        "✓ Replication: all {n} nodes applied the same state (applied index {}, {} keys, digest {:08x})",
         summary.applied_index, summary.keys, summary.digest
     );
 
-    if args.keep_running {
+    if keep_running {
         println!(
             "\nCluster is running (Ctrl-C to stop). KV endpoints: {}",
             endpoints.join(", ")
@@ -145,39 +148,6 @@ async fn main() -> Result<()> {
     }
     println!("=== Demo complete ===");
     Ok(())
-}
-
-async fn wait_for_leader(nodes: &[Node], timeout: Duration) -> Result<(NodeId, u64)> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let leaders: Vec<_> = nodes
-            .iter()
-            .map(Node::status)
-            .filter(|s| s.role == Role::Leader)
-            .collect();
-        if let Some(leader) = leaders.iter().max_by_key(|s| s.term) {
-            // Wait until a majority follow it, so the demo starts from a settled cluster.
-            let followers = nodes
-                .iter()
-                .map(Node::status)
-                .filter(|s| s.term == leader.term && s.leader == Some(leader.id))
-                .count();
-            if followers >= 2 {
-                return Ok((leader.id, leader.term.0));
-            }
-        }
-        if tokio::time::Instant::now() >= deadline {
-            bail!("timed out after {timeout:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn show(value: &Option<Vec<u8>>) -> String {
-    match value {
-        Some(v) => String::from_utf8_lossy(v).into_owned(),
-        None => "(not found)".to_string(),
-    }
 }
 
 async fn client_operations(client: &mut Client) -> Result<u64> {
@@ -239,69 +209,9 @@ async fn client_operations(client: &mut Client) -> Result<u64> {
     Ok(runs + 1)
 }
 
-async fn wait_for_same_state(
-    nodes: &[Node],
-    timeout: Duration,
-) -> Result<lattice::server::StateSummary> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let mut summaries = Vec::new();
-        for node in nodes {
-            summaries.push(node.state_summary().await?);
-        }
-        let commit = nodes
-            .iter()
-            .map(|n| n.status().commit_index)
-            .max()
-            .unwrap_or_default();
-        let first = summaries[0];
-        if first.applied_index >= commit && summaries.iter().all(|s| *s == first) {
-            return Ok(first);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            bail!("timed out after {timeout:?}: {summaries:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Prints library events as `[Node <addr>] message fields`, like the user
-/// document shows; events outside a node are printed bare.
-struct NodeFormat;
-
-impl<S, N> FormatEvent<S, N> for NodeFormat
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-    N: for<'a> FormatFields<'a> + 'static,
-{
-    fn format_event(
-        &self,
-        ctx: &FmtContext<'_, S, N>,
-        mut writer: Writer<'_>,
-        event: &Event<'_>,
-    ) -> fmt::Result {
-        let level = *event.metadata().level();
-        if level <= tracing::Level::WARN {
-            write!(writer, "{level} ")?;
-        }
-        if let Some(scope) = ctx.event_scope() {
-            for span in scope.from_root() {
-                if span.name() != "node" {
-                    continue;
-                }
-                let extensions = span.extensions();
-                let fields = extensions
-                    .get::<FormattedFields<N>>()
-                    .map(|f| f.fields.as_str())
-                    .unwrap_or("");
-                let addr = fields
-                    .split_whitespace()
-                    .find_map(|f| f.strip_prefix("addr="))
-                    .unwrap_or(fields);
-                write!(writer, "[Node {addr}] ")?;
-            }
-        }
-        ctx.field_format().format_fields(writer.by_ref(), event)?;
-        writeln!(writer)
+fn show(value: &Option<Vec<u8>>) -> String {
+    match value {
+        Some(v) => String::from_utf8_lossy(v).into_owned(),
+        None => "(not found)".to_string(),
     }
 }

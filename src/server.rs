@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
-use tracing::{error, info, info_span, warn, Instrument};
+use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::kv::{Command, KvStore, Outcome};
 use crate::planted::{is_planted, Bug};
@@ -678,7 +678,7 @@ impl Node {
             read_context_next: 1,
             status: status_tx,
         };
-        driver.sync_peers();
+        span.in_scope(|| driver.sync_peers());
         tasks.push(tokio::spawn(
             driver
                 .run(
@@ -1324,10 +1324,8 @@ impl Driver {
         }
         let membership = self.raft.membership().clone();
         let id = self.raft.id();
-        self.senders.send_replace(service::Senders {
-            members: membership.members.keys().copied().collect(),
-            removed: membership.removed.clone(),
-        });
+        let is_start = self.peers_membership.members.is_empty();
+        self.update_senders();
         self.peers.retain(|peer, _| membership.contains(*peer));
         for (&peer, member) in &membership.members {
             if peer == id || self.peers.contains_key(&peer) {
@@ -1340,7 +1338,11 @@ impl Driver {
             };
             match self.spawner.spawn(config) {
                 Ok(sender) => {
-                    info!(peer = peer.0, raft_addr = %member.raft_addr, "peer added");
+                    if is_start {
+                        debug!(peer = peer.0, raft_addr = %member.raft_addr, "peer");
+                    } else {
+                        info!(peer = peer.0, raft_addr = %member.raft_addr, "peer added");
+                    }
                     self.peers.insert(peer, (sender, member.kv_addr.clone()));
                 }
                 Err(e) => error!(
@@ -1352,6 +1354,29 @@ impl Driver {
             }
         }
         self.peers_membership = membership;
+    }
+
+    /// Who the Raft service hears: the members of the configuration in
+    /// force and of the one applied (a leader whose removal is in the log
+    /// but not committed yet still leads, and its last messages carry the
+    /// commit), never a node whose removal is applied.
+    fn update_senders(&self) {
+        let in_force = self.raft.membership();
+        let applied = self.kv.membership().unwrap_or(&self.bootstrap_membership);
+        let senders = service::Senders {
+            members: in_force
+                .members
+                .keys()
+                .chain(applied.members.keys())
+                .copied()
+                .collect(),
+            removed: applied.removed.clone(),
+        };
+        self.senders.send_if_modified(|current| {
+            let is_changed = *current != senders;
+            *current = senders;
+            is_changed
+        });
     }
 
     fn propose_conf_change(
@@ -1710,6 +1735,9 @@ impl Driver {
                     )))
                 };
                 let _ = waiter.reply.send(answer);
+            }
+            if entry.membership().is_some() {
+                self.update_senders();
             }
             if self.removed_ticks.is_none()
                 && self

@@ -1450,9 +1450,10 @@ impl Raft {
         false
     }
 
-    /// This leader's removal committed: it tells the others the commit
-    /// index, hands leadership to a voter whose log matches its own (as a
-    /// transfer: no election timeout to wait out), and steps down.
+    /// This leader's removal committed: it hands leadership to a voter
+    /// whose log matches its own (as a transfer: no election timeout to
+    /// wait out; the new leader's first commit carries the removal's), or,
+    /// with none, tells the others the commit index; then it steps down.
     fn step_down_removed(&mut self) {
         let last = self.log.last_index();
         let membership = self.membership();
@@ -1468,7 +1469,9 @@ impl Raft {
             successor = successor.map_or(0, |s| s.0),
             "my removal from the cluster committed: stepping down"
         );
-        self.broadcast_heartbeat();
+        if successor.is_none() {
+            self.broadcast_heartbeat();
+        }
         if let Some(successor) = successor {
             self.messages.push((
                 successor,
