@@ -4,6 +4,8 @@
 # peers from that address, so scripts/partition.sh can cut nodes apart).
 #
 #   scripts/cluster.sh start [N]     start N nodes (default 3)
+#   scripts/cluster.sh join ID       start node ID (above N) with --join: it asks
+#                                    the cluster to add it as a learner
 #   scripts/cluster.sh stop          SIGTERM every node (SIGKILL after 5 s)
 #   scripts/cluster.sh status        which nodes run, and who leads
 #   scripts/cluster.sh kill ID       kill -9 one node
@@ -29,17 +31,18 @@ fi
 die() { echo "cluster.sh: $*" >&2; exit 1; }
 ip_of() { echo "127.0.0.$((10 + $1))"; }
 nodes() { cat "$dir/nodes" 2>/dev/null || die "no cluster in $dir (run: $0 start)"; }
+# Every node started here: the founders, then those that joined.
+all_ids() { seq 1 "$(nodes)"; cat "$dir/joined" 2>/dev/null || true; }
 pid_of() { cat "$dir/node-$1.pid" 2>/dev/null || true; }
 is_running() { local pid; pid=$(pid_of "$1"); [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; }
 check_id() {
     [[ "$1" =~ ^[1-9]$ ]] || die "node ids are 1 to 9, not '$1'"
-    [ "$1" -le "$(nodes)" ] || die "node $1 is not in this $(nodes)-node cluster"
+    all_ids | grep -qx "$1" || die "node $1 was not started in this cluster"
 }
 
 endpoints() {
-    local n i list=""
-    n=$(nodes)
-    for i in $(seq 1 "$n"); do list="$list${list:+,}$(ip_of "$i"):7002"; done
+    local i list=""
+    for i in $(all_ids); do list="$list${list:+,}$(ip_of "$i"):7002"; done
     echo "$list"
 }
 
@@ -48,10 +51,15 @@ start_node() {
     [ -x "$bin" ] || die "no lattice binary (cargo build --release --bin lattice, or set LATTICE_BIN)"
     n=$(nodes)
     if is_running "$id"; then echo "node $id already running (pid $(pid_of "$id"))"; return; fi
-    for i in $(seq 1 "$n"); do
-        [ "$i" = "$id" ] && continue
-        peers="$peers --peer $i=$(ip_of "$i"):7001,$(ip_of "$i"):7002"
-    done
+    if [ "$id" -gt "$n" ]; then
+        # A node that joined: it knows the cluster through its endpoints only.
+        peers="--join $(seq 1 "$n" | while read -r i; do printf '%s:7002,' "$(ip_of "$i")"; done | sed 's/,$//')"
+    else
+        for i in $(seq 1 "$n"); do
+            [ "$i" = "$id" ] && continue
+            peers="$peers --peer $i=$(ip_of "$i"):7001,$(ip_of "$i"):7002"
+        done
+    fi
     # shellcheck disable=SC2086
     nohup "$bin" node --id "$id" --raft-addr "$(ip_of "$id"):7001" --kv-addr "$(ip_of "$id"):7002" \
         $peers --data-dir "$dir/node-$id" --source-ip raft ${LATTICE_NODE_ARGS:-} >> "$dir/node-$id.log" 2>&1 &
@@ -78,21 +86,29 @@ case "$command" in
         [[ "$n" =~ ^[1-9]$ ]] || die "a cluster has 1 to 9 nodes, not '$n'"
         mkdir -p "$dir"
         echo "$n" > "$dir/nodes"
+        rm -f "$dir/joined"
         for i in $(seq 1 "$n"); do start_node "$i"; done
         echo "KV endpoints: $(endpoints)"
         ;;
+    join)
+        [ -n "${2:-}" ] || die "usage: $0 join ID"
+        [[ "$2" =~ ^[1-9]$ ]] || die "node ids are 1 to 9, not '$2'"
+        [ "$2" -gt "$(nodes)" ] || die "node $2 is a founder of this cluster: give a new id"
+        all_ids | grep -qx "$2" || echo "$2" >> "$dir/joined"
+        start_node "$2"
+        ;;
     stop)
-        for i in $(seq 1 "$(nodes)"); do
+        for i in $(all_ids); do
             if is_running "$i"; then kill -TERM "$(pid_of "$i")"; fi
         done
-        for i in $(seq 1 "$(nodes)"); do
+        for i in $(all_ids); do
             for _ in $(seq 1 50); do is_running "$i" || break; sleep 0.1; done
             if is_running "$i"; then kill -9 "$(pid_of "$i")"; echo "node $i did not stop: killed"; fi
         done
         echo "cluster stopped"
         ;;
     status)
-        for i in $(seq 1 "$(nodes)"); do
+        for i in $(all_ids); do
             if is_running "$i"; then state="running (pid $(pid_of "$i"))"; else state="stopped"; fi
             echo "node $i  raft $(ip_of "$i"):7001  kv $(ip_of "$i"):7002  $state"
         done
@@ -122,7 +138,7 @@ case "$command" in
         endpoints
         ;;
     *)
-        sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
         [ -z "$command" ] || [ "$command" = help ] || [ "$command" = -h ] || [ "$command" = --help ] || exit 2
         ;;
 esac

@@ -525,6 +525,16 @@ impl Node {
             )
         });
         let bootstrap_membership = config.bootstrap_membership();
+        if kv
+            .membership()
+            .is_some_and(|applied| applied.removed.contains(&config.id))
+        {
+            return Err(Error::Config(format!(
+                "node {} was removed from the cluster (its snapshot says so) and ids are \
+                 never reused: start a new node with a new id and an empty data directory",
+                config.id
+            )));
+        }
         let membership = kv
             .membership()
             .cloned()
@@ -590,13 +600,11 @@ impl Node {
         }
         let (status_tx, status_rx) = watch::channel(initial_status);
 
-        let (senders_tx, senders_rx) = watch::channel(service::Senders {
-            members: raft.membership().members.keys().copied().collect(),
-            removed: raft.membership().removed.clone(),
-        });
+        let applied_membership = kv.membership().unwrap_or(&bootstrap_membership);
+        let (removed_tx, removed_rx) = watch::channel(applied_membership.removed.clone());
         tasks.push(service::spawn_raft_server(
             config.id,
-            senders_rx,
+            removed_rx,
             raft_listener,
             inbox_tx.clone(),
             shutdown_rx.clone(),
@@ -637,8 +645,9 @@ impl Node {
         let mut driver = Driver {
             raft,
             spawner,
-            senders: senders_tx,
-            peers_membership: raft::Membership::default(),
+            removed_senders: removed_tx,
+            peers_version: None,
+            peers_synced: Vec::new(),
             conf_changes: BTreeMap::new(),
             removed_ticks: None,
             observer: config.observer.clone(),
@@ -1027,10 +1036,14 @@ struct Driver {
     own_kv_addr: String,
     /// Starts the sender task of a peer the configuration adds.
     spawner: PeerSpawner,
-    /// Who the Raft service hears (the members, not the removed).
-    senders: watch::Sender<service::Senders>,
-    /// The configuration `peers` was last made to follow.
-    peers_membership: raft::Membership,
+    /// The nodes the Raft service no longer hears: those whose removal
+    /// was applied.
+    removed_senders: watch::Sender<std::collections::BTreeSet<NodeId>>,
+    /// The configurations `peers` was last made to follow
+    /// ([`Raft::membership_version`]).
+    peers_version: Option<(LogIndex, Term, LogIndex)>,
+    /// The core's peers `peers` was last made to follow.
+    peers_synced: Vec<NodeId>,
     /// Membership changes proposed here, by log index: answered once
     /// applied (or failed if another entry took the index).
     conf_changes: BTreeMap<LogIndex, ConfChangeWaiter>,
@@ -1109,7 +1122,13 @@ impl Driver {
                     }
                     if let Some(ticks) = self.removed_ticks.as_mut() {
                         *ticks += 1;
-                        if *ticks >= REMOVED_STOP_TICKS {
+                        // Its last messages wait for its disk: give them
+                        // time to leave (bounded: a stalled disk does not
+                        // keep a removed node up).
+                        let is_flushed = self.held.is_empty();
+                        if (*ticks >= REMOVED_STOP_TICKS && is_flushed)
+                            || *ticks >= 10 * REMOVED_STOP_TICKS
+                        {
                             warn!("removed from the cluster: this node stops (its data directory is of no further use)");
                             self.publish_status();
                             self.status.send_modify(|s| s.is_removed = true);
@@ -1316,21 +1335,37 @@ impl Driver {
         });
     }
 
-    /// Makes the peer tasks follow the configuration in force: a task for
-    /// every other member, none for a node that left.
+    /// Makes the peer tasks follow the core's peers (see
+    /// [`raft::Raft::peers`]): a task for each new one. (A node that left
+    /// loses its task in `prune_peers`, once this `Ready`'s messages, its
+    /// last one among them, are on their way.)
     fn sync_peers(&mut self) {
-        if *self.raft.membership() == self.peers_membership {
+        let version = self.raft.membership_version();
+        if Some(version) == self.peers_version && self.raft.peers() == self.peers_synced {
             return;
         }
-        let membership = self.raft.membership().clone();
-        let id = self.raft.id();
-        let is_start = self.peers_membership.members.is_empty();
-        self.update_senders();
-        self.peers.retain(|peer, _| membership.contains(*peer));
-        for (&peer, member) in &membership.members {
-            if peer == id || self.peers.contains_key(&peer) {
+        let is_start = self.peers_version.is_none();
+        self.peers_version = Some(version);
+        let wanted = self.raft.peers().to_vec();
+        self.peers_synced.clone_from(&wanted);
+        for peer in wanted {
+            if self.peers.contains_key(&peer) {
                 continue;
             }
+            let Some(member) = self
+                .raft
+                .membership()
+                .members
+                .get(&peer)
+                .or_else(|| self.raft.membership_at(version.2).members.get(&peer))
+                .cloned()
+            else {
+                warn!(
+                    peer = peer.0,
+                    "a peer without a known address: not reachable"
+                );
+                continue;
+            };
             let config = PeerConfig {
                 id: peer,
                 raft_addr: member.raft_addr.clone(),
@@ -1353,30 +1388,28 @@ impl Driver {
                 ),
             }
         }
-        self.peers_membership = membership;
     }
 
-    /// Who the Raft service hears: the members of the configuration in
-    /// force and of the one applied (a leader whose removal is in the log
-    /// but not committed yet still leads, and its last messages carry the
-    /// commit), never a node whose removal is applied.
-    fn update_senders(&self) {
-        let in_force = self.raft.membership();
-        let applied = self.kv.membership().unwrap_or(&self.bootstrap_membership);
-        let senders = service::Senders {
-            members: in_force
-                .members
-                .keys()
-                .chain(applied.members.keys())
-                .copied()
-                .collect(),
-            removed: applied.removed.clone(),
-        };
-        self.senders.send_if_modified(|current| {
-            let is_changed = *current != senders;
-            *current = senders;
-            is_changed
-        });
+    /// Ends the tasks of peers the core no longer talks to (what they have
+    /// queued still goes out).
+    fn prune_peers(&mut self) {
+        if !self.peers.keys().eq(self.raft.peers().iter()) {
+            let wanted = self.raft.peers();
+            self.peers.retain(|peer, _| wanted.contains(peer));
+        }
+    }
+
+    /// The Raft service stops hearing a node once its removal is applied
+    /// here (not when it is only in the log: a leader whose removal is not
+    /// committed yet still leads, and its last messages carry the commit).
+    fn update_removed_senders(&self) {
+        if let Some(applied) = self.kv.membership() {
+            self.removed_senders.send_if_modified(|removed| {
+                let is_changed = *removed != applied.removed;
+                removed.clone_from(&applied.removed);
+                is_changed
+            });
+        }
     }
 
     fn propose_conf_change(
@@ -1713,6 +1746,7 @@ impl Driver {
             self.held.push_back((seq, Held::Messages(messages)));
         }
         self.release_held();
+        self.prune_peers();
 
         for entry in ready.committed {
             self.bytes_since_snapshot += entry.data.len() as u64;
@@ -1737,7 +1771,7 @@ impl Driver {
                 let _ = waiter.reply.send(answer);
             }
             if entry.membership().is_some() {
-                self.update_senders();
+                self.update_removed_senders();
             }
             if self.removed_ticks.is_none()
                 && self

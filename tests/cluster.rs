@@ -440,27 +440,37 @@ async fn clients_find_the_leader_and_bad_requests_fail_cleanly() -> Result<()> {
             .await?;
         drop(stream);
     }
-    // A peer message from an unknown node id is rejected, not obeyed.
+    // A peer message addressed to another node, or from node 0, is
+    // rejected, not obeyed. (Any other sender id is heard: a node cut off
+    // while members changed must hear a leader it does not know yet.)
     let channel = connect(&cluster.addrs[leader as usize - 1].raft).await?;
     let mut raft = lattice::proto::raft_client::RaftClient::new(channel);
-    let forged = lattice::proto::AppendEntriesRequest {
+    let misrouted = lattice::proto::AppendEntriesRequest {
         from: 77,
+        to: leader + 100,
+        term: 1000,
+        ..Default::default()
+    };
+    let from_zero = lattice::proto::AppendEntriesRequest {
+        from: 0,
         to: leader,
         term: 1000,
         ..Default::default()
     };
-    let status = raft
-        .append_entries(forged.clone())
-        .await
-        .expect_err("unknown node");
-    assert_eq!(status.code(), tonic::Code::PermissionDenied);
-    // The same on a replication stream: the stream ends with the refusal.
-    let mut responses = raft
-        .replicate(tokio_stream::iter([forged]))
-        .await?
-        .into_inner();
-    let status = responses.message().await.expect_err("unknown node");
-    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    for forged in [misrouted, from_zero] {
+        let status = raft
+            .append_entries(forged.clone())
+            .await
+            .expect_err("forged");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        // The same on a replication stream: the stream ends with the refusal.
+        let mut responses = raft
+            .replicate(tokio_stream::iter([forged]))
+            .await?
+            .into_inner();
+        let status = responses.message().await.expect_err("forged");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    }
     let status = cluster.nodes[&leader].status();
     assert_eq!(
         status.role,

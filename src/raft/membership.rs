@@ -16,8 +16,10 @@ use super::NodeId;
 /// byte is the tag of a field; 0xFF is no valid tag of theirs).
 pub const CONFIG_ENTRY_MARKER: u8 = 0xFF;
 const FORMAT_VERSION: u8 = 1;
-/// Members and removed ids a configuration may hold.
+/// Members a configuration may hold.
 pub const MEMBERS_MAX: usize = 64;
+/// Removed ids a configuration remembers (so that they are never reused).
+pub const REMOVED_MAX: usize = u16::MAX as usize;
 const ADDR_BYTES_MAX: usize = 256;
 
 /// How to reach a member, and whether it votes.
@@ -202,9 +204,9 @@ impl Membership {
                 if id.0 == 0 || self.contains(*id) || self.removed.contains(id) {
                     return Err(ConfChangeRejected::IdTaken(*id));
                 }
-                if self.members.len() + self.removed.len() >= MEMBERS_MAX {
+                if self.members.len() >= MEMBERS_MAX {
                     return Err(ConfChangeRejected::Invalid(format!(
-                        "a cluster has at most {MEMBERS_MAX} members and removed ids"
+                        "a cluster has at most {MEMBERS_MAX} members"
                     )));
                 }
                 validate_addr(raft_addr)?;
@@ -234,6 +236,11 @@ impl Membership {
                 if next.voters().next().is_none() {
                     return Err(ConfChangeRejected::Invalid(format!(
                         "node {id} is the last voter; it cannot be removed"
+                    )));
+                }
+                if next.removed.len() >= REMOVED_MAX {
+                    return Err(ConfChangeRejected::Invalid(format!(
+                        "a cluster remembers at most {REMOVED_MAX} removed ids"
                     )));
                 }
                 next.removed.insert(*id);
@@ -307,9 +314,6 @@ impl Membership {
             return Err("a configuration without voters".into());
         }
         let removed = reader.u16()? as usize;
-        if removed > MEMBERS_MAX {
-            return Err(format!("{removed} removed ids"));
-        }
         for _ in 0..removed {
             let id = NodeId(reader.u64()?);
             if membership.contains(id) || !membership.removed.insert(id) {

@@ -378,6 +378,31 @@ impl Raft {
             .0
     }
 
+    /// Every node this one talks to: the other members of the
+    /// configurations in force and committed, and, on a leader, a node
+    /// being removed until it learned of it.
+    pub fn peers(&self) -> &[NodeId] {
+        &self.peers
+    }
+
+    /// Changes whenever the configuration in force or the committed one
+    /// does: (index and term of the one in force, index of the committed
+    /// one).
+    pub fn membership_version(&self) -> (LogIndex, Term, LogIndex) {
+        let (index, term, _) = self
+            .configs
+            .last()
+            .expect("a configuration is always known");
+        let commit = self.log.commit();
+        let committed = self
+            .configs
+            .iter()
+            .rev()
+            .find(|(at, _, _)| *at <= commit)
+            .map_or(LogIndex(0), |(at, _, _)| *at);
+        (*index, *term, committed)
+    }
+
     /// The configuration in force at `index` (what a snapshot ending there
     /// carries). `index` must be at or after the log's start.
     pub fn membership_at(&self, index: LogIndex) -> &Membership {
@@ -463,17 +488,46 @@ impl Raft {
         self.membership().quorum()
     }
 
-    /// The configuration in force changed (appended, truncated, installed):
-    /// who to talk to, and a leader's view of them.
+    /// The configuration in force changed (appended, truncated, installed,
+    /// or committed), or a node being removed caught up: who to talk to,
+    /// and a leader's view of them. Peers are the members of the
+    /// configuration in force and of the committed one, and, on a leader,
+    /// a removed node until it holds its removal and the leader has told it
+    /// the removal committed (so it learns of it, and stops). Only the
+    /// voters in force count.
     fn configuration_changed(&mut self) {
         let id = self.config.id;
-        self.peers = self
+        let committed = self.membership_at(self.log.commit());
+        let mut peers: Vec<NodeId> = self
             .membership()
             .members
             .keys()
+            .chain(committed.members.keys())
             .copied()
             .filter(|&member| member != id)
             .collect();
+        if self.role == Role::Leader {
+            let index = self.membership_index();
+            let is_committed = index <= self.log.commit();
+            let leaving: Vec<(NodeId, bool)> = self
+                .progress
+                .iter()
+                .filter(|(peer, _)| !peers.contains(peer))
+                .map(|(&peer, p)| (peer, is_committed && p.match_index >= index))
+                .collect();
+            for (peer, is_done) in leaving {
+                if is_done {
+                    // Its last message: it holds the removal, and this says
+                    // the removal committed.
+                    self.send_heartbeat(peer);
+                } else {
+                    peers.push(peer);
+                }
+            }
+        }
+        peers.sort_unstable();
+        peers.dedup();
+        self.peers = peers;
         if self.role == Role::Leader {
             let next = self.log.last_index().next();
             let inflight_max = self.config.inflight_appends_max;
@@ -1029,7 +1083,10 @@ impl Raft {
     /// whose entries were truncated away, and adds `appended` (the
     /// configuration entries just given, which may or may not be new).
     fn reconcile_configs(&mut self, appended: Vec<(LogIndex, Term, Membership)>) {
-        let before = self.membership_index();
+        let version = |configs: &[(LogIndex, Term, Membership)]| {
+            configs.last().map(|(index, term, _)| (*index, *term))
+        };
+        let before = version(&self.configs);
         let offset = self.log.offset().index;
         let log = &self.log;
         // The first is at or before the log's start: always kept.
@@ -1040,7 +1097,9 @@ impl Raft {
                 self.configs.push((index, term, membership));
             }
         }
-        if self.membership_index() != before {
+        // The index alone may stay: a truncated configuration replaced by
+        // another at the same index.
+        if version(&self.configs) != before {
             info!(
                 index = self.membership_index().0,
                 configuration = %self.membership(),
@@ -1098,6 +1157,10 @@ impl Raft {
             }
             if progress.acknowledge(response.match_index) {
                 self.maybe_commit();
+                if !self.membership().contains(from) && self.role == Role::Leader {
+                    // A node being removed: done once it holds the removal.
+                    self.configuration_changed();
+                }
                 // Sent once, when the target's log first matches ours.
                 if self.transfer_target == Some(from) {
                     self.maybe_send_timeout_now();
@@ -1439,11 +1502,14 @@ impl Raft {
             && (self.log.term(candidate) == Some(self.term)
                 || is_planted(Bug::CommitOlderTermByCounting))
         {
+            let was_pending = self.membership_index() > self.log.commit();
             self.log.commit_to(candidate);
-            if !self.membership().contains(self.config.id)
-                && self.membership_index() <= self.log.commit()
-            {
-                self.step_down_removed();
+            if was_pending && self.membership_index() <= self.log.commit() {
+                if !self.membership().contains(self.config.id) {
+                    self.step_down_removed();
+                } else {
+                    self.configuration_changed();
+                }
             }
             return true;
         }

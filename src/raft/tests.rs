@@ -2254,3 +2254,25 @@ fn the_configuration_survives_compaction_and_restart_and_reaches_a_learner_by_sn
     assert!(c.node(late).membership().is_learner(NodeId(late)));
     assert_eq!(c.node(late).log().commit(), c.node(1).log().commit());
 }
+
+#[test]
+fn a_removed_follower_hears_of_its_removal() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    let at = c.change(1, ConfChange::Remove(NodeId(3))).expect("removed");
+    c.heartbeat(1);
+    assert!(c.node(1).log().commit() >= at);
+    assert!(
+        c.node(3).log().commit() >= at,
+        "node 3 learned that its removal committed (it then stops)"
+    );
+    assert!(c.applied[&NodeId(3)].iter().any(|e| e.index == at));
+    // Then the leader no longer talks to it.
+    let delivered = c.delivered;
+    c.heartbeat(1);
+    assert!(c.delivered > delivered);
+    assert!(
+        c.queue.iter().all(|e| e.route().1 != NodeId(3)),
+        "nothing more for node 3"
+    );
+}

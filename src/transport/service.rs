@@ -53,17 +53,9 @@ async fn until_shutdown(mut shutdown: watch::Receiver<bool>) {
     }
 }
 
-/// Who may send Raft messages to this node (the driver keeps it in step
-/// with the configuration in force).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Senders {
-    pub members: BTreeSet<NodeId>,
-    pub removed: BTreeSet<NodeId>,
-}
-
 pub(crate) fn spawn_raft_server(
     id: NodeId,
-    senders: watch::Receiver<Senders>,
+    removed: watch::Receiver<BTreeSet<NodeId>>,
     listener: Listener,
     inbox: mpsc::Sender<Input>,
     shutdown: watch::Receiver<bool>,
@@ -71,7 +63,7 @@ pub(crate) fn spawn_raft_server(
 ) -> JoinHandle<()> {
     let service = RaftServer::new(RaftService {
         id,
-        senders,
+        removed,
         inbox,
         shutdown: shutdown.clone(),
         receiving: Default::default(),
@@ -143,7 +135,8 @@ const REPLICATE_PENDING_MAX: usize = 64;
 #[derive(Clone)]
 struct RaftService {
     id: NodeId,
-    senders: watch::Receiver<Senders>,
+    /// The nodes whose removal this node applied (the driver keeps it).
+    removed: watch::Receiver<BTreeSet<NodeId>>,
     inbox: mpsc::Sender<Input>,
     /// Ends the `Replicate` streams, so an idle one does not hold the
     /// server's graceful shutdown open.
@@ -241,10 +234,12 @@ impl RaftService {
         }
     }
 
-    /// Only members of the configuration in force may speak, and only to
-    /// this node; a removed node never again. A node that is not a member
-    /// itself (it is joining, and knows no configuration with itself yet)
-    /// hears anyone not removed: it cannot know its cluster's members.
+    /// Any node may speak, but only to this node, and a node whose removal
+    /// this node applied never again. Not only the members this node knows
+    /// of: a node that joins knows none, and one that was cut off may not
+    /// yet know the configuration that added its new leader (refusing it
+    /// would leave it behind for good). Raft's terms decide whom to obey;
+    /// who may reach the port at all is for the network (and TLS).
     fn check_route(&self, from: u64, to: u64, term: u64) -> Result<(), Status> {
         if term > TERM_MAX {
             warn!(from, term, "Raft message with an impossible term: rejected");
@@ -252,26 +247,23 @@ impl RaftService {
                 "term {term} is beyond {TERM_MAX}"
             )));
         }
-        let is_allowed = {
-            let senders = self.senders.borrow();
-            let from = NodeId(from);
-            if senders.removed.contains(&from) {
-                warn!(
-                    from = from.0,
-                    "Raft message from a node removed from the cluster: rejected"
-                );
-                return Err(Status::permission_denied(format!(
-                    "node {from} was removed from the cluster"
-                )));
-            }
-            senders.members.contains(&from)
-                || (from.0 != 0 && from != self.id && !senders.members.contains(&self.id))
-        };
-        if !is_allowed {
-            warn!(from, "Raft message from an unknown node: rejected");
-            return Err(Status::permission_denied(format!(
-                "node {from} is not a member of node {}'s cluster",
+        if from == 0 || from == self.id.0 {
+            warn!(
+                from,
+                "Raft message from node 0 or from this node's own id: rejected"
+            );
+            return Err(Status::invalid_argument(format!(
+                "node {from} cannot send to node {} (0 is reserved; misconfigured ids?)",
                 self.id
+            )));
+        }
+        if self.removed.borrow().contains(&NodeId(from)) {
+            warn!(
+                from,
+                "Raft message from a node removed from the cluster: rejected"
+            );
+            return Err(Status::permission_denied(format!(
+                "node {from} was removed from the cluster"
             )));
         }
         if to != self.id.0 {

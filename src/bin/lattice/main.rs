@@ -346,13 +346,18 @@ async fn run_node(args: NodeArgs) -> Result<()> {
                 .with_context(|| format!("bad --source-ip {ip:?}"))?,
         ),
     };
+    let needs_add = if args.join.is_empty() {
+        false
+    } else {
+        join_needs_add(NodeId(args.id), &args.join, &args.data_dir).await?
+    };
     let started = std::time::Instant::now();
     let node = Node::start(config).await.context("starting the node")?;
     tracing::info!(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "node started: storage recovered, services listening"
     );
-    if !args.join.is_empty() {
+    if needs_add {
         join(&node, &args.join, &args.raft_addr, &args.kv_addr).await?;
     }
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -382,30 +387,52 @@ async fn run_node(args: NodeArgs) -> Result<()> {
     Ok(())
 }
 
-/// `--join`: asks the cluster behind `endpoints` to add this node as a
-/// learner, unless it is a member already (a restart).
-async fn join(node: &Node, endpoints: &[String], raft_addr: &str, kv_addr: &str) -> Result<()> {
-    let id = node.id();
+/// `--join`, before the node starts: whether to ask the cluster behind
+/// `endpoints` to add this node (not if it is a member already: a
+/// restart). Refuses a removed id, and a member id on an empty data
+/// directory: that node would vote and count as the member that
+/// acknowledged entries it no longer holds, and committed entries could be
+/// lost.
+async fn join_needs_add(
+    id: NodeId,
+    endpoints: &[String],
+    data_dir: &std::path::Path,
+) -> Result<bool> {
     let timeout = Duration::from_secs(30);
-    let client = client(endpoints, timeout)?;
-    let members = client
+    let members = client(endpoints, timeout)?
         .members(timeout)
         .await
         .context("asking the cluster to join for its members")?;
     if members.membership.removed.contains(&id) {
         bail!("node id {id} was removed from this cluster and ids are never reused: start with a new id and an empty data directory");
     }
-    if members.membership.contains(id) {
-        tracing::info!(%id, "already a member: not adding it again");
-        return Ok(());
+    if !members.membership.contains(id) {
+        return Ok(true);
     }
+    let is_empty = std::fs::read_dir(data_dir).map_or(true, |mut entries| entries.next().is_none());
+    if is_empty {
+        bail!(
+            "node {id} is a member of this cluster already, but its data directory {} is empty: \
+             a member that lost its data must not come back under its id. Remove it \
+             (`lattice member remove {id}`) and join with a new id",
+            data_dir.display()
+        );
+    }
+    tracing::info!(%id, "already a member: starting from its data directory");
+    Ok(false)
+}
+
+/// `--join`, once the node runs: asks the cluster to add it as a learner.
+async fn join(node: &Node, endpoints: &[String], raft_addr: &str, kv_addr: &str) -> Result<()> {
+    let id = node.id();
+    let timeout = Duration::from_secs(30);
     let change = MemberChange::Add {
         id,
         raft_addr: raft_addr.to_string(),
         kv_addr: kv_addr.to_string(),
         is_learner: true,
     };
-    let members = client
+    let members = client(endpoints, timeout)?
         .change_membership(change, timeout)
         .await
         .context("asking the cluster to add this node as a learner")?;
