@@ -71,10 +71,23 @@ pub enum Bug {
     /// follower keeps renewing that follower's vote lease, and the others
     /// cannot elect without it (openraft #2080).
     CheckQuorumNeverStepsDown,
+    /// A leader appends a membership change before it has committed an
+    /// entry of its own term (the single-server change bug Ongaro reported
+    /// in 2015): its change and an uncommitted one of an earlier leader can
+    /// be two servers apart, and their majorities need not meet.
+    ConfChangeWithoutOwnTermCommit,
+    /// A leader appends a membership change while the last one is not
+    /// committed: two changes from the committed configuration, whose
+    /// majorities need not meet (three voters, two removed: one node
+    /// commits alone while the other two elect each other).
+    TwoConfChangesPending,
+    /// A leader counts a learner's acknowledgement toward commit: an entry
+    /// held by fewer than a majority of the voters is committed.
+    LearnerCountedInCommit,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 18] = [
+    pub const ALL: [Bug; 21] = [
         Bug::ReadWithoutQuorumRound,
         Bug::ReadBeforeOwnTermCommit,
         Bug::CommitOlderTermByCounting,
@@ -93,6 +106,9 @@ impl Bug {
         Bug::PreVotesCountedInElection,
         Bug::TransferCampaignsInSameTerm,
         Bug::CheckQuorumNeverStepsDown,
+        Bug::ConfChangeWithoutOwnTermCommit,
+        Bug::TwoConfChangesPending,
+        Bug::LearnerCountedInCommit,
     ];
 }
 

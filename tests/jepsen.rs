@@ -2235,6 +2235,17 @@ fn without_prevote_and_checkquorum_the_liveness_assertions_fail() {
 #[cfg(feature = "planted-bugs")]
 const NOT_YET_CAUGHT: [Bug; 0] = [];
 
+/// Planted bugs in code the simulation does not reach yet: membership
+/// changes (its clusters never change members; issue 15's churn fault
+/// will). Not run: with no change, each is the unplanted code. The model
+/// checker catches two of them (`tests/model.rs`).
+#[cfg(feature = "planted-bugs")]
+const NOT_EXERCISED_YET: [Bug; 3] = [
+    Bug::ConfChangeWithoutOwnTermCommit,
+    Bug::TwoConfChangesPending,
+    Bug::LearnerCountedInCommit,
+];
+
 /// Planted bugs in code the simulation does not run, so not run here:
 /// `NonAtomicSnapshotWrite` lives in `FileStorage` (the simulation's disk is
 /// `SimDisk`); the crash test of `storage::file` catches it.
@@ -2264,6 +2275,10 @@ fn planted_bugs_are_caught() {
     for bug in bugs {
         if OUTSIDE_THE_SIMULATION.contains(&bug) {
             println!("| {bug:?} | outside the simulation | - | - | 0 | 0 |");
+            continue;
+        }
+        if NOT_EXERCISED_YET.contains(&bug) {
+            println!("| {bug:?} | not exercised yet (no membership changes in the simulation) | - | - | 0 | 0 |");
             continue;
         }
         let started = std::time::Instant::now();

@@ -53,8 +53,8 @@ use std::time::Instant;
 
 use lattice::planted::Bug;
 use lattice::raft::{
-    AppendEntriesResponse, Config, Entry, HardState, InstallSnapshot, Membership, Message, Raft,
-    RequestVoteResponse, Role, SnapshotMeta,
+    AppendEntriesResponse, ConfChange, Config, Entry, HardState, InstallSnapshot, Membership,
+    Message, Raft, RequestVoteResponse, Role, SnapshotMeta,
 };
 use lattice::{LogIndex, NodeId, Term};
 use stateright::{Checker, HasDiscoveries, Model, Property};
@@ -64,7 +64,6 @@ use stateright::{Checker, HasDiscoveries, Model, Property};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const NODES: usize = 3;
-const QUORUM: usize = NODES / 2 + 1;
 const PERMUTATIONS: [[usize; NODES]; 6] = [
     [0, 1, 2],
     [0, 2, 1],
@@ -89,6 +88,10 @@ struct Bounds {
     snapshots: u8,
     /// Leadership transfers started.
     transfers: u8,
+    /// Membership changes proposed (promote the learner, remove a member).
+    conf_changes: u8,
+    /// The third node starts as a learner (else all three are voters).
+    learner: bool,
     /// PreVote and CheckQuorum on (as nodes run).
     liveness: bool,
     /// Entries per AppendEntries (small, so that batches can be reordered).
@@ -109,6 +112,8 @@ impl Bounds {
             reads: 1,
             snapshots: 1,
             transfers: 0,
+            conf_changes: 0,
+            learner: false,
             liveness: false,
             append_entries_max: 1,
             depth: 18,
@@ -145,10 +150,27 @@ impl Bounds {
             depth: base.depth + 2,
             ..base
         };
+        // Membership: a learner beside two voters, and two changes
+        // (promote it, remove a member); no crashes, snapshots or reads.
+        let membership = Bounds {
+            conf_changes: 2,
+            learner: true,
+            crashes: 0,
+            snapshots: 0,
+            reads: 0,
+            duplicates: 0,
+            depth: 16,
+            ..base
+        };
         match std::env::var("LATTICE_MODEL_CONFIG").as_deref() {
             Ok("base") => vec![base.overridden()],
             Ok("liveness") => vec![liveness.overridden()],
-            _ => vec![base.overridden(), liveness.overridden()],
+            Ok("membership") => vec![membership.overridden()],
+            _ => vec![
+                base.overridden(),
+                liveness.overridden(),
+                membership.overridden(),
+            ],
         }
     }
 
@@ -162,6 +184,9 @@ impl Bounds {
                 }
             )*};
         }
+        if let Some(v) = number("LATTICE_MODEL_LEARNER") {
+            self.learner = v != 0;
+        }
         set!(
             terms: "LATTICE_MODEL_TERMS",
             proposals: "LATTICE_MODEL_PROPOSALS",
@@ -171,6 +196,7 @@ impl Bounds {
             reads: "LATTICE_MODEL_READS",
             snapshots: "LATTICE_MODEL_SNAPSHOTS",
             transfers: "LATTICE_MODEL_TRANSFERS",
+            conf_changes: "LATTICE_MODEL_CONF_CHANGES",
             depth: "LATTICE_MODEL_DEPTH",
             append_entries_max: "LATTICE_MODEL_APPEND_MAX"
         );
@@ -308,6 +334,7 @@ struct State {
     duplicates: u8,
     snapshots: u8,
     transfers: u8,
+    conf_changes: u8,
 }
 
 fn node_id(index: usize) -> NodeId {
@@ -318,15 +345,41 @@ fn index_of(id: NodeId) -> usize {
     (id.0 - 1) as usize
 }
 
-/// The model's configuration never changes: its three voters.
+/// The configuration the model starts with: three voters, or two and a
+/// learner.
 fn membership(bounds: &Bounds) -> Membership {
-    Membership::bootstrap(&raft_config(0, bounds).voters)
+    let mut membership = Membership::bootstrap(&(0..NODES).map(node_id).collect::<Vec<_>>());
+    if bounds.learner {
+        let learner = membership
+            .members
+            .get_mut(&node_id(NODES - 1))
+            .expect("the third node");
+        learner.is_learner = true;
+    }
+    membership
+}
+
+/// The configuration a snapshot of `state` (the entries applied) carries:
+/// its newest configuration entry's, else the first.
+fn snapshot_membership(bounds: &Bounds, state: &[Entry]) -> Membership {
+    state
+        .iter()
+        .rev()
+        .find_map(Entry::membership)
+        .map(|decoded| decoded.expect("configuration entries decode"))
+        .unwrap_or_else(|| membership(bounds))
+}
+
+/// The voters of the newest committed configuration.
+fn committed_membership(bounds: &Bounds, s: &State) -> Membership {
+    snapshot_membership(bounds, &s.committed)
 }
 
 fn raft_config(index: usize, bounds: &Bounds) -> Config {
     Config {
         id: node_id(index),
-        voters: (0..NODES).map(node_id).collect(),
+        // The configuration itself goes to `Raft::restore`.
+        voters: Vec::new(),
         election_timeout_ticks_min: 2,
         election_timeout_ticks_max: 2,
         heartbeat_interval_ticks: 1,
@@ -393,6 +446,7 @@ impl State {
             self.duplicates,
             self.snapshots,
             self.transfers,
+            self.conf_changes,
         )
             .hash(&mut h);
         h.finish()
@@ -479,6 +533,9 @@ enum Action {
     Crash(usize),
     /// A leader hands leadership to a peer.
     Transfer(usize, usize),
+    /// A leader promotes a learner, or removes a member.
+    Promote(usize, usize),
+    Remove(usize, usize),
 }
 
 impl RaftModel {
@@ -589,8 +646,9 @@ impl RaftModel {
                     }
                     Payload::Snapshot(request, meta, data) => {
                         let commit = raft.log().commit();
+                        let membership = snapshot_membership(&self.bounds, &data);
                         let (response, is_accepted) =
-                            raft.handle_install_snapshot(request, meta, membership(&self.bounds));
+                            raft.handle_install_snapshot(request, meta, membership);
                         if is_accepted {
                             if meta.index <= commit {
                                 state.stale_install = Some(format!(
@@ -664,6 +722,17 @@ impl RaftModel {
             }
             Action::Heartbeat(n) => {
                 state.nodes[n].raft.tick();
+                self.process_ready(state, n, None);
+            }
+            Action::Promote(n, member) | Action::Remove(n, member) => {
+                let change = match action {
+                    Action::Promote(..) => ConfChange::Promote(node_id(member)),
+                    _ => ConfChange::Remove(node_id(member)),
+                };
+                if state.nodes[n].raft.propose_conf_change(&change).is_err() {
+                    return false;
+                }
+                state.conf_changes += 1;
                 self.process_ready(state, n, None);
             }
             Action::Propose(n) => {
@@ -745,7 +814,7 @@ impl RaftModel {
                     raft_config(n, &self.bounds),
                     node.durable_hard_state,
                     meta,
-                    membership(&self.bounds),
+                    snapshot_membership(&self.bounds, &data),
                     entries,
                 );
                 node.applied = data;
@@ -798,9 +867,11 @@ impl Model for RaftModel {
     fn init_states(&self) -> Vec<State> {
         let nodes = (0..NODES)
             .map(|n| Node {
-                raft: Raft::new(
+                raft: Raft::restore(
                     raft_config(n, &self.bounds),
                     HardState::default(),
+                    SnapshotMeta::default(),
+                    membership(&self.bounds),
                     Vec::new(),
                 ),
                 durable_hard_state: HardState::default(),
@@ -830,6 +901,7 @@ impl Model for RaftModel {
             duplicates: 0,
             snapshots: 0,
             transfers: 0,
+            conf_changes: 0,
         }]
     }
 
@@ -876,7 +948,18 @@ impl Model for RaftModel {
                         actions.push(Action::Transfer(n, target));
                     }
                 }
-            } else if node.raft.term().0 < self.bounds.terms {
+                if state.conf_changes < self.bounds.conf_changes {
+                    for (&member, m) in &node.raft.membership().members {
+                        if m.is_learner {
+                            actions.push(Action::Promote(n, index_of(member)));
+                        }
+                        actions.push(Action::Remove(n, index_of(member)));
+                    }
+                }
+            } else if node.raft.term().0 < self.bounds.terms
+                && node.raft.membership().is_voter(node_id(n))
+            {
+                // Learners and removed nodes never campaign.
                 actions.push(Action::Timeout(n));
             }
             if state.crashes < self.bounds.crashes {
@@ -939,20 +1022,8 @@ impl Model for RaftModel {
                     .all(|node| node.raft.log().commit() >= node.commit_high)
             }),
             Property::always(
-                "committed entries stay durable on a quorum",
-                |_, s: &State| {
-                    s.committed.iter().all(|entry| {
-                        s.nodes
-                            .iter()
-                            .filter(|node| {
-                                node.durable_log.get(&entry.index) == Some(entry)
-                                    || node.durable_snapshot.1.get(entry.index.0 as usize - 1)
-                                        == Some(entry)
-                            })
-                            .count()
-                            >= QUORUM
-                    })
-                },
+                "committed entries stay durable on a quorum of a configuration in force",
+                committed_entries_durable,
             ),
             Property::always("read safety", |_, s: &State| s.stale_read.is_none()),
             Property::always(
@@ -1004,10 +1075,18 @@ impl Model for RaftModel {
                     s.transfer_campaigned
                 }),
             ]);
-        } else {
+        } else if self.bounds.crashes > 0 {
             properties.push(Property::sometimes(
                 "two leaders and a restart in one run",
                 |_, s: &State| s.crashes > 0 && s.elected.len() >= 2,
+            ));
+        }
+        if self.bounds.conf_changes > 0 {
+            properties.push(Property::sometimes(
+                "a membership change commits, and another node leads after it",
+                |_, s: &State| {
+                    s.committed.iter().any(|e| e.membership().is_some()) && s.elected.len() >= 2
+                },
             ));
         }
         properties
@@ -1032,6 +1111,31 @@ fn logs_match(s: &State, a: usize, b: usize) -> bool {
 /// Leader completeness as a state invariant: a node that a quorum could elect
 /// (its log at least as up to date as each member's, itself included) holds
 /// every committed entry. This is what makes every future leader complete.
+/// Every committed entry is durable on a quorum of the voters of the
+/// committed configuration, or of a configuration in force on some node
+/// (a leader commits by the one in force in its log, which may be newer
+/// than the committed one: a leader removing itself counts the others).
+fn committed_entries_durable(model: &RaftModel, s: &State) -> bool {
+    let mut configurations = vec![committed_membership(&model.bounds, s)];
+    configurations.extend(s.nodes.iter().map(|node| node.raft.membership().clone()));
+    s.committed.iter().all(|entry| {
+        let holders: Vec<usize> = (0..NODES)
+            .filter(|&n| {
+                let node = &s.nodes[n];
+                node.durable_log.get(&entry.index) == Some(entry)
+                    || node.durable_snapshot.1.get(entry.index.0 as usize - 1) == Some(entry)
+            })
+            .collect();
+        configurations.iter().any(|membership| {
+            holders
+                .iter()
+                .filter(|&&n| membership.is_voter(node_id(n)))
+                .count()
+                >= membership.quorum()
+        })
+    })
+}
+
 fn leader_completeness(_: &RaftModel, s: &State) -> bool {
     incomplete_electable(s).is_none()
 }
@@ -1043,10 +1147,16 @@ fn incomplete_electable(s: &State) -> Option<(usize, &Entry)> {
         (log.last_term(), log.last_index())
     };
     (0..NODES).find_map(|n| {
+        // A candidate counts the votes of the voters of its own
+        // configuration (any node grants one to an up-to-date log).
+        let membership = s.nodes[n].raft.membership();
+        if !membership.is_voter(node_id(n)) {
+            return None;
+        }
         let electors = (0..NODES)
-            .filter(|&v| up_to_date(n) >= up_to_date(v))
+            .filter(|&v| membership.is_voter(node_id(v)) && up_to_date(n) >= up_to_date(v))
             .count();
-        if electors < QUORUM {
+        if electors < membership.quorum() {
             return None;
         }
         s.committed
@@ -1064,6 +1174,8 @@ fn describe_node(node: &Node) -> String {
             let entry = log.get(LogIndex(i)).expect("within the log");
             if entry.data.is_empty() {
                 format!("{i}:t{}", entry.term)
+            } else if let Some(Ok(membership)) = entry.membership() {
+                format!("{i}:t{}=({membership})", entry.term)
             } else {
                 format!(
                     "{i}:t{}={}",
@@ -1174,6 +1286,12 @@ fn describe_action(action: &Action) -> String {
             n + 1,
             target + 1
         ),
+        Action::Promote(n, member) => {
+            format!("n{}: an operator promotes learner n{}", n + 1, member + 1)
+        }
+        Action::Remove(n, member) => {
+            format!("n{}: an operator removes n{}", n + 1, member + 1)
+        }
     }
 }
 
@@ -1330,6 +1448,8 @@ fn check_configuration(bounds: Bounds) {
         "model checked ({}): {} states generated, {} unique up to symmetry, max depth {}, {:.1} s",
         if bounds.liveness {
             "PreVote, CheckQuorum, transfers"
+        } else if bounds.conf_changes > 0 {
+            "membership changes"
         } else {
             "base protocol"
         },
@@ -1379,6 +1499,8 @@ fn model_catalogue() -> Vec<(Bug, Bounds)> {
         reads: 0,
         snapshots: 0,
         transfers: 0,
+        conf_changes: 0,
+        learner: false,
         liveness: false,
         append_entries_max: 1,
         depth: 40,
@@ -1471,6 +1593,25 @@ fn model_catalogue() -> Vec<(Bug, Bounds)> {
                 proposals: 0,
                 transfers: 1,
                 liveness: true,
+                ..base
+            },
+        ),
+        // Three voters, two removed at once: the leader commits alone while
+        // the other two elect each other.
+        (
+            Bug::TwoConfChangesPending,
+            Bounds {
+                proposals: 0,
+                conf_changes: 2,
+                ..base
+            },
+        ),
+        // Two voters and a learner: an entry on the leader and the learner
+        // only is committed.
+        (
+            Bug::LearnerCountedInCommit,
+            Bounds {
+                learner: true,
                 ..base
             },
         ),

@@ -1485,11 +1485,17 @@ impl Raft {
         } else {
             self.log.persisted()
         };
+        let membership = self.membership();
+        let is_learner_counted = is_planted(Bug::LearnerCountedInCommit);
         let mut matched: Vec<LogIndex> = self
-            .voter_peers()
+            .peers
+            .iter()
+            .filter(|&&peer| {
+                membership.is_voter(peer) || (is_learner_counted && membership.is_learner(peer))
+            })
             .map(|peer| {
                 self.progress
-                    .get(&peer)
+                    .get(peer)
                     .map_or(LogIndex(0), |p| p.match_index)
             })
             .chain(self.is_voter().then_some(own))
@@ -1602,10 +1608,12 @@ impl Raft {
         if self.transfer_target.is_some() {
             return Err(ConfChangeRejected::TransferInProgress);
         }
-        if self.log.term(self.log.commit()) != Some(self.term) {
+        if self.log.term(self.log.commit()) != Some(self.term)
+            && !is_planted(Bug::ConfChangeWithoutOwnTermCommit)
+        {
             return Err(ConfChangeRejected::NotReady);
         }
-        if self.membership_index() > self.log.commit() {
+        if self.membership_index() > self.log.commit() && !is_planted(Bug::TwoConfChangesPending) {
             return Err(ConfChangeRejected::ChangePending);
         }
         let membership = self.membership().changed(change)?;
