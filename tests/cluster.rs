@@ -789,6 +789,15 @@ async fn a_node_joins_as_a_learner_is_promoted_and_the_leader_is_removed_under_w
     )
     .await?;
 
+    // Leadership moves to node 4, which is not among the admin client's
+    // endpoints: the client follows the refusals' leader hint.
+    let (new_leader, _) = admin.move_leader(Some(NodeId(4)), timeout).await?;
+    assert_eq!(new_leader, NodeId(4));
+    let members = admin.members(timeout).await?;
+    assert_eq!(members.leader, NodeId(4));
+    let (back, _) = admin.move_leader(Some(NodeId(leader)), timeout).await?;
+    assert_eq!(back, NodeId(leader));
+
     // The leader itself leaves: it hands over and stops.
     let removed = admin
         .change_membership(MemberChange::Remove(NodeId(leader)), timeout)

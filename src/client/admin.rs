@@ -136,14 +136,38 @@ impl Client {
         Fut: std::future::Future<Output = std::result::Result<T, tonic::Status>>,
     {
         let deadline = tokio::time::Instant::now() + timeout;
+        let mut hint: Option<String> = None;
+        let mut attempt = 0;
         loop {
-            let error = match self.leader_status().await {
-                Some(leader) => match call(self.admin(&leader.endpoint)?).await {
+            attempt += 1;
+            // The leader a refusal named (which need not be among the
+            // endpoints: a node added since), else the endpoint that says
+            // it leads, else each endpoint in turn (a refusal names the
+            // leader).
+            let target = match hint.take() {
+                Some(hint) => Some(hint),
+                None => match self.leader_status().await {
+                    Some(leader) => Some(leader.endpoint),
+                    None => self
+                        .endpoints
+                        .get(attempt % self.endpoints.len().max(1))
+                        .map(|e| e.addr.clone()),
+                },
+            };
+            let error = match target {
+                Some(endpoint) => match call(self.admin(&endpoint)?).await {
                     Ok(answer) => return Ok(answer),
                     Err(status) => status_to_error(&status),
                 },
                 None => Error::Unavailable("no endpoint says it leads".into()),
             };
+            if let Error::NotLeader { leader: Some(addr) } = &error {
+                hint = Some(addr.clone());
+                if tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            }
             let is_retryable = matches!(error, Error::NotLeader { .. } | Error::Unavailable(_));
             if !is_retryable || tokio::time::Instant::now() >= deadline {
                 return Err(error);
@@ -215,31 +239,13 @@ impl Client {
         target: Option<NodeId>,
         timeout: Duration,
     ) -> Result<(NodeId, Term)> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let error = match self.leader_status().await {
-                Some(leader) if Some(leader.id) == target => {
-                    return Ok((leader.id, leader.term));
-                }
-                Some(leader) => {
-                    let request = proto::MoveLeaderRequest {
-                        target: target.map_or(0, |t| t.0),
-                    };
-                    match self.admin(&leader.endpoint)?.move_leader(request).await {
-                        Ok(response) => {
-                            let response = response.into_inner();
-                            return Ok((NodeId(response.leader), Term(response.term)));
-                        }
-                        Err(status) => status_to_error(&status),
-                    }
-                }
-                None => Error::Unavailable("no endpoint says it leads".into()),
-            };
-            let is_retryable = matches!(error, Error::NotLeader { .. } | Error::Unavailable(_));
-            if !is_retryable || tokio::time::Instant::now() >= deadline {
-                return Err(error);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let request = proto::MoveLeaderRequest {
+            target: target.map_or(0, |t| t.0),
+        };
+        self.at_leader(timeout, |mut admin| async move {
+            let response = admin.move_leader(request).await?.into_inner();
+            Ok((NodeId(response.leader), Term(response.term)))
+        })
+        .await
     }
 }
