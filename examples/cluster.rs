@@ -14,10 +14,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use lattice::{Client, Node, NodeConfig, NodeId, PeerConfig};
+use lattice::{Client, Node};
 
 mod common;
-use common::{wait_for_leader, wait_for_same_state};
+use common::{founder_config, wait_for_leader, wait_for_same_state};
 
 /// Run a Lattice cluster on localhost and drive it through consensus.
 #[derive(Parser)]
@@ -76,23 +76,8 @@ pub async fn run(
     // 1. Bootstrap. Nodes start a little apart, so the first ones find their
     //    peers missing for a moment: the connection failures are expected.
     let mut nodes = Vec::new();
-    for &(id, raft_addr, kv_addr) in node_configs {
-        let peers = node_configs
-            .iter()
-            .filter(|(peer, _, _)| *peer != id)
-            .map(|&(peer, raft, kv)| PeerConfig {
-                id: NodeId(peer),
-                raft_addr: raft.to_string(),
-                kv_addr: kv.to_string(),
-            })
-            .collect();
-        let config = NodeConfig::new(
-            NodeId(id),
-            raft_addr,
-            kv_addr,
-            peers,
-            data_dir.join(format!("node-{id}")),
-        );
+    for &(id, _, _) in node_configs {
+        let config = founder_config(id, node_configs, data_dir);
         let node = Node::start(config)
             .await
             .with_context(|| format!("stage 'bootstrap': node {id} did not start"))?;

@@ -15,11 +15,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use lattice::raft::Role;
-use lattice::{Client, MemberChange, MemberRole, Node, NodeConfig, NodeId, PeerConfig};
+use lattice::raft::{ConfChange, Role};
+use lattice::{Client, MemberRole, Node, NodeConfig, NodeId};
 
 mod common;
-use common::{wait_for_leader, wait_for_same_state};
+use common::{founder_config, wait_for_leader, wait_for_same_state};
 
 /// (id, Raft address, KV address): three founders and the newcomer.
 const FOUNDERS: [(u64, &str, &str); 3] = [
@@ -38,23 +38,8 @@ async fn main() -> Result<()> {
 
     // 1. Three founders.
     let mut nodes = Vec::new();
-    for (id, raft_addr, kv_addr) in FOUNDERS {
-        let peers = FOUNDERS
-            .iter()
-            .filter(|(peer, _, _)| *peer != id)
-            .map(|&(peer, raft, kv)| PeerConfig {
-                id: NodeId(peer),
-                raft_addr: raft.to_string(),
-                kv_addr: kv.to_string(),
-            })
-            .collect();
-        let config = NodeConfig::new(
-            NodeId(id),
-            raft_addr,
-            kv_addr,
-            peers,
-            data.path().join(format!("node-{id}")),
-        );
+    for (id, _, _) in FOUNDERS {
+        let config = founder_config(id, &FOUNDERS, data.path());
         nodes.push(
             Node::start(config)
                 .await
@@ -109,7 +94,7 @@ async fn main() -> Result<()> {
     let newcomer = Node::start(config).await.context("starting node 4")?;
     let added = admin
         .change_membership(
-            MemberChange::Add {
+            ConfChange::Add {
                 id: NodeId(id),
                 raft_addr: raft_addr.into(),
                 kv_addr: kv_addr.into(),
@@ -148,7 +133,7 @@ async fn main() -> Result<()> {
 
     // 5. Promote it.
     let promoted = admin
-        .change_membership(MemberChange::Promote(NodeId(id)), STAGE_TIMEOUT)
+        .change_membership(ConfChange::Promote(NodeId(id)), STAGE_TIMEOUT)
         .await
         .context("stage 'member promote 4'")?;
     println!(
@@ -158,7 +143,7 @@ async fn main() -> Result<()> {
 
     // 6. Remove node 1 (the leader or not): it stops by itself.
     let removed = admin
-        .change_membership(MemberChange::Remove(NodeId(1)), STAGE_TIMEOUT)
+        .change_membership(ConfChange::Remove(NodeId(1)), STAGE_TIMEOUT)
         .await
         .context("stage 'member remove 1'")?;
     println!(

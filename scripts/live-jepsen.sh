@@ -35,15 +35,10 @@ ip link set lo up
 # the unknown outcomes a pause leaves made the checker run out of memory
 # (verdict unknown) once in CI; see issue 16.
 duration=${LATTICE_LIVE_SECS:-85}
-out=${LATTICE_LIVE_DIR:-$root/target/live-jepsen}
-rm -rf "$out"
-mkdir -p "$out"
-
+output=${LATTICE_LIVE_DIR:-$root/target/live-jepsen}
 # shellcheck source=scripts/live-lib.sh
 . "$root/scripts/live-lib.sh"
-find_binaries
-export LATTICE_DIR="$out/cluster" LATTICE_BIN="$lattice"
-cluster="$root/scripts/cluster.sh"
+live_setup "$output"
 partition="$root/scripts/partition.sh"
 
 cleanup() {

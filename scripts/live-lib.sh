@@ -1,5 +1,16 @@
 # Shared by the live scripts (sourced; needs $root, the repository).
 
+# Empties the output directory $1 into $out, finds the binaries (below), and
+# sets $cluster to scripts/cluster.sh keeping its cluster under $out/cluster.
+live_setup() {
+    out=$1
+    rm -rf "$out"
+    mkdir -p "$out"
+    find_binaries
+    export LATTICE_DIR="$out/cluster" LATTICE_BIN="$lattice"
+    cluster="$root/scripts/cluster.sh"
+}
+
 # Sets $lattice and $checker: LATTICE_BIN and LATTICE_CHECKER if set, else
 # the release builds, else the debug ones; builds the release ones if
 # neither exists.

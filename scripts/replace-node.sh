@@ -18,15 +18,10 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 die() { echo "replace-node: $*" >&2; exit 1; }
 
-out=${LATTICE_REPLACE_DIR:-$root/target/replace-node}
-rm -rf "$out"
-mkdir -p "$out"
-
+output=${LATTICE_REPLACE_DIR:-$root/target/replace-node}
 # shellcheck source=scripts/live-lib.sh
 . "$root/scripts/live-lib.sh"
-find_binaries
-export LATTICE_DIR="$out/cluster" LATTICE_BIN="$lattice"
-cluster="$root/scripts/cluster.sh"
+live_setup "$output"
 trap '"$cluster" stop >/dev/null 2>&1 || true' EXIT
 
 "$cluster" start 3 > /dev/null

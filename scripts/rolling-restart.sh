@@ -21,17 +21,12 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 die() { echo "rolling-restart: $*" >&2; exit 1; }
 
-out=${LATTICE_ROLLING_DIR:-$root/target/rolling-restart}
+output=${LATTICE_ROLLING_DIR:-$root/target/rolling-restart}
 clients=${LATTICE_ROLLING_CLIENTS:-8}
 settle=${LATTICE_ROLLING_SETTLE:-3}
-rm -rf "$out"
-mkdir -p "$out"
-
 # shellcheck source=scripts/live-lib.sh
 . "$root/scripts/live-lib.sh"
-find_binaries
-export LATTICE_DIR="$out/cluster" LATTICE_BIN="$lattice"
-cluster="$root/scripts/cluster.sh"
+live_setup "$output"
 trap '"$cluster" stop >/dev/null 2>&1 || true' EXIT
 
 "$cluster" start 3 > /dev/null

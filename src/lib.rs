@@ -29,9 +29,7 @@ pub mod server;
 pub mod storage;
 pub mod transport;
 
-pub use client::{
-    Client, ClientConfig, ClientError, EndpointStatus, MemberChange, MemberList, ReadResult,
-};
+pub use client::{Client, ClientConfig, ClientError, EndpointStatus, MemberList, ReadResult};
 pub use error::{Error, Result};
 pub use raft::{LogIndex, NodeId, Term};
 pub use server::{MemberRole, Members, Node, NodeConfig, PeerConfig};

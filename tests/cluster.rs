@@ -709,7 +709,8 @@ async fn move_leader_and_graceful_shutdown_fail_no_client() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_joins_as_a_learner_is_promoted_and_the_leader_is_removed_under_writes() -> Result<()>
 {
-    use lattice::{MemberChange, MemberRole};
+    use lattice::raft::ConfChange;
+    use lattice::MemberRole;
     let data = tempfile::tempdir()?;
     let mut cluster = TestCluster::start(data.path()).await?;
     let leader = cluster.leader(Duration::from_secs(10)).await?;
@@ -755,7 +756,7 @@ async fn a_node_joins_as_a_learner_is_promoted_and_the_leader_is_removed_under_w
     assert_eq!(cluster.nodes[&4].status().membership, MemberRole::None);
     let added = admin
         .change_membership(
-            MemberChange::Add {
+            ConfChange::Add {
                 id: NodeId(4),
                 raft_addr: cluster.addrs[3].raft.clone(),
                 kv_addr: cluster.addrs[3].kv.clone(),
@@ -779,7 +780,7 @@ async fn a_node_joins_as_a_learner_is_promoted_and_the_leader_is_removed_under_w
     assert!(cluster.nodes[&4].status().snapshots_installed >= 1);
 
     let promoted = admin
-        .change_membership(MemberChange::Promote(NodeId(4)), timeout)
+        .change_membership(ConfChange::Promote(NodeId(4)), timeout)
         .await?;
     assert_eq!(promoted.membership.voters().count(), 4);
     wait_until(
@@ -800,7 +801,7 @@ async fn a_node_joins_as_a_learner_is_promoted_and_the_leader_is_removed_under_w
 
     // The leader itself leaves: it hands over and stops.
     let removed = admin
-        .change_membership(MemberChange::Remove(NodeId(leader)), timeout)
+        .change_membership(ConfChange::Remove(NodeId(leader)), timeout)
         .await?;
     assert!(!removed.membership.contains(NodeId(leader)));
     assert!(removed.membership.removed.contains(&NodeId(leader)));
@@ -817,7 +818,7 @@ async fn a_node_joins_as_a_learner_is_promoted_and_the_leader_is_removed_under_w
     // Its id is never reused.
     let reuse = admin
         .change_membership(
-            MemberChange::Add {
+            ConfChange::Add {
                 id: NodeId(leader),
                 raft_addr: "127.0.0.1:1".into(),
                 kv_addr: "127.0.0.1:2".into(),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 use lattice::raft::Role;
-use lattice::{Node, NodeId};
+use lattice::{Node, NodeConfig, NodeId, PeerConfig};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
@@ -23,6 +23,35 @@ pub fn init_logging() {
         .with_ansi(false)
         .event_format(NodeFormat)
         .try_init();
+}
+
+/// The configuration of node `id`, a founder of the cluster `nodes` (each
+/// (id, Raft address, KV address)): every other founder is a peer.
+pub fn founder_config(
+    id: u64,
+    nodes: &[(u64, &str, &str)],
+    data_dir: &std::path::Path,
+) -> NodeConfig {
+    let (_, raft_addr, kv_addr) = *nodes
+        .iter()
+        .find(|(node, _, _)| *node == id)
+        .expect("the node is one of the founders");
+    let peers = nodes
+        .iter()
+        .filter(|(peer, _, _)| *peer != id)
+        .map(|&(peer, raft, kv)| PeerConfig {
+            id: NodeId(peer),
+            raft_addr: raft.to_string(),
+            kv_addr: kv.to_string(),
+        })
+        .collect();
+    NodeConfig::new(
+        NodeId(id),
+        raft_addr,
+        kv_addr,
+        peers,
+        data_dir.join(format!("node-{id}")),
+    )
 }
 
 /// The leader a majority of `nodes` follow, and its term.

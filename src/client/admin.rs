@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::proto::admin_client::AdminClient;
 use crate::proto::{self};
-use crate::raft::{LogIndex, Member, Membership, NodeId, Term};
+use crate::raft::{ConfChange, LogIndex, Member, Membership, NodeId, Term};
 use crate::transport::{self, status_to_error};
 use crate::{Error, Result};
 
@@ -63,19 +63,6 @@ impl MemberList {
             membership,
         }
     }
-}
-
-/// A membership change, as `lattice member` asks for it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum MemberChange {
-    Add {
-        id: NodeId,
-        raft_addr: String,
-        kv_addr: String,
-        is_learner: bool,
-    },
-    Promote(NodeId),
-    Remove(NodeId),
 }
 
 impl Client {
@@ -191,14 +178,14 @@ impl Client {
     /// up) until `timeout`.
     pub async fn change_membership(
         &self,
-        change: MemberChange,
+        change: ConfChange,
         timeout: Duration,
     ) -> Result<MemberList> {
         self.at_leader(timeout, |mut admin| {
             let change = change.clone();
             async move {
                 let response = match change {
-                    MemberChange::Add {
+                    ConfChange::Add {
                         id,
                         raft_addr,
                         kv_addr,
@@ -213,12 +200,12 @@ impl Client {
                             })
                             .await?
                     }
-                    MemberChange::Promote(id) => {
+                    ConfChange::Promote(id) => {
                         admin
                             .member_promote(proto::MemberPromoteRequest { id: id.0 })
                             .await?
                     }
-                    MemberChange::Remove(id) => {
+                    ConfChange::Remove(id) => {
                         admin
                             .member_remove(proto::MemberRemoveRequest { id: id.0 })
                             .await?

@@ -14,7 +14,7 @@
 mod admin;
 mod batcher;
 
-pub use admin::{EndpointStatus, MemberChange, MemberList};
+pub use admin::{EndpointStatus, MemberList};
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -20,9 +20,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use lattice::raft::ConfChange;
 use lattice::{
-    Client, ClientConfig, ClientError, MemberChange, MemberList, Node, NodeConfig, NodeId,
-    PeerConfig,
+    Client, ClientConfig, ClientError, MemberList, Node, NodeConfig, NodeId, PeerConfig,
 };
 use serde_json::{json, Value};
 use tracing_subscriber::EnvFilter;
@@ -426,7 +426,7 @@ async fn join_needs_add(
 async fn join(node: &Node, endpoints: &[String], raft_addr: &str, kv_addr: &str) -> Result<()> {
     let id = node.id();
     let timeout = Duration::from_secs(30);
-    let change = MemberChange::Add {
+    let change = ConfChange::Add {
         id,
         raft_addr: raft_addr.to_string(),
         kv_addr: kv_addr.to_string(),
@@ -456,7 +456,7 @@ async fn run_member(command: MemberCommand) -> Result<()> {
             return Ok(());
         }
         MemberCommand::Add(args) => {
-            let change = MemberChange::Add {
+            let change = ConfChange::Add {
                 id: NodeId(nonzero_id(args.id)?),
                 raft_addr: args.raft_addr,
                 kv_addr: args.kv_addr,
@@ -466,11 +466,11 @@ async fn run_member(command: MemberCommand) -> Result<()> {
         }
         MemberCommand::Promote(args) => (
             args.cluster,
-            MemberChange::Promote(NodeId(nonzero_id(args.id)?)),
+            ConfChange::Promote(NodeId(nonzero_id(args.id)?)),
         ),
         MemberCommand::Remove(args) => (
             args.cluster,
-            MemberChange::Remove(NodeId(nonzero_id(args.id)?)),
+            ConfChange::Remove(NodeId(nonzero_id(args.id)?)),
         ),
     };
     let timeout = Duration::from_secs(cluster.timeout_secs);
