@@ -796,6 +796,11 @@ async fn a_node_joins_as_a_learner_is_promoted_and_the_leader_is_removed_under_w
     assert_eq!(new_leader, NodeId(4));
     let members = admin.members(timeout).await?;
     assert_eq!(members.leader, NodeId(4));
+    // A client given the founders learns node 4 from the member list.
+    let mut learner = cluster.client(11);
+    assert_eq!(learner.endpoints().len(), 3);
+    assert_eq!(learner.learn_endpoints(timeout).await?, 4);
+    assert!(learner.endpoints().contains(&cluster.addrs[3].kv.as_str()));
     let (back, _) = admin.move_leader(Some(NodeId(leader)), timeout).await?;
     assert_eq!(back, NodeId(leader));
 

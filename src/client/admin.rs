@@ -172,6 +172,19 @@ impl Client {
         .await
     }
 
+    /// Learns the cluster's endpoints from its member list: every member's
+    /// KV address becomes an endpoint of this client (those it had stay).
+    /// Returns how many endpoints it has now.
+    pub async fn learn_endpoints(&mut self, timeout: Duration) -> Result<usize> {
+        let members = self.members(timeout).await?;
+        for member in members.membership.members.values() {
+            if !member.kv_addr.is_empty() {
+                self.endpoint_index(&member.kv_addr)?;
+            }
+        }
+        Ok(self.endpoints.len())
+    }
+
     /// Makes one membership change at the leader; answers once it is
     /// committed, with the configuration then in force. Retries while the
     /// leader is busy (another change pending, a learner still catching

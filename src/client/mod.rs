@@ -195,6 +195,12 @@ impl Client {
         self.client_id
     }
 
+    /// The endpoints this client knows: those it was given, those leader
+    /// hints pointed to, and those [`Client::learn_endpoints`] learned.
+    pub fn endpoints(&self) -> Vec<&str> {
+        self.endpoints.iter().map(|e| e.addr.as_str()).collect()
+    }
+
     /// The endpoint currently believed to lead.
     pub fn leader(&self) -> Option<&str> {
         self.leader.map(|i| self.endpoints[i].addr.as_str())
