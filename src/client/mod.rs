@@ -325,6 +325,7 @@ impl Client {
             if now >= deadline {
                 break;
             }
+            let is_guess = self.leader.is_none();
             let target = self
                 .leader
                 .unwrap_or(self.next_guess % self.endpoints.len());
@@ -362,7 +363,11 @@ impl Client {
                 Error::Indeterminate(_) => maybe_applied |= is_mutation,
                 _ => {}
             }
-            if !is_hint {
+            // The guesses go round the endpoints; a leader that failed (a
+            // cached one, or a hint) does not move them, so a stale hint
+            // (from a node that was cut off or removed) pointing at a dead
+            // node cannot send the client round the same few endpoints.
+            if is_guess || self.next_guess % self.endpoints.len() == target {
                 self.next_guess = (target + 1) % self.endpoints.len();
             }
             hops_without_backoff += 1;
