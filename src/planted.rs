@@ -84,10 +84,14 @@ pub enum Bug {
     /// A leader counts a learner's acknowledgement toward commit: an entry
     /// held by fewer than a majority of the voters is committed.
     LearnerCountedInCommit,
+    /// A node that a member refuses as removed goes on: one that missed its
+    /// removal (down or cut off when it committed) runs forever with its
+    /// old configuration, campaigning, or leading an old term to itself.
+    RemovedNodeIgnoresRefusal,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 21] = [
+    pub const ALL: [Bug; 22] = [
         Bug::ReadWithoutQuorumRound,
         Bug::ReadBeforeOwnTermCommit,
         Bug::CommitOlderTermByCounting,
@@ -109,6 +113,7 @@ impl Bug {
         Bug::ConfChangeWithoutOwnTermCommit,
         Bug::TwoConfChangesPending,
         Bug::LearnerCountedInCommit,
+        Bug::RemovedNodeIgnoresRefusal,
     ];
 }
 

@@ -84,6 +84,8 @@ pub(crate) enum Input {
     Unreachable { peer: NodeId },
     /// Sending the snapshot to `peer` failed (or was not started).
     SnapshotFailed { peer: NodeId },
+    /// `peer` refused a message because it applied this node's removal.
+    RemovedByPeer { peer: NodeId },
     Propose {
         command: Command,
         reply: oneshot::Sender<Result<Outcome>>,
@@ -132,6 +134,16 @@ pub trait Observer: Send + Sync {
     /// The node handed these entries to its disk, cutting its log at the
     /// first one's index first.
     fn log_written(&self, _node: NodeId, _entries: &[raft::Entry]) {}
+    /// As a leader of `term` it appended these entries, its commit index
+    /// then at `commit`.
+    fn leader_appended(
+        &self,
+        _node: NodeId,
+        _term: Term,
+        _commit: LogIndex,
+        _entries: &[raft::Entry],
+    ) {
+    }
     /// The node's answer granting its vote in `term` to `candidate` left it
     /// (or, with `candidate` the node itself, its RequestVote as a candidate).
     fn vote_granted(&self, _node: NodeId, _term: Term, _candidate: NodeId) {}
@@ -1257,6 +1269,17 @@ impl Driver {
             }
             Input::Unreachable { peer } => self.raft.report_unreachable(peer),
             Input::SnapshotFailed { peer } => self.raft.report_snapshot_failed(peer),
+            Input::RemovedByPeer { peer } => {
+                // It missed its own removal (cut off, or down, when it
+                // committed): a member that applied it says so.
+                if self.removed_ticks.is_none() {
+                    warn!(
+                        peer = peer.0,
+                        "node {peer} says this node was removed from the cluster: it stops shortly"
+                    );
+                    self.removed_ticks = Some(0);
+                }
+            }
             Input::Propose { command, reply } => self.propose(command, reply),
             Input::Read { key, reply } => self.read(key, reply),
             Input::Inspect { reply } => {
@@ -1722,6 +1745,14 @@ impl Driver {
         {
             if let (Some(observer), false) = (&self.observer, ready.entries.is_empty()) {
                 observer.0.log_written(self.raft.id(), &ready.entries);
+                if self.raft.role() == Role::Leader {
+                    observer.0.leader_appended(
+                        self.raft.id(),
+                        self.raft.term(),
+                        self.raft.log().commit(),
+                        &ready.entries,
+                    );
+                }
             }
             self.write_seq_issued += 1;
             let write = disk::Write {

@@ -869,3 +869,42 @@ async fn a_node_joins_as_a_learner_is_promoted_and_the_leader_is_removed_under_w
     }
     Ok(())
 }
+
+/// A node that was down while it was removed (so it never got its removal)
+/// comes back with its old configuration: the leader has given up on it,
+/// and the first member it asks for a vote refuses it as removed. It stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_removed_while_down_stops_once_a_member_refuses_it() -> Result<()> {
+    use lattice::raft::ConfChange;
+    let data = tempfile::tempdir()?;
+    let mut cluster = TestCluster::start(data.path()).await?;
+    let leader = cluster.leader(Duration::from_secs(10)).await?;
+    let mut client = cluster.client(7);
+    put_all(&mut client, "before", 20).await?;
+    let down = (1..=3).find(|&id| id != leader).expect("a follower");
+    cluster.stop_node(down).await;
+
+    let admin = cluster.client(9);
+    let removed = admin
+        .change_membership(ConfChange::Remove(NodeId(down)), Duration::from_secs(10))
+        .await?;
+    assert!(removed.membership.removed.contains(&NodeId(down)));
+    // Ten election timeouts (30 ticks of 10 ms): the leader stops
+    // replicating to it, so it cannot learn its removal from the log.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    put_all(&mut client, "after", 20).await?;
+
+    cluster.start_node(down).await?;
+    assert!(!cluster.nodes[&down].status().is_removed);
+    wait_until(
+        Duration::from_secs(10),
+        || async { usize::from(cluster.nodes[&down].status().is_removed) },
+        |is_removed| is_removed == 1,
+    )
+    .await
+    .context("the removed node stops")?;
+    // It never got the entries written after its removal.
+    assert!(cluster.nodes[&down].status().applied_index < removed.index);
+    cluster.shutdown().await;
+    Ok(())
+}

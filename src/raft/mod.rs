@@ -122,6 +122,10 @@
 //!   leadership to a voter whose log matches its own (`TimeoutNow`), and
 //!   steps down. A removed node stops itself once it applies its removal
 //!   (the driver). A node not in its configuration never campaigns.
+//! - **A removed node that missed its removal** (down or cut off when it
+//!   committed): the leader replicates to it, so that it learns, for ten
+//!   election timeouts at most; after that it learns from the first member
+//!   it talks to, which refuses it (the transport), and stops.
 
 mod log;
 mod membership;

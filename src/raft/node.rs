@@ -178,6 +178,10 @@ pub struct Ready {
     pub reads_dropped: Vec<u64>,
 }
 
+/// How many (longest) election timeouts a leader keeps replicating to a
+/// removed node that has not caught up with its removal.
+pub(super) const LEAVING_TICKS_ELECTIONS: u32 = 10;
+
 /// One Raft node's consensus state. See the module documentation.
 #[derive(Clone)]
 pub struct Raft {
@@ -223,6 +227,12 @@ pub struct Raft {
     /// Leader: the follower leadership is being handed to. No proposals are
     /// taken meanwhile; it aborts after an election timeout.
     transfer_target: Option<NodeId>,
+    /// A leader's ticks since the configuration in force changed (at
+    /// `leaving_index`): a removed node that has not caught up with its
+    /// removal by `LEAVING_TICKS_ELECTIONS` election timeouts (it is down,
+    /// or cut off) is no longer replicated to.
+    leaving_ticks: u32,
+    leaving_index: LogIndex,
     transfer_elapsed_ticks: u32,
 }
 
@@ -314,6 +324,8 @@ impl Raft {
             hard_state_handed: durable_hard_state,
             transfer_target: None,
             transfer_elapsed_ticks: 0,
+            leaving_ticks: 0,
+            leaving_index: LogIndex(0),
             config,
         };
         assert!(
@@ -497,6 +509,11 @@ impl Raft {
     /// voters in force count.
     fn configuration_changed(&mut self) {
         let id = self.config.id;
+        if self.leaving_index != self.membership_index() {
+            self.leaving_index = self.membership_index();
+            self.leaving_ticks = 0;
+        }
+        let is_leaving_expired = self.leaving_ticks >= self.leaving_ticks_max();
         let committed = self.membership_at(self.log.commit());
         let mut peers: Vec<NodeId> = self
             .membership()
@@ -520,6 +537,13 @@ impl Raft {
                     // Its last message: it holds the removal, and this says
                     // the removal committed.
                     self.send_heartbeat(peer);
+                } else if is_leaving_expired {
+                    // It learns of its removal from the first member it
+                    // talks to (which refuses it), or never talks again.
+                    warn!(
+                        peer = peer.0,
+                        "a removed node did not catch up with its removal: no longer replicating to it"
+                    );
                 } else {
                     peers.push(peer);
                 }
@@ -544,6 +568,10 @@ impl Raft {
                 }
             }
         }
+    }
+
+    fn leaving_ticks_max(&self) -> u32 {
+        LEAVING_TICKS_ELECTIONS * self.config.election_timeout_ticks_max
     }
 
     fn reset_election_timer(&mut self) {
@@ -574,6 +602,10 @@ impl Raft {
                         self.transfer_target = None;
                     }
                 }
+                self.leaving_ticks = self.leaving_ticks.saturating_add(1);
+                if self.leaving_ticks == self.leaving_ticks_max() {
+                    self.configuration_changed();
+                }
                 // The leader's election timer counts toward its CheckQuorum.
                 self.election_elapsed_ticks += 1;
                 if self.election_elapsed_ticks >= self.config.election_timeout_ticks_min {
@@ -588,6 +620,9 @@ impl Raft {
                     // never campaigns.
                     self.role = Role::Follower;
                     self.reset_election_timer();
+                    if self.membership().removed.contains(&self.config.id) {
+                        self.probe_removal();
+                    }
                     return;
                 }
                 if self.election_elapsed_ticks >= self.election_timeout_ticks {
@@ -688,6 +723,39 @@ impl Raft {
             return;
         }
         self.request_votes(self.term, false, transfer);
+    }
+
+    /// A node whose log removes it heard no leader for an election
+    /// timeout: it may have missed that its removal committed (the leader
+    /// that told it gave up, or a new one does not know it). It asks the
+    /// members for a pre-vote it never uses (it stays a follower, and a
+    /// pre-vote binds nobody): a member that applied the removal refuses it
+    /// as removed, and it stops (the transport and the driver); one that
+    /// did not answers as to any pre-vote.
+    fn probe_removal(&mut self) {
+        let request = RequestVote {
+            term: Term(self.term.0.saturating_add(1)),
+            candidate: self.config.id,
+            last_log_index: self.log.last_index(),
+            last_log_term: self.log.last_term(),
+            pre_vote: true,
+            transfer: false,
+        };
+        let members: Vec<NodeId> = self
+            .membership()
+            .members
+            .keys()
+            .copied()
+            .filter(|&m| m != self.config.id)
+            .collect();
+        debug!(
+            ?members,
+            "removed by the configuration in force: asking whether that committed"
+        );
+        for member in members {
+            self.messages
+                .push((member, Message::RequestVote(request.clone())));
+        }
     }
 
     fn request_votes(&mut self, term: Term, pre_vote: bool, transfer: bool) {

@@ -2276,3 +2276,61 @@ fn a_removed_follower_hears_of_its_removal() {
         "nothing more for node 3"
     );
 }
+
+#[test]
+fn a_leader_gives_up_on_a_removed_node_that_never_catches_up() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.isolate(3);
+    let at = c.change(1, ConfChange::Remove(NodeId(3))).expect("removed");
+    c.heartbeat(1);
+    assert!(c.node(1).log().commit() >= at);
+    assert!(
+        c.node(1).peers().contains(&NodeId(3)),
+        "still replicated to, so that it learns of its removal"
+    );
+    let timeouts =
+        super::node::LEAVING_TICKS_ELECTIONS * c.node(1).config().election_timeout_ticks_max;
+    for _ in 0..timeouts {
+        c.node_mut(1).tick();
+        c.deliver_all();
+    }
+    assert_eq!(c.node(1).role(), Role::Leader);
+    assert_eq!(
+        c.node(1).peers(),
+        [NodeId(2)],
+        "given up after ten election timeouts"
+    );
+}
+
+#[test]
+fn a_node_its_log_removes_asks_the_members_and_never_campaigns() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.change(1, ConfChange::Remove(NodeId(3))).expect("removed");
+    c.heartbeat(1);
+    c.queue.clear();
+    let term = c.node(3).term();
+    // No leader heard for an election timeout (the leader no longer talks
+    // to it): it asks the members, as a pre-vote it will not use.
+    for _ in 0..=c.node(3).config().election_timeout_ticks_max {
+        c.node_mut(3).tick();
+    }
+    c.process(NodeId(3));
+    let asked: Vec<NodeId> = c
+        .queue
+        .iter()
+        .filter_map(|e| match e {
+            Envelope::Request(from, to, Message::RequestVote(r)) if from.0 == 3 => {
+                assert!(r.pre_vote, "only ever a pre-vote: {r:?}");
+                Some(*to)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(asked, [NodeId(1), NodeId(2)]);
+    c.deliver_all();
+    assert_eq!(c.node(3).role(), Role::Follower, "it never campaigns");
+    assert_eq!(c.node(3).term(), term);
+    assert_eq!(c.node(1).role(), Role::Leader, "nobody is disturbed");
+}

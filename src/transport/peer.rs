@@ -21,6 +21,7 @@ use tracing::{info, warn, Instrument, Span};
 
 use super::convert::*;
 use super::service::RAFT_MESSAGE_BYTES_MAX;
+use crate::planted::{is_planted, Bug};
 use crate::proto::raft_client::RaftClient;
 use crate::proto::{self};
 use crate::raft::{InstallSnapshot, Message, NodeId};
@@ -80,6 +81,7 @@ pub(crate) fn spawn(
         stream_backoff: Backoff::default(),
         votes_backoff: Backoff::default(),
         is_down: false,
+        is_removed: false,
     };
     let task = tokio::spawn(sender_task.run(queue, shutdown).instrument(span));
     (sender, task)
@@ -148,6 +150,8 @@ struct PeerSender {
     votes_backoff: Backoff,
     /// Logged once per outage.
     is_down: bool,
+    /// The peer refused a message because it applied this node's removal.
+    is_removed: bool,
 }
 
 impl PeerSender {
@@ -205,6 +209,7 @@ impl PeerSender {
                     input
                 }
                 Event::Snapshot(Ok(Err(status))) => {
+                    self.check_removed(&status);
                     warn!(
                         peer = self.peer.id.0,
                         "sending the snapshot failed: {}",
@@ -303,6 +308,24 @@ impl PeerSender {
             if self.inbox.send(input).await.is_err() {
                 return;
             }
+            if std::mem::take(&mut self.is_removed) {
+                let removed = Input::RemovedByPeer { peer: self.peer.id };
+                if self.inbox.send(removed).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Notes a refusal that says this node was removed from the cluster
+    /// (the peer applied the committed configuration that removed it, and
+    /// ids are never reused): the node then stops, as etcd's does.
+    fn check_removed(&mut self, status: &Status) {
+        if status.code() == tonic::Code::PermissionDenied
+            && status.message() == removed_message(self.id)
+            && !is_planted(Bug::RemovedNodeIgnoresRefusal)
+        {
+            self.is_removed = true;
         }
     }
 
@@ -380,6 +403,7 @@ impl PeerSender {
     }
 
     fn mark_down(&mut self, status: &Status) {
+        self.check_removed(status);
         if !self.is_down {
             warn!(
                 peer = self.peer.id.0,
@@ -522,4 +546,10 @@ fn check_sender(expected: NodeId, actual: u64) -> Result<(), Status> {
         )));
     }
     Ok(())
+}
+
+/// How a node refuses a message from a node whose removal it applied; the
+/// sender recognises it (`PermissionDenied` with this message) and stops.
+pub(crate) fn removed_message(node: NodeId) -> String {
+    format!("node {node} was removed from the cluster")
 }

@@ -262,8 +262,8 @@ impl RaftService {
                 from,
                 "Raft message from a node removed from the cluster: rejected"
             );
-            return Err(Status::permission_denied(format!(
-                "node {from} was removed from the cluster"
+            return Err(Status::permission_denied(super::peer::removed_message(
+                NodeId(from),
             )));
         }
         if to != self.id.0 {
