@@ -35,3 +35,16 @@ leader_and_term() {
     "$lattice" status --endpoints "$1" --timeout-secs 2 2>/dev/null \
         | awk '$3 == "leader" { print $4, $2 }' | sort -n | tail -1 | awk '{ print $2, $1 }'
 }
+
+# Waits for the workload (pid $1; its log in $out/workload.log), prints its
+# summary, and checks $out/history.jsonl for linearizability: the checker's
+# report goes to $out/checker.txt and its exit code to $verdict (0: yes).
+finish_workload() {
+    wait "$1" || die "the workload failed: $(tail -5 "$out/workload.log")"
+    cat "$out/workload.log"
+    set +e
+    "$checker" "$out/history.jsonl" > "$out/checker.txt" 2>&1
+    verdict=$?
+    set -e
+    tail -3 "$out/checker.txt"
+}

@@ -66,13 +66,7 @@ voters=$(awk '$2 == "voter" { print $1 }' "$out/members.txt" | sort -n | tr '\n'
 [ "$voters" = "2 3 4 " ] || die "the voters are '$voters', not 2 3 4"
 grep -q "^removed (ids never reused): 1$" "$out/members.txt" || die "node 1 is not listed as removed"
 
-wait "$workload" || die "the workload failed: $(tail -5 "$out/workload.log")"
-cat "$out/workload.log"
-set +e
-"$checker" "$out/history.jsonl" > "$out/checker.txt" 2>&1
-verdict=$?
-set -e
-tail -3 "$out/checker.txt"
+finish_workload "$workload"
 [ "$verdict" -eq 0 ] || die "the history is not linearizable (see $out/checker.txt)"
 # Operations that succeeded after node 1 was removed, by the new configuration.
 after=$(grep '"type":"ok"' "$out/history.jsonl" | grep -o '"time":[0-9]*' | cut -d: -f2 \

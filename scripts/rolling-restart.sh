@@ -59,14 +59,7 @@ for node in $order; do
     echo "node $node: SIGTERM to exit $(( (stopped - start) / 1000000 )) ms; leader before $before, after ${after:-none}"
     sleep "$settle"
 done
-wait "$workload" || die "the workload failed: $(tail -5 "$out/workload.log")"
-cat "$out/workload.log"
-
-set +e
-"$checker" "$out/history.jsonl" > "$out/checker.txt" 2>&1
-verdict=$?
-set -e
-tail -3 "$out/checker.txt"
+finish_workload "$workload"
 
 # A compare-and-swap that did not swap is recorded as a definite "fail":
 # the cluster answered it. Any other fail is an operation that failed.

@@ -703,6 +703,11 @@ async fn run_workload(args: WorkloadArgs) -> Result<()> {
                 config,
                 Arc::new(lattice::transport::TcpTransport),
             )?;
+            if pin.is_none() {
+                // Every member, also those added since the endpoints were
+                // written down (best effort: hints lead there anyway).
+                let _ = client.learn_endpoints(Duration::from_secs(2)).await;
+            }
             let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (index + 1);
             let mut random = move |n: u64| {
                 state ^= state << 13;
