@@ -12,7 +12,7 @@ use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lattice::raft::{Entry, HardState, LogIndex, NodeId, Role, SnapshotMeta, Term};
+use lattice::raft::{Entry, HardState, LogIndex, Membership, NodeId, Role, SnapshotMeta, Term};
 use lattice::server::{ChaosVerdict, MessageChaos, Observer, PeerMessage};
 use lattice::storage::{resume_log, MemSnapshots, Recovered, SnapshotFile, SnapshotStore, Storage};
 use lattice::transport::{BoxFuture, Connection, Listener, Transport};
@@ -345,8 +345,17 @@ pub struct WhiteBox {
     pub applies: u64,
     /// Reads checked by the read oracle.
     pub reads_checked: u64,
-    /// How many votes a leader needs.
-    pub quorum: usize,
+    /// The voters every node starts with (the bootstrap configuration).
+    pub initial: Membership,
+    /// Per node: the configuration entries of its log, by index (as for
+    /// `logs`: below a snapshot, the committed ones). A node's
+    /// configuration is its last one (or `initial`).
+    pub configs: BTreeMap<NodeId, BTreeMap<LogIndex, Membership>>,
+    /// The configuration entries applied, by index: the committed history.
+    pub committed_configs: BTreeMap<LogIndex, Membership>,
+    /// Committed changes: members added (as learners, as voters),
+    /// learners promoted, voters removed, learners removed.
+    pub config_changes: [u64; 5],
     /// (term, candidate) -> the nodes whose granting answers left them.
     pub votes: BTreeMap<(Term, NodeId), std::collections::BTreeSet<NodeId>>,
     /// (node, term) -> whom its vote (granted, or its own as a candidate)
@@ -382,12 +391,24 @@ impl WhiteBox {
         self.violations.push(message);
     }
 
+    /// The configuration node `node` is in: the last of its log.
+    pub fn config_of(&self, node: NodeId) -> &Membership {
+        self.configs
+            .get(&node)
+            .and_then(|configs| configs.last_key_value())
+            .map_or(&self.initial, |(_, config)| config)
+    }
+
     /// Leader completeness, as a state invariant: no node that lacks the
     /// newest committed entry could win an election, that is, fewer than a
-    /// quorum of nodes (itself included) have logs no more up to date than
-    /// its own. True in every state of correct Raft (the committed entry is
-    /// on a majority, each of which refuses such a candidate), so a bad
-    /// commit is caught when it happens, not only once a leader loses it.
+    /// quorum of the voters of its own configuration (itself included)
+    /// have logs no more up to date than its own. True in every state of
+    /// correct Raft (the committed entry is on a majority of a configuration
+    /// in force, each of which refuses such a candidate, and single-server
+    /// changes keep the majorities of consecutive configurations
+    /// overlapping), so a bad commit is caught when it happens, not only
+    /// once a leader loses it. Learners, removed and joining nodes do not
+    /// campaign.
     fn check_leader_completeness(&mut self) {
         let Some((&index, &(term, _))) = self.applied.last_key_value() else {
             return;
@@ -399,15 +420,18 @@ impl WhiteBox {
             if log.get(position) == Some(&term) {
                 continue;
             }
-            let voters: Vec<NodeId> = self
-                .logs
-                .iter()
-                .filter(|(_, other)| last(other) <= last(log))
-                .map(|(voter, _)| *voter)
+            let config = self.config_of(*node);
+            if !config.is_voter(*node) {
+                continue;
+            }
+            let empty = Vec::new();
+            let voters: Vec<NodeId> = config
+                .voters()
+                .filter(|voter| last(self.logs.get(voter).unwrap_or(&empty)) <= last(log))
                 .collect();
-            if voters.len() >= self.quorum {
+            if voters.len() >= config.quorum() {
                 found = Some(format!(
-                    "leader completeness: node {node} lacks committed entry {index} (term {term}), yet nodes {voters:?} would vote for it"
+                    "leader completeness: node {node} lacks committed entry {index} (term {term}), yet nodes {voters:?} of its configuration would vote for it"
                 ));
                 break;
             }
@@ -447,9 +471,118 @@ impl WhiteBox {
 
     fn write_log(&mut self, node: NodeId, entries: &[Entry]) {
         let log = self.logs.entry(node).or_default();
-        if let Some(first) = entries.first() {
-            log.truncate((first.index.0 - 1) as usize);
-            log.extend(entries.iter().map(|e| e.term));
+        let Some(first) = entries.first() else {
+            return;
+        };
+        log.truncate((first.index.0 - 1) as usize);
+        log.extend(entries.iter().map(|e| e.term));
+        let mut configs = self.configs.remove(&node).unwrap_or_default();
+        configs.split_off(&first.index);
+        for entry in entries {
+            match entry.membership() {
+                Some(Ok(config)) => {
+                    let before = configs
+                        .last_key_value()
+                        .map_or(&self.initial, |(_, c)| c)
+                        .clone();
+                    self.check_one_change(&before, &config, || {
+                        format!("node {node}'s log at {}", entry.index)
+                    });
+                    configs.insert(entry.index, config);
+                }
+                Some(Err(e)) => self.violate(format!(
+                    "configuration: node {node} wrote an undecodable configuration entry at {}: {e}",
+                    entry.index
+                )),
+                None => {}
+            }
+        }
+        self.configs.insert(node, configs);
+    }
+
+    /// No two disjoint majorities: a configuration differs from the one
+    /// before it by one voter at most (single-server changes), so every
+    /// majority of one meets every majority of the other.
+    fn check_one_change(
+        &mut self,
+        before: &Membership,
+        after: &Membership,
+        at: impl Fn() -> String,
+    ) {
+        let old: std::collections::BTreeSet<NodeId> = before.voters().collect();
+        let new: std::collections::BTreeSet<NodeId> = after.voters().collect();
+        let changed = old.symmetric_difference(&new).count();
+        if changed > 1 {
+            let message = format!(
+                "configuration: {} changes {changed} voters at once ({old:?} -> {new:?}): their majorities may be disjoint",
+                at()
+            );
+            self.violate(message);
+        }
+    }
+
+    /// After a snapshot at `index` (installed or recovered), a node's
+    /// configurations up to it are the committed ones.
+    fn reset_configs(&mut self, node: NodeId, index: LogIndex) {
+        let committed: BTreeMap<LogIndex, Membership> = self
+            .committed_configs
+            .range(..=index)
+            .map(|(i, c)| (*i, c.clone()))
+            .collect();
+        self.configs.insert(node, committed);
+    }
+
+    /// A node applied the configuration entry at `index`: the committed
+    /// history gains it, one voter from the previous one at most, and the
+    /// node's own history up to it (from its log) is exactly the committed
+    /// one (every node's configurations are a prefix of one history).
+    fn config_applied(&mut self, node: NodeId, index: LogIndex, config: Membership) {
+        if !self.committed_configs.contains_key(&index) {
+            let before = self
+                .committed_configs
+                .range(..index)
+                .next_back()
+                .map_or(&self.initial, |(_, c)| c)
+                .clone();
+            self.check_one_change(&before, &config, || {
+                format!("the committed configuration at {index}")
+            });
+            for (id, member) in &config.members {
+                match before.members.get(id) {
+                    None if member.is_learner => self.config_changes[0] += 1,
+                    None => self.config_changes[1] += 1,
+                    Some(old) if old.is_learner && !member.is_learner => {
+                        self.config_changes[2] += 1
+                    }
+                    Some(_) => {}
+                }
+            }
+            for (id, member) in &before.members {
+                if !config.members.contains_key(id) {
+                    self.config_changes[if member.is_learner { 4 } else { 3 }] += 1;
+                }
+            }
+            self.committed_configs.insert(index, config);
+        }
+        let own: Vec<(LogIndex, Vec<NodeId>)> = self
+            .configs
+            .get(&node)
+            .into_iter()
+            .flat_map(|c| c.range(..=index))
+            .map(|(i, c)| (*i, c.voters().collect()))
+            .collect();
+        let committed: Vec<(LogIndex, Vec<NodeId>)> = self
+            .committed_configs
+            .range(..=index)
+            .map(|(i, c)| (*i, c.voters().collect()))
+            .collect();
+        // A node that installed a snapshot holds the committed history
+        // below it; a node restarted from a snapshot too.
+        if own != committed {
+            let message = format!(
+                "configuration: node {node} applied the configuration at {index} with the history {own:?} in its log; the committed history is {committed:?}"
+            );
+            self.violate(message);
         }
     }
 }
@@ -463,6 +596,9 @@ impl Observer for WhiteBoxObserver {
         let mut w = self.0.lock().expect("white box");
         w.applies += 1;
         w.state_at.insert(node, entry.index);
+        if let Some(Ok(config)) = entry.membership() {
+            w.config_applied(node, entry.index, config);
+        }
         let seen = (entry.term, crc(&entry.data));
         match w.applied.get(&entry.index) {
             Some(&first) if first != seen => {
@@ -484,6 +620,7 @@ impl Observer for WhiteBoxObserver {
         let mut w = self.0.lock().expect("white box");
         let committed = w.committed_terms(snapshot.index);
         w.logs.insert(node, committed);
+        w.reset_configs(node, snapshot.index);
         w.state_at.insert(node, snapshot.index);
         w.write_log(node, entries);
         w.check_leader_completeness();
@@ -523,8 +660,16 @@ impl Observer for WhiteBoxObserver {
         let position = (meta.index.0 - 1) as usize;
         if log.get(position) == Some(&meta.term) {
             log[..=position].copy_from_slice(&committed);
+            let after = w
+                .configs
+                .get_mut(&node)
+                .map(|c| c.split_off(&LogIndex(meta.index.0 + 1)))
+                .unwrap_or_default();
+            w.reset_configs(node, meta.index);
+            w.configs.entry(node).or_default().extend(after);
         } else {
             *log = committed;
+            w.reset_configs(node, meta.index);
         }
         w.check_leader_completeness();
     }
@@ -539,6 +684,48 @@ impl Observer for WhiteBoxObserver {
         let mut w = self.0.lock().expect("white box");
         w.write_log(node, entries);
         w.check_leader_completeness();
+    }
+
+    /// The rules of single-server changes, as a leader appends: one
+    /// change at a time, a configuration only once the one before it in
+    /// its log is committed (two pending ones may together change two
+    /// voters, and majorities of the committed configuration and of the
+    /// newest one may not meet); and only after an entry of its own term
+    /// committed.
+    fn leader_appended(&self, node: NodeId, term: Term, commit: LogIndex, entries: &[Entry]) {
+        let mut w = self.0.lock().expect("white box");
+        for entry in entries.iter().filter(|e| e.term == term) {
+            if entry.membership().is_none() {
+                continue;
+            }
+            let before = w
+                .configs
+                .get(&node)
+                .and_then(|c| c.range(..entry.index).next_back())
+                .map_or(LogIndex(0), |(i, _)| *i);
+            // Ongaro's 2015 fix: and only once an entry of its own term
+            // is committed (else a configuration appended by a deposed
+            // leader, never committed, may combine with this one).
+            let commit_term = w
+                .logs
+                .get(&node)
+                .and_then(|log| log.get((commit.0 as usize).checked_sub(1)?))
+                .copied();
+            if commit_term != Some(term) {
+                let message = format!(
+                    "configuration: leader {node} of term {term} appended a configuration at {} before committing an entry of its term (its commit index {commit} is of term {commit_term:?})",
+                    entry.index
+                );
+                w.violate(message);
+            }
+            if before > commit {
+                let message = format!(
+                    "configuration: leader {node} of term {term} appended a configuration at {} while the one at {before} was not committed (its commit index {commit}): two changes pending",
+                    entry.index
+                );
+                w.violate(message);
+            }
+        }
     }
 
     fn vote_granted(&self, node: NodeId, term: Term, candidate: NodeId) {
@@ -597,13 +784,16 @@ impl Observer for WhiteBoxObserver {
             w.term_rises.push((now(), term));
         }
         if role == Role::Leader {
-            // A leader holds a quorum of votes of its term, its own included.
+            // A leader holds a quorum of the votes of its term from the
+            // voters of its configuration, its own included.
+            let config = w.config_of(node).clone();
             let mut voters = w.votes.get(&(term, node)).cloned().unwrap_or_default();
             voters.insert(node);
-            if voters.len() < w.quorum {
+            voters.retain(|v| config.is_voter(*v));
+            if !config.is_voter(node) || voters.len() < config.quorum() {
                 let message = format!(
-                    "election: node {node} leads term {term} with the votes of {voters:?} only (a quorum is {})",
-                    w.quorum
+                    "election: node {node} leads term {term} with the votes of {voters:?} only (its configuration's voters are {:?})",
+                    config.voters().collect::<Vec<_>>()
                 );
                 w.violate(message);
             }
@@ -624,11 +814,36 @@ impl Observer for WhiteBoxObserver {
 }
 
 impl WhiteBoxObserver {
-    /// An observer of a cluster of `voters` nodes.
-    pub fn new(voters: usize) -> WhiteBoxObserver {
+    /// An observer of a cluster that starts with these voters.
+    pub fn new(voters: &[NodeId]) -> WhiteBoxObserver {
         let observer = WhiteBoxObserver::default();
-        observer.0.lock().expect("white box").quorum = voters / 2 + 1;
+        observer.0.lock().expect("white box").initial = Membership::bootstrap(voters);
         observer
+    }
+
+    /// The members (voters and learners) of the newest committed
+    /// configuration.
+    pub fn members(&self) -> Vec<NodeId> {
+        let w = self.0.lock().expect("white box");
+        let config = w
+            .committed_configs
+            .last_key_value()
+            .map_or(&w.initial, |(_, c)| c);
+        config.members.keys().copied().collect()
+    }
+
+    /// The newest committed configuration's (index, voters, learners).
+    pub fn committed_config(&self) -> (LogIndex, Vec<NodeId>, Vec<NodeId>) {
+        let w = self.0.lock().expect("white box");
+        let (index, config) = w
+            .committed_configs
+            .last_key_value()
+            .map_or((LogIndex(0), &w.initial), |(i, c)| (*i, c));
+        (
+            index,
+            config.voters().collect(),
+            config.learners().collect(),
+        )
     }
 
     /// The highest index committed anywhere so far.
