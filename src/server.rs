@@ -1425,6 +1425,25 @@ impl Driver {
     /// The Raft service stops hearing a node once its removal is applied
     /// here (not when it is only in the log: a leader whose removal is not
     /// committed yet still leads, and its last messages carry the commit).
+    /// The applied configuration changed (an entry at `index`, or a
+    /// snapshot there): the Raft service refuses the removed nodes, and a
+    /// node that finds itself removed stops shortly.
+    fn membership_applied(&mut self, index: LogIndex) {
+        self.update_removed_senders();
+        if self.removed_ticks.is_none()
+            && self
+                .kv
+                .membership()
+                .is_some_and(|m| m.removed.contains(&self.raft.id()))
+        {
+            warn!(
+                index = index.0,
+                "this node was removed from the cluster (configuration applied at index {index}): it stops shortly"
+            );
+            self.removed_ticks = Some(0);
+        }
+    }
+
     fn update_removed_senders(&self) {
         if let Some(applied) = self.kv.membership() {
             self.removed_senders.send_if_modified(|removed| {
@@ -1594,6 +1613,7 @@ impl Driver {
                 }
             }
             self.kv = kv;
+            self.membership_applied(meta.index);
             self.snapshot_base = meta.index;
             self.bytes_since_snapshot = 0;
             self.snapshots_installed += 1;
@@ -1802,20 +1822,7 @@ impl Driver {
                 let _ = waiter.reply.send(answer);
             }
             if entry.membership().is_some() {
-                self.update_removed_senders();
-            }
-            if self.removed_ticks.is_none()
-                && self
-                    .kv
-                    .membership()
-                    .is_some_and(|m| m.removed.contains(&self.raft.id()))
-            {
-                warn!(
-                    index = entry.index.0,
-                    "this node was removed from the cluster (configuration at index {}): it stops shortly",
-                    entry.index
-                );
-                self.removed_ticks = Some(0);
+                self.membership_applied(entry.index);
             }
             if let Some(proposal) = self.proposals.remove(&entry.index) {
                 let answer = if proposal.term == entry.term {

@@ -1157,20 +1157,31 @@ fn run_seed_planted(seed: u64, variant: Variant) -> SeedRun {
         }
     }
 
-    // Removed nodes stop: every voter a committed configuration removed
+    // Removed nodes stop: every member a committed configuration removed
     // has stopped by the end, 10 s after the heal (one that missed its
     // removal learns it from the first member it asks for a vote, which
-    // refuses it). A removed learner that missed its removal never asks
-    // anyone anything: not asserted.
+    // refuses it). Not asserted: a spare removed before it learned any
+    // configuration (it knows nobody to ask).
     if !is_cut_short {
         let mut before = &white_box.initial;
         for (index, config) in &white_box.committed_configs {
-            for id in before.voters().filter(|v| !config.contains(*v)) {
-                if !actions.removed[&id.0].load(Ordering::Relaxed) {
+            for (&id, member) in before
+                .members
+                .iter()
+                .filter(|(id, _)| !config.contains(**id))
+            {
+                let knew_members =
+                    white_box.configs.get(&id).is_some_and(|c| !c.is_empty()) || id.0 <= FOUNDERS;
+                if knew_members && !actions.removed[&id.0].load(Ordering::Relaxed) {
+                    let what = if member.is_learner {
+                        "learner"
+                    } else {
+                        "voter"
+                    };
                     is_liveness_violated = true;
                     detected_at.get_or_insert(WORKLOAD_END);
                     failures.push(format!(
-                        "liveness: node {id}, a voter removed by the configuration at {index}, was still running at the end"
+                        "liveness: node {id}, a {what} removed by the configuration at {index}, was still running at the end"
                     ));
                 }
             }

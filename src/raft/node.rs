@@ -620,9 +620,7 @@ impl Raft {
                     // never campaigns.
                     self.role = Role::Follower;
                     self.reset_election_timer();
-                    if self.membership().removed.contains(&self.config.id) {
-                        self.probe_removal();
-                    }
+                    self.probe_removal();
                     return;
                 }
                 if self.election_elapsed_ticks >= self.election_timeout_ticks {
@@ -725,13 +723,14 @@ impl Raft {
         self.request_votes(self.term, false, transfer);
     }
 
-    /// A node whose log removes it heard no leader for an election
-    /// timeout: it may have missed that its removal committed (the leader
-    /// that told it gave up, or a new one does not know it). It asks the
-    /// members for a pre-vote it never uses (it stays a follower, and a
-    /// pre-vote binds nobody): a member that applied the removal refuses it
-    /// as removed, and it stops (the transport and the driver); one that
-    /// did not answers as to any pre-vote.
+    /// A node that is no voter (a learner, or one its log removes) heard no
+    /// leader for an election timeout: it may have been removed without
+    /// learning it (the leader that was telling it gave up, or a new one
+    /// does not know it). It asks the members of its configuration for a
+    /// pre-vote it never uses (it stays a follower, and a pre-vote binds
+    /// nobody): a member that applied its removal refuses it as removed,
+    /// and it stops (the transport and the driver); one that did not
+    /// answers as to any pre-vote. A joining node knows no members yet.
     fn probe_removal(&mut self) {
         let request = RequestVote {
             term: Term(self.term.0.saturating_add(1)),
@@ -750,7 +749,7 @@ impl Raft {
             .collect();
         debug!(
             ?members,
-            "removed by the configuration in force: asking whether that committed"
+            "no voter and no leader heard: asking the members whether this node was removed"
         );
         for member in members {
             self.messages
@@ -802,6 +801,7 @@ impl Raft {
         self.role = Role::Leader;
         self.leader = Some(self.config.id);
         self.heartbeat_elapsed_ticks = 0;
+        self.leaving_ticks = 0;
         self.election_elapsed_ticks = 0;
         let next = self.log.last_index().next();
         let inflight_max = self.config.inflight_appends_max;
