@@ -1269,16 +1269,10 @@ impl Driver {
             }
             Input::Unreachable { peer } => self.raft.report_unreachable(peer),
             Input::SnapshotFailed { peer } => self.raft.report_snapshot_failed(peer),
+            // It missed its own removal (cut off, or down, when it
+            // committed): a member that applied it says so.
             Input::RemovedByPeer { peer } => {
-                // It missed its own removal (cut off, or down, when it
-                // committed): a member that applied it says so.
-                if self.removed_ticks.is_none() {
-                    warn!(
-                        peer = peer.0,
-                        "node {peer} says this node was removed from the cluster: it stops shortly"
-                    );
-                    self.removed_ticks = Some(0);
-                }
+                self.stop_as_removed(format_args!("node {peer} refused it as removed"))
             }
             Input::Propose { command, reply } => self.propose(command, reply),
             Input::Read { key, reply } => self.read(key, reply),
@@ -1422,28 +1416,32 @@ impl Driver {
         }
     }
 
-    /// The Raft service stops hearing a node once its removal is applied
-    /// here (not when it is only in the log: a leader whose removal is not
-    /// committed yet still leads, and its last messages carry the commit).
     /// The applied configuration changed (an entry at `index`, or a
     /// snapshot there): the Raft service refuses the removed nodes, and a
     /// node that finds itself removed stops shortly.
     fn membership_applied(&mut self, index: LogIndex) {
         self.update_removed_senders();
-        if self.removed_ticks.is_none()
-            && self
-                .kv
-                .membership()
-                .is_some_and(|m| m.removed.contains(&self.raft.id()))
+        if self
+            .kv
+            .membership()
+            .is_some_and(|m| m.removed.contains(&self.raft.id()))
         {
-            warn!(
-                index = index.0,
-                "this node was removed from the cluster (configuration applied at index {index}): it stops shortly"
-            );
+            self.stop_as_removed(format_args!("configuration applied at index {index}"));
+        }
+    }
+
+    /// This node was removed from the cluster: it stops after
+    /// `REMOVED_STOP_TICKS`, once its last messages left (see the tick).
+    fn stop_as_removed(&mut self, how: std::fmt::Arguments<'_>) {
+        if self.removed_ticks.is_none() {
+            warn!("this node was removed from the cluster ({how}): it stops shortly");
             self.removed_ticks = Some(0);
         }
     }
 
+    /// The Raft service stops hearing a node once its removal is applied
+    /// here (not when it is only in the log: a leader whose removal is not
+    /// committed yet still leads, and its last messages carry the commit).
     fn update_removed_senders(&self) {
         if let Some(applied) = self.kv.membership() {
             self.removed_senders.send_if_modified(|removed| {

@@ -370,14 +370,19 @@ enum QuickChange {
 impl QuickChange {
     fn conf_change(self) -> ConfChange {
         match self {
-            QuickChange::AddLearner(id) => ConfChange::Add {
-                id: NodeId(id),
-                raft_addr: format!("{}:{RAFT_PORT}", host(id)),
-                kv_addr: kv_endpoint(id),
-                is_learner: true,
-            },
+            QuickChange::AddLearner(id) => add_change(id, true),
             QuickChange::Remove(id) => ConfChange::Remove(NodeId(id)),
         }
+    }
+}
+
+/// Adding machine `id` (`lattice member add`), as a learner or a voter.
+fn add_change(id: u64, is_learner: bool) -> ConfChange {
+    ConfChange::Add {
+        id: NodeId(id),
+        raft_addr: format!("{}:{RAFT_PORT}", host(id)),
+        kv_addr: kv_endpoint(id),
+        is_learner,
     }
 }
 
@@ -1291,12 +1296,6 @@ async fn operator(seed: u64, faults: Vec<ScheduledFault>) -> turmoil::Result {
             let spare = (FOUNDERS + 1..=POOL)
                 .map(NodeId)
                 .find(|id| !membership.contains(*id) && !membership.removed.contains(id));
-            let add = |id: NodeId, is_learner| ConfChange::Add {
-                id,
-                raft_addr: format!("{}:{RAFT_PORT}", host(id.0)),
-                kv_addr: kv_endpoint(id.0),
-                is_learner,
-            };
             // (weight, change)
             let mut options: Vec<(u32, ConfChange)> = Vec::new();
             if let Some(&learner) = learners.first() {
@@ -1305,9 +1304,9 @@ async fn operator(seed: u64, faults: Vec<ScheduledFault>) -> turmoil::Result {
                 }
                 options.push((1, ConfChange::Remove(learner)));
             } else if let Some(spare) = spare {
-                options.push((4, add(spare, true)));
+                options.push((4, add_change(spare.0, true)));
                 if voters.len() < VOTERS_MAX {
-                    options.push((1, add(spare, false)));
+                    options.push((1, add_change(spare.0, false)));
                 }
             }
             if voters.len() > VOTERS_MIN {

@@ -732,14 +732,7 @@ impl Raft {
     /// and it stops (the transport and the driver); one that did not
     /// answers as to any pre-vote. A joining node knows no members yet.
     fn probe_removal(&mut self) {
-        let request = RequestVote {
-            term: Term(self.term.0.saturating_add(1)),
-            candidate: self.config.id,
-            last_log_index: self.log.last_index(),
-            last_log_term: self.log.last_term(),
-            pre_vote: true,
-            transfer: false,
-        };
+        let request = self.vote_request(Term(self.term.0.saturating_add(1)), true, false);
         let members: Vec<NodeId> = self
             .membership()
             .members
@@ -757,15 +750,19 @@ impl Raft {
         }
     }
 
-    fn request_votes(&mut self, term: Term, pre_vote: bool, transfer: bool) {
-        let request = RequestVote {
+    fn vote_request(&self, term: Term, pre_vote: bool, transfer: bool) -> RequestVote {
+        RequestVote {
             term,
             candidate: self.config.id,
             last_log_index: self.log.last_index(),
             last_log_term: self.log.last_term(),
             pre_vote,
             transfer,
-        };
+        }
+    }
+
+    fn request_votes(&mut self, term: Term, pre_vote: bool, transfer: bool) {
+        let request = self.vote_request(term, pre_vote, transfer);
         let voters: Vec<NodeId> = self.voter_peers().collect();
         for peer in voters {
             self.messages
