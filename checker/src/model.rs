@@ -12,14 +12,16 @@ use crate::history::Operation;
 /// A sequential specification.
 pub trait Model: Sync {
     type State: Clone + Eq + Hash + Send + Sync + Debug;
-    type Input: Send + Sync + Debug;
-    type Output: Send + Sync + Debug;
+    type Input: Clone + Eq + Hash + Send + Sync + Debug;
+    type Output: Clone + Eq + Hash + Send + Sync + Debug;
 
     fn init(&self) -> Self::State;
 
     /// The state after `input` with observed `output`, or `None` if that output
     /// is impossible in `state`. `output` is `None` when the outcome is unknown
-    /// (the operation may or may not have happened): then any result goes.
+    /// (the operation may or may not have happened): then any result goes,
+    /// and the step must be `Some` from every state (an operation with an
+    /// unknown outcome can always be placed after everything else).
     fn step(
         &self,
         state: &Self::State,
@@ -57,6 +59,24 @@ pub trait Model: Sync {
     fn is_read_only(&self, input: &Self::Input, output: Option<&Self::Output>) -> bool {
         let _ = (input, output);
         false
+    }
+
+    /// Whether the step is valid from every state and its resulting state does
+    /// not depend on the state (a put or a delete). An operation with an
+    /// unknown outcome placed right before one changes nothing, so the search
+    /// never places it there.
+    fn overwrites(&self, input: &Self::Input, output: Option<&Self::Output>) -> bool {
+        let _ = (input, output);
+        false
+    }
+
+    /// Rewrites one partition's operations (definite failures and inert
+    /// operations already left out, in call order) into a problem with the
+    /// same verdict that is cheaper to search: e.g. an operation with an
+    /// unknown outcome that some read proves happened gets that outcome and a
+    /// return no later than the read's. The default changes nothing.
+    fn prepare(&self, operations: &mut [Operation<Self::Input, Self::Output>]) {
+        let _ = operations;
     }
 
     fn describe_operation(&self, input: &Self::Input, output: Option<&Self::Output>) -> String {
@@ -136,8 +156,13 @@ impl KvModel {
     }
 }
 
+/// What [`KvModel::prepare`] writes in place of a value that no operation
+/// reads or compares against: all such values behave alike.
+pub const UNOBSERVED: &str = "\u{0}unobserved";
+
 fn show(value: &Option<String>) -> String {
     match value {
+        Some(v) if v == UNOBSERVED => "a value no operation reads".to_string(),
         Some(v) => format!("{v:?}"),
         None => "absent".to_string(),
     }
@@ -221,6 +246,135 @@ impl Model for KvModel {
         )
     }
 
+    fn overwrites(&self, input: &KvInput, output: Option<&KvOutput>) -> bool {
+        matches!(
+            (&input.op, output),
+            (KvOp::Put(_) | KvOp::Delete, None | Some(KvOutput::Done))
+        )
+    }
+
+    /// Two rewritings, each keeping the verdict (`checker/README.md` has the
+    /// arguments; the property tests check them against stateright):
+    /// - a value written by exactly one operation whose outcome is unknown,
+    ///   and seen by a read (or a swap that expected it): that operation
+    ///   happened, before the earliest such read returned;
+    /// - a value no operation reads or expects is replaced by [`UNOBSERVED`]:
+    ///   no operation can tell such values apart, so states that differ only
+    ///   in them are one state to the search.
+    ///
+    /// Appends build values from values, so partitions with appends are left
+    /// as they are.
+    fn prepare(&self, ops: &mut [Operation<KvInput, KvOutput>]) {
+        use std::collections::HashMap;
+        let mentions_sentinel = |op: &Operation<KvInput, KvOutput>| match &op.input.op {
+            KvOp::Put(v) | KvOp::Append(v) => v == UNOBSERVED,
+            KvOp::Cas { expected, new } => {
+                new == UNOBSERVED || expected.as_deref() == Some(UNOBSERVED)
+            }
+            _ => matches!(&op.output, Some(KvOutput::Value(Some(v))) if v == UNOBSERVED),
+        };
+        if ops
+            .iter()
+            .any(|op| matches!(op.input.op, KvOp::Append(_)) || mentions_sentinel(op))
+        {
+            return;
+        }
+        // Per value: its writers (count, the last one) and the earliest
+        // return of an operation that definitely saw it.
+        struct Seen {
+            writers: usize,
+            writer: usize,
+            seen_by: u64,
+            is_observed: bool,
+        }
+        fn seen<'a>(values: &'a mut HashMap<String, Seen>, value: &str) -> &'a mut Seen {
+            if !values.contains_key(value) {
+                values.insert(
+                    value.to_string(),
+                    Seen {
+                        writers: 0,
+                        writer: 0,
+                        seen_by: u64::MAX,
+                        is_observed: false,
+                    },
+                );
+            }
+            values.get_mut(value).expect("just inserted")
+        }
+        let mut values: HashMap<String, Seen> = HashMap::new();
+        if let Some(initial) = &self.initial {
+            // The initial value counts as written (a read of it proves nothing).
+            let s = seen(&mut values, initial);
+            s.is_observed = true;
+            s.writers += 1;
+        }
+        for (i, op) in ops.iter().enumerate() {
+            match (&op.input.op, &op.output) {
+                (KvOp::Put(v), _) => {
+                    let s = seen(&mut values, v);
+                    s.writers += 1;
+                    s.writer = i;
+                }
+                (KvOp::Get, Some(KvOutput::Value(Some(v)))) => {
+                    let s = seen(&mut values, v);
+                    s.is_observed = true;
+                    s.seen_by = s.seen_by.min(op.ret);
+                }
+                (KvOp::Cas { expected, new }, output) => {
+                    let s = seen(&mut values, new);
+                    s.writers += 1;
+                    s.writer = i;
+                    if let Some(e) = expected {
+                        let s = seen(&mut values, e);
+                        s.is_observed = true;
+                        if output == &Some(KvOutput::Cas(true)) {
+                            s.seen_by = s.seen_by.min(op.ret);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        // Unknown outcomes proven by a read. A swap proven so is itself a
+        // read of the value it expected: repeat until nothing changes.
+        loop {
+            let mut proven = Vec::new();
+            for s in values.values() {
+                let writer = &ops[s.writer];
+                if s.writers == 1 && s.seen_by != u64::MAX && writer.output.is_none() {
+                    proven.push((s.writer, s.seen_by));
+                }
+            }
+            if proven.is_empty() {
+                break;
+            }
+            proven.sort_unstable();
+            for (i, seen_by) in proven {
+                let op = &mut ops[i];
+                op.ret = seen_by;
+                op.completion = crate::history::Completion::Ok;
+                if let KvOp::Cas { expected, .. } = &op.input.op {
+                    op.output = Some(KvOutput::Cas(true));
+                    if let Some(s) = expected.as_deref().and_then(|e| values.get_mut(e)) {
+                        s.seen_by = s.seen_by.min(seen_by);
+                    }
+                } else {
+                    op.output = Some(KvOutput::Done);
+                }
+            }
+        }
+        for op in ops.iter_mut() {
+            match &mut op.input.op {
+                KvOp::Put(v) | KvOp::Cas { new: v, .. }
+                    if !values.get(v.as_str()).is_some_and(|s| s.is_observed) =>
+                {
+                    *v = UNOBSERVED.to_string();
+                }
+                _ => {}
+            }
+        }
+    }
+
     fn describe_operation(&self, input: &KvInput, output: Option<&KvOutput>) -> String {
         let key = match &input.key {
             Some(key) if self.by_key => format!(" {key}"),
@@ -260,8 +414,8 @@ pub struct SequentialSpecModel<S> {
 impl<S> Model for SequentialSpecModel<S>
 where
     S: stateright::semantics::SequentialSpec + Clone + Eq + Hash + Send + Sync + Debug,
-    S::Op: Send + Sync + Debug,
-    S::Ret: Send + Sync + Debug,
+    S::Op: Clone + Eq + Hash + Send + Sync + Debug,
+    S::Ret: Clone + Eq + Hash + Send + Sync + Debug,
 {
     type State = S;
     type Input = S::Op;

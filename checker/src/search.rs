@@ -251,9 +251,10 @@ impl Memo {
         }
     }
 
-    /// Records the pair; false if it was already there.
-    fn insert(&mut self, set_hash: u64, state: u32, set: &[u64]) -> bool {
-        let key = set_hash ^ splitmix64(u64::from(state));
+    /// Records the pair (`state`: the state id and flags of the node); false
+    /// if it was already there.
+    fn insert(&mut self, set_hash: u64, state: u64, set: &[u64]) -> bool {
+        let key = set_hash ^ splitmix64(state);
         let tag = key >> 32;
         let stride = self.words + 2;
         let mask = self.table.len() - 1;
@@ -266,7 +267,7 @@ impl Memo {
             if slot >> 32 == tag {
                 let at = ((slot & 0xFFFF_FFFF) as usize - 1) * stride;
                 let entry = &self.arena[at..at + stride];
-                if entry[1] == u64::from(state) && entry[2..].iter().zip(set).all(|(a, b)| a == b) {
+                if entry[1] == state && entry[2..].iter().zip(set).all(|(a, b)| a == b) {
                     return false;
                 }
             }
@@ -275,7 +276,7 @@ impl Memo {
         self.len += 1;
         self.table[position] = (tag << 32) | self.len as u64;
         self.arena.push(key);
-        self.arena.push(u64::from(state));
+        self.arena.push(state);
         self.arena.extend_from_slice(set);
         if self.len * 2 > self.table.len() {
             self.grow();
@@ -340,12 +341,17 @@ fn check_partition<M: Model>(
         return report;
     }
     assert!(n < (u32::MAX / 2) as usize, "partition too large");
+    // The search works on a prepared copy (see `Model::prepare`); reports
+    // describe the operations as recorded.
+    let mut prepared: Vec<Operation<M::Input, M::Output>> =
+        ops.iter().map(|&g| all[g].clone()).collect();
+    model.prepare(&mut prepared);
 
     // The entry list: 0 is the head; calls and returns in time order after it.
     let mut timeline: Vec<(u64, u32, bool)> = Vec::with_capacity(2 * n);
-    for (local, &global) in ops.iter().enumerate() {
-        timeline.push((all[global].call, local as u32, true));
-        timeline.push((all[global].ret, local as u32, false));
+    for (local, op) in prepared.iter().enumerate() {
+        timeline.push((op.call, local as u32, true));
+        timeline.push((op.ret, local as u32, false));
     }
     timeline.sort_unstable_by_key(|&(time, local, is_call)| (time, !is_call, local));
     let entries = timeline.len() + 1;
@@ -388,12 +394,55 @@ fn check_partition<M: Model>(
     let mut dense_transitions: Vec<u32> = Vec::new();
     let mut transitions: FastMap<u64, u32> = FastMap::default();
 
+    // Operations with unknown outcomes return "at infinity". Four rules keep
+    // them from multiplying the search, each keeping it complete (the
+    // arguments are in checker/README.md):
+    // - done: once every operation with a known outcome is placed, the rest
+    //   can go last, in any state;
+    // - no-op: one is never placed where it leaves the state as it is;
+    // - useless before an overwrite: one is never placed right before a put
+    //   or a delete (`Model::overwrites`), which would erase its effect;
+    // - twins: of those with equal inputs, which all return at infinity and
+    //   so are interchangeable, only the earliest called not yet placed is
+    //   tried (so those placed are always the earliest of their kind).
+    let is_open_ended: Vec<bool> = prepared.iter().map(|op| op.ret == u64::MAX).collect();
+    let mut known_left = is_open_ended.iter().filter(|&&o| !o).count();
+    let overwrites: Vec<bool> = prepared
+        .iter()
+        .map(|op| model.overwrites(&op.input, op.output.as_ref()))
+        .collect();
+    let mut twin_class = vec![NIL; n];
+    let mut twin_rank = vec![0u32; n];
+    let mut twins_placed: Vec<u32> = Vec::new();
+    {
+        let mut classes: FastMap<(&M::Input, Option<&M::Output>), u32> = FastMap::default();
+        for (local, op) in prepared.iter().enumerate() {
+            if !is_open_ended[local] {
+                continue;
+            }
+            let class = *classes
+                .entry((&op.input, op.output.as_ref()))
+                .or_insert_with(|| {
+                    twins_placed.push(0);
+                    twins_placed.len() as u32 - 1
+                });
+            twin_class[local] = class;
+            // Counted in call order: `prepared` is in call order.
+            twin_rank[local] = twins_placed[class as usize];
+            twins_placed[class as usize] += 1;
+        }
+        twins_placed.iter_mut().for_each(|count| *count = 0);
+    }
+
     let words = n.div_ceil(64);
     let mut memo = Memo::new(words);
     let mut set = vec![0u64; words];
     let mut set_hash = 0u64;
     let mut state = intern(model.init(), &mut states);
-    // (call entry linearized, state before it)
+    // Whether the operation placed last had an unknown outcome: then the
+    // next may not overwrite. Part of the memo's key.
+    let mut after_open = false;
+    // (call entry linearized | flags of the node it left, state before it)
     let mut stack: Vec<(u32, u32)> = Vec::with_capacity(n);
     // The deepest dead end so far: the stack, the state, the blocking return.
     let mut best_depth: Option<usize> = None;
@@ -422,24 +471,24 @@ fn check_partition<M: Model>(
         }};
     }
 
-    // Operations with unknown outcomes (return at infinity) are tried only
-    // after every operation with a known outcome failed at a node of the
-    // search: they rarely need to go early, and trying them first multiplies
-    // the branches. Each node still tries every candidate, so the search stays
-    // complete. `is_open_pass` says which kind the scan is trying; a stack frame
-    // keeps it in the top bit of its entry.
-    let is_open_ended: Vec<bool> = ops.iter().map(|&g| all[g].ret == u64::MAX).collect();
+    // Operations with unknown outcomes are tried at a node only after every
+    // operation with a known outcome failed there: they rarely need to go
+    // early. Each node still tries every candidate, so the search stays
+    // complete. `is_open_pass` says which kind the scan is trying; a stack
+    // frame keeps it in its top bit.
     let has_open_ended = is_open_ended.iter().any(|&o| o);
     let mut is_open_pass = false;
     const OPEN_PASS_BIT: u32 = 1 << 31;
+    const AFTER_OPEN_BIT: u32 = 1 << 30;
+    const FRAME_ENTRY: u32 = AFTER_OPEN_BIT - 1;
     // A read-only operation that can go now goes now; if that fails, so does
     // the node (see `Model::is_read_only`), so its frame backtracks straight on.
-    let is_read_only: Vec<bool> = ops
+    let is_read_only: Vec<bool> = prepared
         .iter()
-        .map(|&g| model.is_read_only(&all[g].input, all[g].output.as_ref()))
+        .map(|op| model.is_read_only(&op.input, op.output.as_ref()))
         .collect();
 
-    'search: while next[HEAD as usize] != NIL {
+    'search: while known_left > 0 {
         steps += 1;
         if steps.is_multiple_of(DEADLINE_CHECK_STEPS)
             && (deadline.is_some_and(|d| Instant::now() >= d) || stop.load(Ordering::Relaxed))
@@ -458,7 +507,11 @@ fn check_partition<M: Model>(
         let e = entry as usize;
         if is_call[e] {
             let local = op_of[e] as usize;
-            if is_open_ended[local] != is_open_pass {
+            let open = is_open_ended[local];
+            if (has_open_ended && open != is_open_pass)
+                || (after_open && overwrites[local])
+                || (open && twin_rank[local] != twins_placed[twin_class[local] as usize])
+            {
                 entry = next[e];
                 continue;
             }
@@ -477,7 +530,7 @@ fn check_partition<M: Model>(
             let new_state = if known != UNASKED {
                 known
             } else {
-                let op = &all[ops[local]];
+                let op = &prepared[local];
                 let next = match model.step(&states[state as usize], &op.input, op.output.as_ref())
                 {
                     Some(next) => intern(next, &mut states),
@@ -491,17 +544,26 @@ fn check_partition<M: Model>(
                 next
             };
             let mut is_node_failed = false;
-            if new_state != NIL {
+            if new_state != NIL && !(open && new_state == state) {
                 set[local / 64] |= 1 << (local % 64);
                 let new_hash = set_hash ^ zobrist[local];
-                if memo.insert(new_hash, new_state, &set) {
-                    let frame = if is_open_pass {
-                        entry | OPEN_PASS_BIT
-                    } else {
-                        entry
-                    };
+                let memo_state = u64::from(new_state) << 1 | u64::from(open);
+                if memo.insert(new_hash, memo_state, &set) {
+                    let mut frame = entry;
+                    if is_open_pass {
+                        frame |= OPEN_PASS_BIT;
+                    }
+                    if after_open {
+                        frame |= AFTER_OPEN_BIT;
+                    }
                     stack.push((frame, state));
                     is_open_pass = false;
+                    after_open = open;
+                    if open {
+                        twins_placed[twin_class[local] as usize] += 1;
+                    } else {
+                        known_left -= 1;
+                    }
                     state = new_state;
                     set_hash = new_hash;
                     unlink!(entry);
@@ -539,8 +601,14 @@ fn check_partition<M: Model>(
                 break 'search;
             };
             is_open_pass = frame & OPEN_PASS_BIT != 0;
-            let call = frame & !OPEN_PASS_BIT;
+            after_open = frame & AFTER_OPEN_BIT != 0;
+            let call = frame & FRAME_ENTRY;
             let local = op_of[call as usize] as usize;
+            if is_open_ended[local] {
+                twins_placed[twin_class[local] as usize] -= 1;
+            } else {
+                known_left += 1;
+            }
             state = before;
             set_hash ^= zobrist[local];
             set[local / 64] &= !(1 << (local % 64));
@@ -556,13 +624,14 @@ fn check_partition<M: Model>(
     if report.outcome == Outcome::NotLinearizable {
         let prefix: Vec<usize> = best_stack
             .iter()
-            .map(|&(frame, _)| op_of[(frame & !OPEN_PASS_BIT) as usize] as usize)
+            .map(|&(frame, _)| op_of[(frame & FRAME_ENTRY) as usize] as usize)
             .collect();
         let deadline_local = op_of[best_deadline as usize] as usize;
         report.failure = Some(describe_dead_end(
             model,
             all,
             &ops,
+            &prepared,
             &prefix,
             &states[best_state as usize],
             deadline_local,
@@ -577,6 +646,7 @@ fn describe_dead_end<M: Model>(
     model: &M,
     all: &[Operation<M::Input, M::Output>],
     ops: &[usize],
+    prepared: &[Operation<M::Input, M::Output>],
     prefix: &[usize],
     state: &M::State,
     deadline_local: usize,
@@ -585,9 +655,9 @@ fn describe_dead_end<M: Model>(
     for &local in prefix {
         is_linearized[local] = true;
     }
-    let deadline_time = all[ops[deadline_local]].ret;
+    let deadline_time = prepared[deadline_local].ret;
     let mut window: Vec<usize> = (0..ops.len())
-        .filter(|&local| !is_linearized[local] && all[ops[local]].call < deadline_time)
+        .filter(|&local| !is_linearized[local] && prepared[local].call < deadline_time)
         .map(|local| ops[local])
         .collect();
     window.sort_by_key(|&global| all[global].call);
@@ -596,7 +666,9 @@ fn describe_dead_end<M: Model>(
         .map(|&global| {
             let op = &all[global];
             let what = model.describe_operation(&op.input, op.output.as_ref());
-            let reason = match model.step(state, &op.input, op.output.as_ref()) {
+            let local = ops.binary_search(&global).expect("a partition operation");
+            let searched = &prepared[local];
+            let reason = match model.step(state, &searched.input, searched.output.as_ref()) {
                 None => format!(
                     "{what}: impossible when the value is {}",
                     model.describe_state(state)

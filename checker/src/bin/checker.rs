@@ -17,6 +17,8 @@ USAGE:
     checker [--format jsonl|jepsen-etcd|jepsen-kv] [--model kv|register]
             [--html FILE] [--timeout SECONDS] HISTORY
     checker bench [--corpus DIR] [--runs N]
+    checker generate [--class tame|crashes] [--seed N] [--clients N]
+                     [--keys N] [--operations N] [--stale]
 
 OPTIONS:
     --format FORMAT    jsonl (default): Lattice's JSON Lines history;
@@ -31,6 +33,12 @@ OPTIONS:
 bench: times the corpus (all etcd histories, each KV history) and a generated
 100,000-operation history (100 keys, 20 clients); prints time and peak memory.
 The corpus defaults to ../shared/data/porcupine (from the project root).
+
+generate: writes a generated history (JSON Lines) to standard output,
+linearizable by construction; --stale makes one read return an overwritten
+value, so it is not. Classes: tame (2% info, all applied); crashes (5% info,
+3% never complete, half of those applied, cas mostly on the current value).
+Defaults: --class crashes --seed 1 --clients 8 --keys 4 --operations 3000.
 
 EXIT STATUS:
     0 linearizable, 1 not linearizable, 2 unknown (time budget), 3 bad input";
@@ -127,8 +135,10 @@ fn main() -> ExitCode {
         println!("{USAGE}");
         return ExitCode::SUCCESS;
     }
-    if args.first().map(String::as_str) == Some("bench") {
-        return bench(&args[1..]);
+    match args.first().map(String::as_str) {
+        Some("bench") => return bench(&args[1..]),
+        Some("generate") => return generate_command(&args[1..]),
+        _ => {}
     }
     let args = match parse_args(&args) {
         Ok(args) => args,
@@ -202,6 +212,90 @@ fn main() -> ExitCode {
         Outcome::NotLinearizable => 1,
         Outcome::Unknown => 2,
     })
+}
+
+/// The history `checker generate` writes.
+struct GenerateArgs {
+    class: String,
+    seed: u64,
+    clients: u64,
+    keys: u64,
+    operations: u64,
+    stale: bool,
+}
+
+fn parse_generate_args(args: &[String]) -> Result<GenerateArgs, String> {
+    let mut parsed = GenerateArgs {
+        class: "crashes".into(),
+        seed: 1,
+        clients: 8,
+        keys: 4,
+        operations: 3000,
+        stale: false,
+    };
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        if arg == "--stale" {
+            parsed.stale = true;
+            continue;
+        }
+        let value = it.next().ok_or(format!("{arg} needs a value"))?;
+        let number = || {
+            value
+                .parse::<u64>()
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or(format!("{arg} wants a positive integer, not {value:?}"))
+        };
+        match arg.as_str() {
+            "--class" if value == "tame" || value == "crashes" => parsed.class = value.clone(),
+            "--class" => return Err(format!("unknown class {value:?} (tame, crashes)")),
+            "--seed" => parsed.seed = number()?,
+            "--clients" => parsed.clients = number()?,
+            "--keys" => parsed.keys = number()?,
+            "--operations" => parsed.operations = number()?,
+            other => return Err(format!("unknown option {other}")),
+        }
+    }
+    Ok(parsed)
+}
+
+fn generated(args: &GenerateArgs) -> Option<Vec<checker::Event>> {
+    let shape = if args.class == "tame" {
+        Shape::tame(args.clients, args.keys, args.operations)
+    } else {
+        Shape::with_crashes(args.clients, args.keys, args.operations)
+    };
+    let mut events = generate::kv_history(args.seed, shape);
+    if args.stale {
+        generate::make_read_stale(&mut events, args.seed)?;
+    }
+    Some(events)
+}
+
+fn generate_command(args: &[String]) -> ExitCode {
+    let args = match parse_generate_args(args) {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("checker generate: {e}\n\n{USAGE}");
+            return ExitCode::from(3);
+        }
+    };
+    let Some(events) = generated(&args) else {
+        eprintln!("checker generate: no read in this history can be made stale");
+        return ExitCode::from(3);
+    };
+    let mut out = String::with_capacity(events.len() * 80);
+    for event in &events {
+        out.push_str(&serde_json::to_string(event).expect("events serialize"));
+        out.push('\n');
+    }
+    use std::io::Write as _;
+    if let Err(e) = std::io::stdout().lock().write_all(out.as_bytes()) {
+        eprintln!("checker generate: {e}");
+        return ExitCode::from(3);
+    }
+    ExitCode::SUCCESS
 }
 
 /// Peak resident memory of this process (Linux), in MiB.
@@ -322,13 +416,7 @@ fn bench(args: &[String]) -> ExitCode {
             median(times)
         );
     }
-    let shape = Shape {
-        clients: 20,
-        keys: 100,
-        operations: 100_000,
-        info_percent: 2,
-        fail_percent: 2,
-    };
+    let shape = Shape::tame(20, 100, 100_000);
     let events = generate::kv_history(1, shape);
     let numbered: Vec<(usize, checker::Event)> = events
         .into_iter()
