@@ -17,7 +17,10 @@
 
 use std::collections::BTreeMap;
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::model::{KvInput, KvOp, KvOutput};
@@ -87,21 +90,59 @@ pub struct History {
     pub processes: usize,
 }
 
+/// One line as the fast parser reads it: borrowed from the text, the value
+/// left as raw JSON until the function says what it must be.
+#[derive(Deserialize)]
+struct RawEvent<'a> {
+    process: u64,
+    #[serde(rename = "type")]
+    kind: EventType,
+    #[serde(borrow)]
+    f: Cow<'a, str>,
+    #[serde(default, borrow)]
+    key: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    value: Option<&'a RawValue>,
+    #[serde(default)]
+    time: Option<u64>,
+}
+
+/// A cas value, its fields left as raw JSON.
+#[derive(Deserialize)]
+struct RawCas<'a> {
+    #[serde(default, borrow)]
+    expected: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    new: Option<&'a RawValue>,
+}
+
 /// Parses a JSON Lines history. Any malformed line is an error naming it.
+/// Events are read borrowed from `text` and paired as they come: the only
+/// allocations are the operations' own keys and values.
 pub fn parse_jsonl(text: &str) -> Result<History> {
-    let mut events = Vec::new();
+    let mut pairing = Pairing::default();
     for (number, line) in text.lines().enumerate() {
         let line_number = number + 1;
         if line.trim().is_empty() {
             continue;
         }
-        let event: Event = serde_json::from_str(line).map_err(|e| Error::Parse {
+        let event: RawEvent = serde_json::from_str(line).map_err(|e| Error::Parse {
             line: line_number,
             reason: format!("not a history event: {e}"),
         })?;
-        events.push((line_number, event));
+        pairing.push(
+            line_number,
+            EventRef {
+                process: event.process,
+                kind: event.kind,
+                f: &event.f,
+                key: event.key.as_deref(),
+                value: event.value.map_or("null", RawValue::get),
+                time: event.time,
+            },
+        )?;
     }
-    from_events(events)
+    Ok(pairing.finish())
 }
 
 fn parse_error(line: usize, reason: impl Into<String>) -> Error {
@@ -111,76 +152,119 @@ fn parse_error(line: usize, reason: impl Into<String>) -> Error {
     }
 }
 
-fn string_or_null(value: &Value, line: usize, what: &str) -> Result<Option<String>> {
-    match value {
-        Value::Null => Ok(None),
-        Value::String(s) => Ok(Some(s.clone())),
-        Value::Number(n) => Ok(Some(n.to_string())),
-        other => Err(parse_error(
+/// A JSON string (or number, as its text), or `None` for null.
+fn string_or_null(raw: &str, line: usize, what: &str) -> Result<Option<String>> {
+    let raw = raw.trim();
+    if raw == "null" {
+        return Ok(None);
+    }
+    if let Ok(text) = serde_json::from_str::<Cow<str>>(raw) {
+        return Ok(Some(text.into_owned()));
+    }
+    match serde_json::from_str::<Value>(raw) {
+        Ok(Value::Number(n)) => Ok(Some(n.to_string())),
+        _ => Err(parse_error(
             line,
-            format!("{what} must be a string or null, not {other}"),
+            format!("{what} must be a string or null, not {raw}"),
         )),
     }
 }
 
-fn string(value: &Value, line: usize, what: &str) -> Result<String> {
-    string_or_null(value, line, what)?
+fn string(raw: &str, line: usize, what: &str) -> Result<String> {
+    string_or_null(raw, line, what)?
         .ok_or_else(|| parse_error(line, format!("{what} must be a string, not null")))
 }
 
-fn input_of(event: &Event, line: usize) -> Result<KvInput> {
-    let op = match event.f.as_str() {
+/// One event, borrowed: from a parsed [`Event`] or straight from a line.
+struct EventRef<'a> {
+    process: u64,
+    kind: EventType,
+    f: &'a str,
+    key: Option<&'a str>,
+    /// The value as JSON text.
+    value: &'a str,
+    time: Option<u64>,
+}
+
+fn input_of(event: &EventRef, line: usize) -> Result<KvInput> {
+    let op = match event.f {
         "get" | "read" => KvOp::Get,
-        "put" | "write" => KvOp::Put(string(&event.value, line, "a put's value")?),
+        "put" | "write" => KvOp::Put(string(event.value, line, "a put's value")?),
         "delete" => KvOp::Delete,
-        "append" => KvOp::Append(string(&event.value, line, "an append's value")?),
+        "append" => KvOp::Append(string(event.value, line, "an append's value")?),
         "cas" => {
-            let Value::Object(fields) = &event.value else {
+            let Ok(fields) = serde_json::from_str::<RawCas>(event.value) else {
                 return Err(parse_error(
                     line,
                     "a cas value must be {\"expected\": ..., \"new\": ...}",
                 ));
             };
-            let expected = string_or_null(
-                fields.get("expected").unwrap_or(&Value::Null),
-                line,
-                "expected",
-            )?;
-            let new = string(fields.get("new").unwrap_or(&Value::Null), line, "new")?;
+            let expected =
+                string_or_null(fields.expected.map_or("null", RawValue::get), line, "expected")?;
+            let new = string(fields.new.map_or("null", RawValue::get), line, "new")?;
             KvOp::Cas { expected, new }
         }
         other => return Err(parse_error(line, format!("unknown function {other:?}"))),
     };
     Ok(KvInput {
-        key: event.key.clone(),
+        key: event.key.map(str::to_string),
         op,
     })
 }
 
 /// Pairs events (with their line numbers) into operations.
 pub fn from_events(events: Vec<(usize, Event)>) -> Result<History> {
-    let mut history = History {
-        events: events.len(),
-        ..History::default()
-    };
-    let mut pending: BTreeMap<u64, usize> = BTreeMap::new();
-    let mut processes = std::collections::BTreeSet::new();
-    let mut last_time = 0u64;
-    for (position, (line, event)) in events.into_iter().enumerate() {
+    let mut pairing = Pairing::default();
+    for (line, event) in &events {
+        let value = event.value.to_string();
+        pairing.push(
+            *line,
+            EventRef {
+                process: event.process,
+                kind: event.kind,
+                f: &event.f,
+                key: event.key.as_deref(),
+                value: &value,
+                time: event.time,
+            },
+        )?;
+    }
+    Ok(pairing.finish())
+}
+
+/// Pairs events into operations as they come.
+#[derive(Default)]
+struct Pairing {
+    history: History,
+    pending: BTreeMap<u64, usize>,
+    processes: std::collections::BTreeSet<u64>,
+    last_time: u64,
+}
+
+impl Pairing {
+    fn finish(mut self) -> History {
+        self.history.processes = self.processes.len();
+        self.history
+    }
+
+    fn push(&mut self, line: usize, event: EventRef) -> Result<()> {
+        let position = self.history.events;
+        self.history.events += 1;
+        let history = &mut self.history;
         if let Some(time) = event.time {
-            if time < last_time {
+            if time < self.last_time {
                 return Err(parse_error(
                     line,
-                    format!("time {time} goes backwards (after {last_time})"),
+                    format!("time {time} goes backwards (after {})", self.last_time),
                 ));
             }
-            last_time = time;
+            self.last_time = time;
         }
-        processes.insert(event.process);
+        self.processes.insert(event.process);
         match event.kind {
             EventType::Invoke => {
                 history.invokes += 1;
-                if let Some(&open) = pending.get(&event.process) {
+                if let Some(&open) = self.pending.get(&event.process) {
                     let open_line = history.operations[open].call_line;
                     return Err(parse_error(
                         line,
@@ -188,7 +272,7 @@ pub fn from_events(events: Vec<(usize, Event)>) -> Result<History> {
                     ));
                 }
                 let input = input_of(&event, line)?;
-                pending.insert(event.process, history.operations.len());
+                self.pending.insert(event.process, history.operations.len());
                 history.operations.push(Operation {
                     process: event.process,
                     input,
@@ -201,7 +285,7 @@ pub fn from_events(events: Vec<(usize, Event)>) -> Result<History> {
                 });
             }
             kind => {
-                let Some(index) = pending.remove(&event.process) else {
+                let Some(index) = self.pending.remove(&event.process) else {
                     return Err(parse_error(
                         line,
                         format!(
@@ -213,7 +297,7 @@ pub fn from_events(events: Vec<(usize, Event)>) -> Result<History> {
                 let op = &mut history.operations[index];
                 let invoked_f = &op.input.op;
                 let same_f = matches!(
-                    (invoked_f, event.f.as_str()),
+                    (invoked_f, event.f),
                     (KvOp::Get, "get" | "read")
                         | (KvOp::Put(_), "put" | "write")
                         | (KvOp::Delete, "delete")
@@ -237,7 +321,7 @@ pub fn from_events(events: Vec<(usize, Event)>) -> Result<History> {
                         op.ret = position as u64;
                         op.output = Some(match &op.input.op {
                             KvOp::Get => KvOutput::Value(string_or_null(
-                                &event.value,
+                                event.value,
                                 line,
                                 "a get's result",
                             )?),
@@ -262,7 +346,6 @@ pub fn from_events(events: Vec<(usize, Event)>) -> Result<History> {
                 }
             }
         }
+        Ok(())
     }
-    history.processes = processes.len();
-    Ok(history)
 }

@@ -227,38 +227,55 @@ impl Hasher for FastHasher {
 }
 type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
 
-/// The memo: every (linearized set, state id) pair reached, in an open
-/// addressing table over a flat arena (no allocation per entry). Each table
-/// slot holds the key's high 32 bits as a tag beside the arena index, so a
-/// probe touches the arena only when the tags match.
+/// The memo: every node reached, as its set of linearized operations and its
+/// state, in an open addressing table over a flat arena (no allocation per
+/// entry).
+///
+/// Nodes are grouped by their state and their operations with known
+/// outcomes; within a group a node is pruned if one already reached placed a
+/// subset of its unknown-outcome operations. Leaving one of those unplaced is
+/// never worse (it can still go last, as if it never happened), and the
+/// search's rule for equal ones (the earliest unplaced goes first) makes
+/// "fewer of a kind" a subset too. So the earlier node's search covers the
+/// later one's, and a node that only adds unknown-outcome operations to a
+/// node already explored is not explored again.
+///
+/// Each table slot holds the group key's high 32 bits as a tag beside the
+/// index of the group's newest entry, so a probe touches the arena only when
+/// the tags match.
 struct Memo {
     words: usize,
+    /// Which set bits are operations with unknown outcomes.
+    open_mask: Vec<u64>,
     /// `tag << 32 | (entry + 1)` per position; 0 is empty. A power of two long.
     table: Vec<u64>,
-    /// Per entry: the full key (for growing), the state id, then `words`
-    /// words of the set.
+    /// Per entry: the group key (for growing), the state, the previous entry
+    /// of its group (+1; 0: none), then `words` words of the set.
     arena: Vec<u64>,
     len: usize,
 }
 
 impl Memo {
-    fn new(words: usize) -> Self {
+    fn new(open_mask: Vec<u64>) -> Self {
         Memo {
-            words,
+            words: open_mask.len(),
+            open_mask,
             table: vec![0; 1024],
             arena: Vec::new(),
             len: 0,
         }
     }
 
-    /// Records the pair (`state`: the state id and flags of the node); false
-    /// if it was already there.
-    fn insert(&mut self, set_hash: u64, state: u64, set: &[u64]) -> bool {
-        let key = set_hash ^ splitmix64(state);
+    /// Records the node (`known_hash`: the hash of its operations with known
+    /// outcomes; `state`: its state id and flags); false if it was already
+    /// there or is dominated by one that is.
+    fn insert(&mut self, known_hash: u64, state: u64, set: &[u64]) -> bool {
+        let key = known_hash ^ splitmix64(state);
         let tag = key >> 32;
-        let stride = self.words + 2;
+        let stride = self.words + 3;
         let mask = self.table.len() - 1;
         let mut position = (key as usize) & mask;
+        let mut group = 0u64;
         loop {
             let slot = self.table[position];
             if slot == 0 {
@@ -267,18 +284,35 @@ impl Memo {
             if slot >> 32 == tag {
                 let at = ((slot & 0xFFFF_FFFF) as usize - 1) * stride;
                 let entry = &self.arena[at..at + stride];
-                if entry[1] == state && entry[2..].iter().zip(set).all(|(a, b)| a == b) {
-                    return false;
+                let is_same_group = entry[1] == state
+                    && entry[3..]
+                        .iter()
+                        .zip(set)
+                        .zip(&self.open_mask)
+                        .all(|((a, b), open)| (a ^ b) & !open == 0);
+                if is_same_group {
+                    group = slot & 0xFFFF_FFFF;
+                    break;
                 }
             }
             position = (position + 1) & mask;
+        }
+        let mut member = group;
+        while member != 0 {
+            let at = (member as usize - 1) * stride;
+            let entry = &self.arena[at..at + stride];
+            if entry[3..].iter().zip(set).all(|(a, b)| a & !b == 0) {
+                return false;
+            }
+            member = entry[2];
         }
         self.len += 1;
         self.table[position] = (tag << 32) | self.len as u64;
         self.arena.push(key);
         self.arena.push(state);
+        self.arena.push(group);
         self.arena.extend_from_slice(set);
-        if self.len * 2 > self.table.len() {
+        if group == 0 && self.len * 2 > self.table.len() {
             self.grow();
         }
         true
@@ -293,7 +327,7 @@ impl Memo {
         let mask = table.len() - 1;
         for &slot in self.table.iter().filter(|&&slot| slot != 0) {
             let entry = (slot & 0xFFFF_FFFF) as usize - 1;
-            let key = self.arena[entry * (self.words + 2)];
+            let key = self.arena[entry * (self.words + 3)];
             let mut position = (key as usize) & mask;
             while table[position] != 0 {
                 position = (position + 1) & mask;
@@ -370,9 +404,6 @@ fn check_partition<M: Model>(
             return_of[local as usize] = e;
         }
     }
-    let zobrist: Vec<u64> = (0..n as u64)
-        .map(|i| splitmix64(i ^ 0x005E_ED0F_1A77_1CE5))
-        .collect();
 
     // States are interned to ids, and each (state, operation) step is asked of
     // the model once: the search revisits the same pairs over and over.
@@ -434,8 +465,22 @@ fn check_partition<M: Model>(
         twins_placed.iter_mut().for_each(|count| *count = 0);
     }
 
+    // The memo's hash covers the operations with known outcomes only (see `Memo`).
+    let zobrist: Vec<u64> = (0..n)
+        .map(|i| {
+            if is_open_ended[i] {
+                0
+            } else {
+                splitmix64(i as u64 ^ 0x005E_ED0F_1A77_1CE5)
+            }
+        })
+        .collect();
     let words = n.div_ceil(64);
-    let mut memo = Memo::new(words);
+    let mut open_mask = vec![0u64; words];
+    for (local, _) in is_open_ended.iter().enumerate().filter(|(_, &o)| o) {
+        open_mask[local / 64] |= 1 << (local % 64);
+    }
+    let mut memo = Memo::new(open_mask);
     let mut set = vec![0u64; words];
     let mut set_hash = 0u64;
     let mut state = intern(model.init(), &mut states);

@@ -154,6 +154,7 @@ fn main() -> ExitCode {
             return ExitCode::from(3);
         }
     };
+    let parse_start = Instant::now();
     let history = match parse(args.format, &text) {
         Ok(history) => history,
         Err(e) => {
@@ -161,6 +162,7 @@ fn main() -> ExitCode {
             return ExitCode::from(3);
         }
     };
+    let parse_time = parse_start.elapsed();
     let model = model_for(args.format, args.model.as_deref());
     let options = CheckOptions {
         timeout: args.timeout,
@@ -190,9 +192,10 @@ fn main() -> ExitCode {
         history.processes
     );
     println!(
-        "partitions {}, states explored {}, time {:.3} ms",
+        "partitions {}, states explored {}, parse {:.1} ms, search {:.1} ms",
         verdict.partitions.len(),
         verdict.states_explored,
+        parse_time.as_secs_f64() * 1e3,
         verdict.elapsed.as_secs_f64() * 1e3
     );
     print!("{}", report::text(&model, &history.operations, &verdict));
