@@ -199,8 +199,11 @@ fn input_of(event: &EventRef, line: usize) -> Result<KvInput> {
                     "a cas value must be {\"expected\": ..., \"new\": ...}",
                 ));
             };
-            let expected =
-                string_or_null(fields.expected.map_or("null", RawValue::get), line, "expected")?;
+            let expected = string_or_null(
+                fields.expected.map_or("null", RawValue::get),
+                line,
+                "expected",
+            )?;
             let new = string(fields.new.map_or("null", RawValue::get), line, "new")?;
             KvOp::Cas { expected, new }
         }

@@ -110,6 +110,13 @@ pub fn text<M: Model>(
                 lines_of(op)
             );
         }
+        if failure.open_candidates > 0 {
+            let _ = writeln!(
+                out,
+                "  (and {} operation(s) with unknown outcomes, which may take effect at any time: placing any of them here does not help)",
+                failure.open_candidates
+            );
+        }
         let tail: Vec<String> = failure
             .longest_prefix
             .iter()
@@ -126,6 +133,135 @@ pub fn text<M: Model>(
         if !tail.is_empty() {
             let _ = writeln!(out, "The prefix ends with: {}", tail.join("; "));
         }
+    }
+    out.push_str(&unknown_outcomes(model, operations, verdict));
+    out
+}
+
+/// Examples listed per kind in the account of unknown outcomes.
+const UNKNOWN_EXAMPLES_MAX: usize = 6;
+
+/// Where each operation stands in the order the search found (linearizable
+/// partitions) or in the longest prefix (the failing one): its position and
+/// the operation before it.
+fn placements(verdict: &Verdict) -> BTreeMap<usize, (usize, Option<usize>)> {
+    let mut placed = BTreeMap::new();
+    for partition in &verdict.partitions {
+        let order = match &partition.failure {
+            Some(failure) => &failure.longest_prefix,
+            None => &partition.order,
+        };
+        for (position, &op) in order.iter().enumerate() {
+            let before = position.checked_sub(1).map(|p| order[p]);
+            placed.insert(op, (position + 1, before));
+        }
+    }
+    placed
+}
+
+/// Which operations had unknown outcomes, and what the search made of them:
+/// proven by a read, placed (and where), or left out (never took effect).
+pub fn unknown_outcomes<M: Model>(
+    model: &M,
+    operations: &[Operation<M::Input, M::Output>],
+    verdict: &Verdict,
+) -> String {
+    let unknown: Vec<usize> = (0..operations.len())
+        .filter(|&i| {
+            let op = &operations[i];
+            op.completion == Completion::Info && !model.is_inert(&op.input, op.output.as_ref())
+        })
+        .collect();
+    if unknown.is_empty() {
+        return String::new();
+    }
+    let never_completed = unknown
+        .iter()
+        .filter(|&&i| operations[i].ret_line.is_none())
+        .count();
+    let placed = placements(verdict);
+    let proven: BTreeMap<usize, usize> = verdict
+        .partitions
+        .iter()
+        .flat_map(|p| p.proven.iter().copied())
+        .collect();
+    let is_decided = |i: usize| {
+        verdict.partitions.iter().any(|p| {
+            p.operations.binary_search(&i).is_ok()
+                && (p.failure.is_some() || p.outcome == Outcome::Linearizable)
+        })
+    };
+    let decided: Vec<usize> = unknown.iter().copied().filter(|&i| is_decided(i)).collect();
+    let (took_effect, left_out): (Vec<usize>, Vec<usize>) =
+        decided.iter().partition(|i| placed.contains_key(i));
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\nUnknown outcomes: {} operations that could change a value ({} ended info, {} never completed; reads with unknown outcomes change nothing and are left out).",
+        unknown.len(),
+        unknown.len() - never_completed,
+        never_completed
+    );
+    let describe = |i: usize| {
+        let op = &operations[i];
+        format!(
+            "#{i} ({}, process {}) {}",
+            lines_of(op),
+            op.process,
+            model.describe_operation(&op.input, op.output.as_ref())
+        )
+    };
+    let (placed_words, left_words) = if verdict.failure().is_some() {
+        ("placed in the longest prefix", "not placed in it")
+    } else {
+        (
+            "took effect in the order found",
+            "did not take effect in it",
+        )
+    };
+    let _ = writeln!(
+        out,
+        "  {} {placed_words}, {} {left_words}{}; a read proves {} of them happened.",
+        took_effect.len(),
+        left_out.len(),
+        if decided.len() < unknown.len() {
+            format!(
+                " ({} in partitions not decided)",
+                unknown.len() - decided.len()
+            )
+        } else {
+            String::new()
+        },
+        proven.len()
+    );
+    for &i in took_effect.iter().take(UNKNOWN_EXAMPLES_MAX) {
+        let (position, before) = placed[&i];
+        let after = match before {
+            Some(b) => format!("right after #{b} ({})", lines_of(&operations[b])),
+            None => "first".to_string(),
+        };
+        let why = proven
+            .get(&i)
+            .map(|&r| format!("; proven by the read #{r} ({})", lines_of(&operations[r])))
+            .unwrap_or_default();
+        let _ = writeln!(out, "    placed {position}, {after}: {}{why}", describe(i));
+    }
+    if took_effect.len() > UNKNOWN_EXAMPLES_MAX {
+        let _ = writeln!(
+            out,
+            "    ... and {} more placed",
+            took_effect.len() - UNKNOWN_EXAMPLES_MAX
+        );
+    }
+    for &i in left_out.iter().take(UNKNOWN_EXAMPLES_MAX) {
+        let _ = writeln!(out, "    not placed: {}", describe(i));
+    }
+    if left_out.len() > UNKNOWN_EXAMPLES_MAX {
+        let _ = writeln!(
+            out,
+            "    ... and {} more not placed",
+            left_out.len() - UNKNOWN_EXAMPLES_MAX
+        );
     }
     out
 }
@@ -260,6 +396,13 @@ pub fn html<M: Model>(
                 escape(reason)
             );
         }
+        if failure.open_candidates > 0 {
+            let _ = write!(
+                body,
+                "<li>and {} operation(s) with unknown outcomes, which may take effect at any time: placing any of them here does not help</li>",
+                failure.open_candidates
+            );
+        }
         body.push_str("</ul>");
         // How the value got there: the last linearized operations, replayed.
         let mut state = model.init();
@@ -294,7 +437,20 @@ pub fn html<M: Model>(
         body.push_str("</table></div>");
     }
 
+    let unknown = unknown_outcomes(model, operations, verdict);
+    if !unknown.is_empty() {
+        let _ = write!(
+            body,
+            "<div class=\"unknown\"><h2>Operations with unknown outcomes</h2><pre>{}</pre></div>",
+            escape(unknown.trim())
+        );
+    }
     if let Some(partition) = partition {
+        if partition.failure.is_none() {
+            for (position, &op) in partition.order.iter().enumerate() {
+                prefix_position.insert(op, position + 1);
+            }
+        }
         let shown = visible(operations, partition);
         let _ = write!(
             body,
@@ -390,10 +546,12 @@ fn timeline<M: Model>(
             classes.push_str(" deadline");
         }
         let description = model.describe_operation(&op.input, op.output.as_ref());
-        let order = prefix_position
-            .get(&i)
-            .map(|p| format!(" (linearized {p})"))
-            .unwrap_or_default();
+        let order = match (prefix_position.get(&i), op.completion) {
+            (Some(p), Completion::Info) => format!(" (unknown outcome: took effect, placed {p})"),
+            (Some(p), _) => format!(" (linearized {p})"),
+            (None, Completion::Info) => " (unknown outcome: not placed, so no effect)".to_string(),
+            (None, _) => String::new(),
+        };
         let _ = write!(
             svg,
             "<g><title>#{i} process {} {}: {}{}</title><rect x=\"{x0}\" y=\"{y}\" width=\"{}\" height=\"24\" rx=\"4\" class=\"{classes}\"/>\
@@ -426,7 +584,7 @@ const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:24px;color:#22
 h1{font-size:20px;margin:0 0 8px}h2{font-size:16px;margin:18px 0 8px}\
 .verdict{font-size:22px;font-weight:700;display:inline-block;padding:4px 12px;border-radius:6px;margin:4px 0}\
 .verdict.good{background:#d8f3dc;color:#1b4332}.verdict.bad{background:#ffd6d6;color:#8b0000}.verdict.unknown{background:#eee;color:#444}\
-.stats{color:#555}.explain{background:#fff8e6;border:2px solid #f0a020;border-radius:8px;padding:8px 16px}\
+.stats{color:#555}.unknown{background:#f2f2f7;border-radius:8px;padding:4px 16px;margin:12px 0}.explain{background:#fff8e6;border:2px solid #f0a020;border-radius:8px;padding:8px 16px}\
 .explain li{margin:4px 0;font-family:ui-monospace,monospace;font-size:13px}\
 table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #e0c890;padding:2px 8px;text-align:left}\
 td:nth-child(5),td:nth-child(6){font-family:ui-monospace,monospace}h3{font-size:14px;margin:12px 0 4px}\

@@ -75,6 +75,10 @@ pub struct Failure {
     pub deadline_op: usize,
     /// For each window operation, why it cannot come next.
     pub reasons: Vec<(usize, String)>,
+    /// Operations with unknown outcomes that could also come next (they
+    /// return "at infinity", so they are always candidates); none helps.
+    /// Left out of the window.
+    pub open_candidates: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -92,6 +96,13 @@ pub struct PartitionReport {
     pub is_cancelled: bool,
     /// Not finished because the memory budget ran out.
     pub is_out_of_memory: bool,
+    /// When linearizable: the order found (indexes into the history's
+    /// operations). Operations with unknown outcomes that are not in it did
+    /// not take effect in that order.
+    pub order: Vec<usize>,
+    /// Operations with unknown outcomes that a read proves happened, each
+    /// with the earliest such read (see `Model::prepare`).
+    pub proven: Vec<(usize, usize)>,
 }
 
 #[derive(Clone, Debug)]
@@ -365,6 +376,8 @@ fn check_partition<M: Model>(
         failure: None,
         is_cancelled: false,
         is_out_of_memory: false,
+        order: Vec::new(),
+        proven: Vec::new(),
     };
     if n == 0 {
         return report;
@@ -380,6 +393,21 @@ fn check_partition<M: Model>(
     let mut prepared: Vec<Operation<M::Input, M::Output>> =
         ops.iter().map(|&g| all[g].clone()).collect();
     model.prepare(&mut prepared);
+    {
+        let mut returning_at: FastMap<u64, usize> = FastMap::default();
+        for (local, op) in prepared.iter().enumerate() {
+            if all[ops[local]].ret == op.ret && op.ret != u64::MAX {
+                returning_at.insert(op.ret, ops[local]);
+            }
+        }
+        for (local, op) in prepared.iter().enumerate() {
+            if all[ops[local]].output.is_none() && op.output.is_some() {
+                if let Some(&reader) = returning_at.get(&op.ret) {
+                    report.proven.push((ops[local], reader));
+                }
+            }
+        }
+    }
 
     // The entry list: 0 is the head; calls and returns in time order after it.
     let mut timeline: Vec<(u64, u32, bool)> = Vec::with_capacity(2 * n);
@@ -666,6 +694,12 @@ fn check_partition<M: Model>(
         }
     }
     report.states_explored = memo.len as u64;
+    if report.outcome == Outcome::Linearizable {
+        report.order = stack
+            .iter()
+            .map(|&(frame, _)| ops[op_of[(frame & FRAME_ENTRY) as usize] as usize])
+            .collect();
+    }
     if report.outcome == Outcome::NotLinearizable {
         let prefix: Vec<usize> = best_stack
             .iter()
@@ -701,8 +735,16 @@ fn describe_dead_end<M: Model>(
         is_linearized[local] = true;
     }
     let deadline_time = prepared[deadline_local].ret;
-    let mut window: Vec<usize> = (0..ops.len())
+    let candidates: Vec<usize> = (0..ops.len())
         .filter(|&local| !is_linearized[local] && prepared[local].call < deadline_time)
+        .collect();
+    let open_candidates = candidates
+        .iter()
+        .filter(|&&local| prepared[local].ret == u64::MAX)
+        .count();
+    let mut window: Vec<usize> = candidates
+        .into_iter()
+        .filter(|&local| prepared[local].ret != u64::MAX)
         .map(|local| ops[local])
         .collect();
     window.sort_by_key(|&global| all[global].call);
@@ -732,5 +774,6 @@ fn describe_dead_end<M: Model>(
         window,
         deadline_op: ops[deadline_local],
         reasons,
+        open_candidates,
     }
 }

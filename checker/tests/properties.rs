@@ -518,3 +518,71 @@ fn malformed_histories_are_errors_naming_the_line() {
         1
     );
 }
+
+#[test]
+fn histories_with_crashes_are_decided_and_their_unknown_outcomes_explained() {
+    for seed in 1..=8 {
+        let mut events = generate::kv_history(seed, Shape::with_crashes(8, 4, 3000));
+        let history = parsed(events.clone());
+        let changing_unknown = history
+            .operations
+            .iter()
+            .filter(|o| {
+                o.output.is_none()
+                    && o.input.op != KvOp::Get
+                    && o.completion == history::Completion::Info
+            })
+            .count();
+        let never_completed = history
+            .operations
+            .iter()
+            .filter(|o| o.ret_line.is_none())
+            .count();
+        assert!(
+            history.infos > 100 && never_completed > 40 && changing_unknown > 80,
+            "seed {seed}: the class has its unknown outcomes ({} info, {never_completed} never completed)",
+            history.infos
+        );
+        let verdict = check(
+            &KvModel::kv(),
+            &history.operations,
+            &CheckOptions::default(),
+        );
+        assert_eq!(verdict.outcome, Outcome::Linearizable, "seed {seed}");
+        let text = checker::report::text(&KvModel::kv(), &history.operations, &verdict);
+        assert!(
+            text.contains(&format!("Unknown outcomes: {changing_unknown} operations")),
+            "seed {seed}: {text}"
+        );
+        // Every unknown outcome is accounted for: placed or not.
+        let counts: Vec<usize> = text
+            .lines()
+            .find(|l| l.contains("took effect in the order found"))
+            .expect("the placement line")
+            .split_whitespace()
+            .filter_map(|w| w.trim_end_matches([',', ';']).parse().ok())
+            .collect();
+        assert_eq!(
+            counts[0] + counts[1],
+            changing_unknown,
+            "seed {seed}: {text}"
+        );
+        assert!(
+            counts[2] > 0,
+            "seed {seed}: some unknown writes are proven by reads"
+        );
+
+        generate::make_read_stale(&mut events, seed).expect("a read to make stale");
+        let history = parsed(events);
+        let verdict = check(
+            &KvModel::kv(),
+            &history.operations,
+            &CheckOptions::default(),
+        );
+        assert_eq!(
+            verdict.outcome,
+            Outcome::NotLinearizable,
+            "seed {seed}: stale"
+        );
+    }
+}
