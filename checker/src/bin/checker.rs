@@ -16,7 +16,7 @@ checker: decide whether a recorded history is linearizable
 USAGE:
     checker [--format jsonl|jepsen-etcd|jepsen-kv] [--model kv|register]
             [--html FILE] [--timeout SECONDS] HISTORY
-    checker bench [--corpus DIR] [--runs N]
+    checker bench [--corpus DIR] [--runs N] [--seeds N] [--write DIR]
     checker generate [--class tame|crashes] [--seed N] [--clients N]
                      [--keys N] [--operations N] [--stale]
 
@@ -30,8 +30,12 @@ OPTIONS:
     --timeout SECONDS  give up after this long: verdict unknown (default: none)
     -h, --help         this text
 
-bench: times the corpus (all etcd histories, each KV history) and a generated
-100,000-operation history (100 keys, 20 clients); prints time and peak memory.
+bench: times the corpus (all etcd histories, each KV history), a generated
+100,000-operation history (100 keys, 20 clients), and the crash class (see
+generate): --seeds N histories of 3,000 operations (4 keys, 8 clients) and one
+of 100,000 (100 keys, 20 clients), each also with one stale read; prints
+parse and search time apart, and peak memory. --write DIR also writes the
+crash-class histories there (to time other checkers on the same files).
 The corpus defaults to ../shared/data/porcupine (from the project root).
 
 generate: writes a generated history (JSON Lines) to standard output,
@@ -288,17 +292,74 @@ fn generate_command(args: &[String]) -> ExitCode {
         eprintln!("checker generate: no read in this history can be made stale");
         return ExitCode::from(3);
     };
-    let mut out = String::with_capacity(events.len() * 80);
-    for event in &events {
-        out.push_str(&serde_json::to_string(event).expect("events serialize"));
-        out.push('\n');
-    }
     use std::io::Write as _;
-    if let Err(e) = std::io::stdout().lock().write_all(out.as_bytes()) {
+    if let Err(e) = std::io::stdout().lock().write_all(to_jsonl(&events).as_bytes()) {
         eprintln!("checker generate: {e}");
         return ExitCode::from(3);
     }
     ExitCode::SUCCESS
+}
+
+fn to_jsonl(events: &[checker::Event]) -> String {
+    let mut out = String::with_capacity(events.len() * 80);
+    for event in events {
+        out.push_str(&serde_json::to_string(event).expect("events serialize"));
+        out.push('\n');
+    }
+    out
+}
+
+/// The crash class (`Shape::with_crashes`) in `checker bench`: each history
+/// parsed from its JSON Lines text and checked `runs` times; prints the
+/// medians of parse and search time apart. Returns the verdicts that were
+/// wrong (linearizable by construction; `stale`: one stale read, so not).
+fn bench_crashes(
+    name: &str,
+    args: &GenerateArgs,
+    runs: usize,
+    write_dir: Option<&std::path::Path>,
+) -> usize {
+    let Some(events) = generated(args) else {
+        eprintln!("{name}: no read to make stale");
+        return 1;
+    };
+    let text = to_jsonl(&events);
+    if let Some(dir) = write_dir {
+        let path = dir.join(format!("{name}.jsonl"));
+        if let Err(e) = std::fs::write(&path, &text) {
+            eprintln!("checker bench: cannot write {}: {e}", path.display());
+            return 1;
+        }
+    }
+    let (mut parse_times, mut search_times, mut states) = (Vec::new(), Vec::new(), 0);
+    let mut wrong = 0;
+    let expected = if args.stale {
+        Outcome::NotLinearizable
+    } else {
+        Outcome::Linearizable
+    };
+    for _ in 0..runs {
+        let start = Instant::now();
+        let history = history::parse_jsonl(&text).expect("generated histories are well formed");
+        parse_times.push(start.elapsed().as_secs_f64());
+        let (verdict, seconds) = timed_check(&KvModel::kv(), &history);
+        search_times.push(seconds);
+        states = verdict.states_explored;
+        if verdict.outcome != expected {
+            wrong += 1;
+            eprintln!("MISMATCH {name}: {:?}", verdict.outcome);
+        }
+    }
+    println!(
+        "{name}: {} operations, {} keys, {} clients, {:?} expected: parse {:.4} s, search {:.4} s (medians of {runs}), {states} states",
+        args.operations,
+        args.keys,
+        args.clients,
+        expected,
+        median(parse_times),
+        median(search_times),
+    );
+    wrong
 }
 
 /// Peak resident memory of this process (Linux), in MiB.
@@ -332,10 +393,16 @@ fn timed_check(model: &KvModel, history: &History) -> (Verdict, f64) {
 fn bench(args: &[String]) -> ExitCode {
     let mut corpus = PathBuf::from("../shared/data/porcupine");
     let mut runs = 5usize;
+    let mut crash_seeds = 5u64;
+    let mut write_dir: Option<PathBuf> = None;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match (arg.as_str(), it.next()) {
             ("--corpus", Some(dir)) => corpus = PathBuf::from(dir),
+            ("--write", Some(dir)) => write_dir = Some(PathBuf::from(dir)),
+            ("--seeds", Some(n)) if n.parse::<u64>().is_ok_and(|n| n > 0) => {
+                crash_seeds = n.parse().expect("checked")
+            }
             ("--runs", Some(n)) if n.parse::<usize>().is_ok_and(|n| n > 0) => {
                 runs = n.parse().expect("checked")
             }
@@ -445,6 +512,32 @@ fn bench(args: &[String]) -> ExitCode {
         history.operations.len(),
         median(times)
     );
+    for seed in 1..=crash_seeds {
+        for stale in [false, true] {
+            let args = GenerateArgs {
+                class: "crashes".into(),
+                seed,
+                clients: 8,
+                keys: 4,
+                operations: 3000,
+                stale,
+            };
+            let name = format!("crashes-3k-{seed}{}", if stale { "-stale" } else { "" });
+            mismatches += bench_crashes(&name, &args, runs, write_dir.as_deref());
+        }
+    }
+    for stale in [false, true] {
+        let args = GenerateArgs {
+            class: "crashes".into(),
+            seed: 1,
+            clients: 20,
+            keys: 100,
+            operations: 100_000,
+            stale,
+        };
+        let name = format!("crashes-100k-1{}", if stale { "-stale" } else { "" });
+        mismatches += bench_crashes(&name, &args, runs, write_dir.as_deref());
+    }
     println!("peak memory: {:.1} MiB", peak_memory_mib());
     if mismatches > 0 {
         eprintln!("{mismatches} verdict(s) disagree with the expected ones");
