@@ -79,6 +79,11 @@ pub struct Failure {
     /// return "at infinity", so they are always candidates); none helps.
     /// Left out of the window.
     pub open_candidates: usize,
+    /// Found in a window of the history that starts at this line, from any
+    /// value at all: what came before is ignored, and operations in flight
+    /// at either edge are treated as having unknown outcomes. No value the
+    /// key could have had there explains what follows.
+    pub from_any_state_at: Option<usize>,
 }
 
 #[derive(Clone, Debug)]
@@ -409,6 +414,73 @@ fn check_partition<M: Model>(
         }
     }
 
+    let limits = Limits {
+        deadline,
+        stop,
+        memory_bytes_max,
+    };
+    let full = search(model, &prepared, model.init(), &limits, None);
+    report.states_explored = full.states;
+    report.outcome = full.outcome;
+    report.is_cancelled = full.is_cancelled;
+    report.is_out_of_memory = full.is_out_of_memory;
+    match full.outcome {
+        Outcome::Linearizable => {
+            report.order = full.order.iter().map(|&local| ops[local]).collect();
+        }
+        Outcome::NotLinearizable => {
+            report.failure = Some(describe_dead_end(model, all, &ops, &prepared, &full, None));
+        }
+        Outcome::Unknown => {}
+    }
+    report
+}
+
+/// What the search is allowed to spend.
+struct Limits<'a> {
+    deadline: Option<Instant>,
+    stop: &'a AtomicBool,
+    memory_bytes_max: usize,
+}
+
+/// How a search ended.
+struct Searched<S> {
+    outcome: Outcome,
+    is_cancelled: bool,
+    is_out_of_memory: bool,
+    /// Nodes in the memo at the end.
+    states: u64,
+    /// When linearizable: the order (local indexes).
+    order: Vec<usize>,
+    /// The deepest dead end: the prefix placed (local indexes), the state
+    /// after it, and the operation whose return blocked it.
+    best_prefix: Vec<usize>,
+    best_state: S,
+    best_deadline: usize,
+}
+
+/// Wing & Gong's search over one partition's prepared operations (local
+/// indexes are positions in `prepared`), from `init`. `nodes_max`: give up
+/// (`Unknown`) past this many memo entries.
+fn search<M: Model>(
+    model: &M,
+    prepared: &[Operation<M::Input, M::Output>],
+    init: M::State,
+    limits: &Limits,
+    nodes_max: Option<usize>,
+) -> Searched<M::State> {
+    let n = prepared.len();
+    let mut result = Searched {
+        outcome: Outcome::Linearizable,
+        is_cancelled: false,
+        is_out_of_memory: false,
+        states: 0,
+        order: Vec::new(),
+        best_prefix: Vec::new(),
+        best_state: init.clone(),
+        best_deadline: 0,
+    };
+
     // The entry list: 0 is the head; calls and returns in time order after it.
     let mut timeline: Vec<(u64, u32, bool)> = Vec::with_capacity(2 * n);
     for (local, op) in prepared.iter().enumerate() {
@@ -511,7 +583,7 @@ fn check_partition<M: Model>(
     let mut memo = Memo::new(open_mask);
     let mut set = vec![0u64; words];
     let mut set_hash = 0u64;
-    let mut state = intern(model.init(), &mut states);
+    let mut state = intern(init, &mut states);
     // Whether the operation placed last had an unknown outcome: then the
     // next may not overwrite. Part of the memo's key.
     let mut after_open = false;
@@ -564,18 +636,19 @@ fn check_partition<M: Model>(
     'search: while known_left > 0 {
         steps += 1;
         if steps.is_multiple_of(DEADLINE_CHECK_STEPS)
-            && (deadline.is_some_and(|d| Instant::now() >= d) || stop.load(Ordering::Relaxed))
+            && (limits.deadline.is_some_and(|d| Instant::now() >= d)
+                || limits.stop.load(Ordering::Relaxed))
         {
-            report.outcome = Outcome::Unknown;
-            report.is_cancelled = stop.load(Ordering::Relaxed);
-            report.states_explored = memo.len as u64;
-            return report;
+            result.outcome = Outcome::Unknown;
+            result.is_cancelled = limits.stop.load(Ordering::Relaxed);
+            result.states = memo.len as u64;
+            return result;
         }
-        if memo.bytes() > memory_bytes_max {
-            report.outcome = Outcome::Unknown;
-            report.is_out_of_memory = true;
-            report.states_explored = memo.len as u64;
-            return report;
+        if memo.bytes() > limits.memory_bytes_max || nodes_max.is_some_and(|m| memo.len > m) {
+            result.outcome = Outcome::Unknown;
+            result.is_out_of_memory = memo.bytes() > limits.memory_bytes_max;
+            result.states = memo.len as u64;
+            return result;
         }
         let e = entry as usize;
         if is_call[e] {
@@ -670,7 +743,7 @@ fn check_partition<M: Model>(
         }
         loop {
             let Some((frame, before)) = stack.pop() else {
-                report.outcome = Outcome::NotLinearizable;
+                result.outcome = Outcome::NotLinearizable;
                 break 'search;
             };
             is_open_pass = frame & OPEN_PASS_BIT != 0;
@@ -693,45 +766,43 @@ fn check_partition<M: Model>(
             }
         }
     }
-    report.states_explored = memo.len as u64;
-    if report.outcome == Outcome::Linearizable {
-        report.order = stack
-            .iter()
-            .map(|&(frame, _)| ops[op_of[(frame & FRAME_ENTRY) as usize] as usize])
-            .collect();
+    result.states = memo.len as u64;
+    let local_of = |frame: u32| op_of[(frame & FRAME_ENTRY) as usize] as usize;
+    match result.outcome {
+        Outcome::Linearizable => {
+            result.order = stack.iter().map(|&(frame, _)| local_of(frame)).collect();
+        }
+        Outcome::NotLinearizable => {
+            result.best_prefix = best_stack
+                .iter()
+                .map(|&(frame, _)| local_of(frame))
+                .collect();
+            result.best_state = states[best_state as usize].clone();
+            result.best_deadline = op_of[best_deadline as usize] as usize;
+        }
+        Outcome::Unknown => {}
     }
-    if report.outcome == Outcome::NotLinearizable {
-        let prefix: Vec<usize> = best_stack
-            .iter()
-            .map(|&(frame, _)| op_of[(frame & FRAME_ENTRY) as usize] as usize)
-            .collect();
-        let deadline_local = op_of[best_deadline as usize] as usize;
-        report.failure = Some(describe_dead_end(
-            model,
-            all,
-            &ops,
-            &prepared,
-            &prefix,
-            &states[best_state as usize],
-            deadline_local,
-        ));
-    }
-    report
+    result
 }
 
 /// Explains a dead end: the prefix linearized (local indexes, in order), and
 /// the window of operations that could have come next, each with its reason.
+/// `ops` maps the searched operations (`prepared`) to the history's.
 fn describe_dead_end<M: Model>(
     model: &M,
     all: &[Operation<M::Input, M::Output>],
     ops: &[usize],
     prepared: &[Operation<M::Input, M::Output>],
-    prefix: &[usize],
-    state: &M::State,
-    deadline_local: usize,
+    searched: &Searched<M::State>,
+    from_any_state_at: Option<usize>,
 ) -> Failure {
+    let (prefix, state, deadline_local) = (
+        &searched.best_prefix,
+        &searched.best_state,
+        searched.best_deadline,
+    );
     let mut is_linearized = vec![false; ops.len()];
-    for &local in prefix {
+    for &local in prefix.iter() {
         is_linearized[local] = true;
     }
     let deadline_time = prepared[deadline_local].ret;
@@ -775,5 +846,6 @@ fn describe_dead_end<M: Model>(
         deadline_op: ops[deadline_local],
         reasons,
         open_candidates,
+        from_any_state_at,
     }
 }

@@ -293,7 +293,10 @@ fn generate_command(args: &[String]) -> ExitCode {
         return ExitCode::from(3);
     };
     use std::io::Write as _;
-    if let Err(e) = std::io::stdout().lock().write_all(to_jsonl(&events).as_bytes()) {
+    if let Err(e) = std::io::stdout()
+        .lock()
+        .write_all(to_jsonl(&events).as_bytes())
+    {
         eprintln!("checker generate: {e}");
         return ExitCode::from(3);
     }
