@@ -52,6 +52,17 @@ pub trait Model: Sync {
         false
     }
 
+    /// A state that stands for every state at once, if the model has one.
+    /// From it a step must accept whatever some state accepts, and lead to
+    /// the state that step leads to or to this one again. With it, a
+    /// partition the search cannot decide at once is also searched in
+    /// windows, each from this state: no order of a window from every state
+    /// at once means none from the actual one, so a violation is found where
+    /// it happens without exploring everything before it. `None`: no windows.
+    fn any_state(&self) -> Option<Self::State> {
+        None
+    }
+
     /// Whether every valid step of this operation leaves the state as it was
     /// (a read with a known result). The search linearizes such an operation
     /// as soon as it can and never tries it later instead: moving it earlier
@@ -168,14 +179,42 @@ fn show(value: &Option<String>) -> String {
     }
 }
 
+/// The value of the one key (or register) a partition is about.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum KvState {
+    /// The value (`None`: absent).
+    Is(Option<String>),
+    /// Every value at once (see [`Model::any_state`]).
+    Any,
+}
+
+impl KvModel {
+    /// A step from [`KvState::Any`]: what it observes becomes the value.
+    fn step_from_any(&self, input: &KvInput, output: Option<&KvOutput>) -> Option<KvState> {
+        Some(match (&input.op, output) {
+            (KvOp::Get, Some(KvOutput::Value(read))) => KvState::Is(read.clone()),
+            (KvOp::Put(value), None | Some(KvOutput::Done)) => KvState::Is(Some(value.clone())),
+            (KvOp::Delete, None | Some(KvOutput::Done)) => KvState::Is(None),
+            (KvOp::Cas { new, .. }, Some(KvOutput::Cas(true))) => KvState::Is(Some(new.clone())),
+            (KvOp::Get, None)
+            | (KvOp::Append(_), None | Some(KvOutput::Done))
+            | (KvOp::Cas { .. }, None | Some(KvOutput::Cas(false))) => KvState::Any,
+            _ => return None,
+        })
+    }
+}
+
 impl Model for KvModel {
-    /// The value of the one key (or register) a partition is about.
-    type State = Option<String>;
+    type State = KvState;
     type Input = KvInput;
     type Output = KvOutput;
 
     fn init(&self) -> Self::State {
-        self.initial.clone()
+        KvState::Is(self.initial.clone())
+    }
+
+    fn any_state(&self) -> Option<Self::State> {
+        Some(KvState::Any)
     }
 
     fn step(
@@ -184,7 +223,11 @@ impl Model for KvModel {
         input: &KvInput,
         output: Option<&KvOutput>,
     ) -> Option<Self::State> {
-        match (&input.op, output) {
+        let state = match state {
+            KvState::Is(value) => value,
+            KvState::Any => return self.step_from_any(input, output),
+        };
+        let next = match (&input.op, output) {
             (KvOp::Get, None) => Some(state.clone()),
             (KvOp::Get, Some(KvOutput::Value(read))) => (read == state).then(|| state.clone()),
             (KvOp::Put(value), None | Some(KvOutput::Done)) => Some(Some(value.clone())),
@@ -206,7 +249,8 @@ impl Model for KvModel {
                 (state != expected).then(|| state.clone())
             }
             _ => None,
-        }
+        };
+        next.map(KvState::Is)
     }
 
     fn partition(&self, operations: &[Operation<KvInput, KvOutput>]) -> Vec<Vec<usize>> {
@@ -398,7 +442,10 @@ impl Model for KvModel {
     }
 
     fn describe_state(&self, state: &Self::State) -> String {
-        show(state)
+        match state {
+            KvState::Is(value) => show(value),
+            KvState::Any => "any value".to_string(),
+        }
     }
 }
 

@@ -79,9 +79,20 @@ pub fn text<M: Model>(
             partition.operations.len(),
             partition.searched
         );
+        if let Some(line) = failure.from_any_state_at {
+            let _ = writeln!(
+                out,
+                "Found in a window of the history from line {line}: starting there from any value at all (what came before ignored, operations in flight at its edges taken as unknown outcomes), no order explains it."
+            );
+        }
         let _ = writeln!(
             out,
-            "The longest linearizable prefix has {} operations; after it the value is {}.",
+            "The longest linearizable prefix{} has {} operations; after it the value is {}.",
+            if failure.from_any_state_at.is_some() {
+                " of the window"
+            } else {
+                ""
+            },
             failure.longest_prefix.len(),
             failure.state
         );
@@ -404,8 +415,20 @@ pub fn html<M: Model>(
             );
         }
         body.push_str("</ul>");
-        // How the value got there: the last linearized operations, replayed.
-        let mut state = model.init();
+        if let Some(line) = failure.from_any_state_at {
+            let _ = write!(
+                body,
+                "<p>Found in a window of the history from line {line}: starting there from <b>any value at all</b> \
+                 (what came before ignored, operations in flight at its edges taken as unknown outcomes), \
+                 no order explains it. The order numbers count from the window's start.</p>"
+            );
+        }
+        // How the value got there: the last linearized operations, replayed
+        // (from any value, for a window).
+        let mut state = match failure.from_any_state_at {
+            Some(_) => model.any_state().unwrap_or_else(|| model.init()),
+            None => model.init(),
+        };
         let mut trail = Vec::new();
         for &op in &failure.longest_prefix {
             let o = &operations[op];

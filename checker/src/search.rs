@@ -39,6 +39,11 @@ pub struct CheckOptions {
     /// the verdict is `Unknown` (histories with many unknown outcomes on one
     /// key can need exponentially many states).
     pub memory_bytes_max: usize,
+    /// Memo entries a partition's full search may use before windows of it
+    /// are tried (when the model has `Model::any_state`); then the full
+    /// search runs again without this limit. `None`: 64 per operation, at
+    /// least 100,000.
+    pub full_search_nodes_max: Option<usize>,
 }
 
 impl Default for CheckOptions {
@@ -48,6 +53,7 @@ impl Default for CheckOptions {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             stop_at_first_violation: true,
             memory_bytes_max: 4 << 30,
+            full_search_nodes_max: None,
         }
     }
 }
@@ -155,6 +161,7 @@ pub fn check<M: Model>(
             deadline,
             &stop,
             memory_bytes_max,
+            options.full_search_nodes_max,
         );
         if report.outcome == Outcome::NotLinearizable && options.stop_at_first_violation {
             stop.store(true, Ordering::Relaxed);
@@ -361,6 +368,7 @@ fn check_partition<M: Model>(
     deadline: Option<Instant>,
     stop: &AtomicBool,
     memory_bytes_max: usize,
+    full_search_nodes_max: Option<usize>,
 ) -> PartitionReport {
     let name = model.partition_name(all, group);
     let ops: Vec<usize> = group
@@ -419,8 +427,27 @@ fn check_partition<M: Model>(
         stop,
         memory_bytes_max,
     };
-    let full = search(model, &prepared, model.init(), &limits, None);
-    report.states_explored = full.states;
+    // With a state that stands for every state, the full search first runs
+    // on a budget; past it, the violation (if any) is looked for in windows.
+    let any = model.any_state();
+    let budget = any.as_ref().map(|_| {
+        full_search_nodes_max.unwrap_or((FULL_NODES_PER_OPERATION * n).max(FULL_NODES_MIN))
+    });
+    let mut full = search(model, &prepared, model.init(), &limits, budget, false);
+    let mut window_states = 0;
+    if full.is_over_budget {
+        let any = any.expect("a budget only with a state for windows");
+        let (failure, states) = search_windows(model, all, &ops, &prepared, any, &limits, &full);
+        window_states = states;
+        if let Some(failure) = failure {
+            report.states_explored = full.states + window_states;
+            report.outcome = Outcome::NotLinearizable;
+            report.failure = Some(failure);
+            return report;
+        }
+        full = search(model, &prepared, model.init(), &limits, None, false);
+    }
+    report.states_explored = full.states + window_states;
     report.outcome = full.outcome;
     report.is_cancelled = full.is_cancelled;
     report.is_out_of_memory = full.is_out_of_memory;
@@ -436,6 +463,106 @@ fn check_partition<M: Model>(
     report
 }
 
+/// The full search's budget, in memo entries, before windows are tried: at
+/// least this many, and this many per operation.
+const FULL_NODES_MIN: usize = 100_000;
+const FULL_NODES_PER_OPERATION: usize = 64;
+/// Window sizes (operations): first ending where the full search got stuck,
+/// then sliding over the whole partition (by half a window).
+const STUCK_WINDOWS: [usize; 5] = [4, 16, 64, 256, 1024];
+const SLIDING_WINDOWS: [usize; 4] = [8, 64, 256, 1024];
+/// A window's search budget: this many memo entries per operation, plus a floor.
+const WINDOW_NODES_PER_OPERATION: usize = 64;
+const WINDOW_NODES_MIN: usize = 10_000;
+
+/// Looks for a violation in windows of a partition, each searched from the
+/// state that stands for every state (`Model::any_state`). Returns the first
+/// failure found, and the memo entries spent.
+///
+/// A window `[from, to]` (event positions) keeps the operations invoked by
+/// `to` and not completed before `from`. Those invoked before `from` or
+/// completing after `to` get unknown outcomes. Each change only allows more:
+/// an operation completed before `from` took effect before every operation
+/// invoked after it, so its effect is in the state at `from`, which any
+/// state covers; an operation in flight at an edge may take effect inside
+/// or not at all; and an operation invoked after `to` takes effect after
+/// every operation completed by `to`, so dropping it and those after it
+/// leaves a valid order of the rest. So if no order explains a window, none
+/// explains the partition.
+fn search_windows<M: Model>(
+    model: &M,
+    all: &[Operation<M::Input, M::Output>],
+    ops: &[usize],
+    prepared: &[Operation<M::Input, M::Output>],
+    any: M::State,
+    limits: &Limits,
+    full: &Searched<M::State>,
+) -> (Option<Failure>, u64) {
+    let n = prepared.len();
+    let calls: Vec<u64> = prepared.iter().map(|op| op.call).collect();
+    // (from, to, size, the first operation invoked at `from`)
+    let mut windows: Vec<(u64, u64, usize, usize)> = Vec::new();
+    if let Some(stuck) = full.best_deadline {
+        let stuck_at = prepared[stuck].ret;
+        let end = calls.partition_point(|&call| call <= stuck_at);
+        for size in STUCK_WINDOWS {
+            let start = end.saturating_sub(size);
+            windows.push((calls[start], stuck_at, size, start));
+        }
+    }
+    for size in SLIDING_WINDOWS {
+        for start in (0..n).step_by(size / 2) {
+            let end = (start + size).min(n - 1);
+            windows.push((calls[start], calls[end], size, start));
+        }
+    }
+    let mut spent = 0;
+    for (from, to, size, start) in windows {
+        let (window_ops, window): (Vec<usize>, Vec<OperationOf<M>>) = prepared
+            .iter()
+            .enumerate()
+            .filter(|(_, op)| op.call <= to && (op.ret == u64::MAX || op.ret >= from))
+            .filter_map(|(local, op)| {
+                let mut op = op.clone();
+                if op.call < from || op.ret > to {
+                    op.output = None;
+                    op.completion = Completion::Info;
+                    op.ret = u64::MAX;
+                    if model.is_inert(&op.input, None) {
+                        return None;
+                    }
+                }
+                Some((ops[local], op))
+            })
+            .unzip();
+        if window.len() == n || window.iter().all(|op| op.ret == u64::MAX) {
+            continue;
+        }
+        let nodes_max = (WINDOW_NODES_PER_OPERATION * size).max(WINDOW_NODES_MIN);
+        let searched = search(model, &window, any.clone(), limits, Some(nodes_max), true);
+        spent += searched.states;
+        match searched.outcome {
+            Outcome::NotLinearizable => {
+                let first_line = all[ops[start]].call_line;
+                let failure = describe_dead_end(
+                    model,
+                    all,
+                    &window_ops,
+                    &window,
+                    &searched,
+                    Some(first_line),
+                );
+                return (Some(failure), spent);
+            }
+            Outcome::Unknown if !searched.is_over_budget => return (None, spent),
+            _ => {}
+        }
+    }
+    (None, spent)
+}
+
+type OperationOf<M> = Operation<<M as Model>::Input, <M as Model>::Output>;
+
 /// What the search is allowed to spend.
 struct Limits<'a> {
     deadline: Option<Instant>,
@@ -448,37 +575,44 @@ struct Searched<S> {
     outcome: Outcome,
     is_cancelled: bool,
     is_out_of_memory: bool,
+    /// Gave up at `nodes_max` memo entries.
+    is_over_budget: bool,
     /// Nodes in the memo at the end.
     states: u64,
     /// When linearizable: the order (local indexes).
     order: Vec<usize>,
-    /// The deepest dead end: the prefix placed (local indexes), the state
-    /// after it, and the operation whose return blocked it.
+    /// The deepest dead end (when not linearizable; for `Unknown`, only
+    /// the blocking operation, if any): the prefix placed (local indexes),
+    /// the state after it, and the operation whose return blocked it.
     best_prefix: Vec<usize>,
     best_state: S,
-    best_deadline: usize,
+    best_deadline: Option<usize>,
 }
 
 /// Wing & Gong's search over one partition's prepared operations (local
 /// indexes are positions in `prepared`), from `init`. `nodes_max`: give up
-/// (`Unknown`) past this many memo entries.
+/// (`Unknown`) past this many memo entries. `from_any`: `init` is the state
+/// that stands for every state (`Model::any_state`), from which a read
+/// does change the state (it learns the value).
 fn search<M: Model>(
     model: &M,
     prepared: &[Operation<M::Input, M::Output>],
     init: M::State,
     limits: &Limits,
     nodes_max: Option<usize>,
+    from_any: bool,
 ) -> Searched<M::State> {
     let n = prepared.len();
     let mut result = Searched {
         outcome: Outcome::Linearizable,
         is_cancelled: false,
         is_out_of_memory: false,
+        is_over_budget: false,
         states: 0,
         order: Vec::new(),
         best_prefix: Vec::new(),
         best_state: init.clone(),
-        best_deadline: 0,
+        best_deadline: None,
     };
 
     // The entry list: 0 is the head; calls and returns in time order after it.
@@ -584,6 +718,9 @@ fn search<M: Model>(
     let mut set = vec![0u64; words];
     let mut set_hash = 0u64;
     let mut state = intern(init, &mut states);
+    // Read-only operations are not read-only from the state that stands for
+    // every state: their rule (below) does not apply there.
+    let any_state = if from_any { state } else { NIL };
     // Whether the operation placed last had an unknown outcome: then the
     // next may not overwrite. Part of the memo's key.
     let mut after_open = false;
@@ -644,10 +781,19 @@ fn search<M: Model>(
             result.states = memo.len as u64;
             return result;
         }
-        if memo.bytes() > limits.memory_bytes_max || nodes_max.is_some_and(|m| memo.len > m) {
+        // A budgeted search keeps three quarters of the memory for what comes next.
+        let bytes_max = match nodes_max {
+            Some(_) => limits.memory_bytes_max / 4,
+            None => limits.memory_bytes_max,
+        };
+        if memo.bytes() > bytes_max || nodes_max.is_some_and(|m| memo.len > m) {
             result.outcome = Outcome::Unknown;
-            result.is_out_of_memory = memo.bytes() > limits.memory_bytes_max;
+            result.is_over_budget = nodes_max.is_some();
+            result.is_out_of_memory = !result.is_over_budget;
             result.states = memo.len as u64;
+            if best_depth.is_some() {
+                result.best_deadline = Some(op_of[best_deadline as usize] as usize);
+            }
             return result;
         }
         let e = entry as usize;
@@ -720,7 +866,7 @@ fn search<M: Model>(
                 set[local / 64] &= !(1 << (local % 64));
                 // Seen before and failed: for a read-only operation that
                 // means this whole node fails.
-                is_node_failed = is_read_only[local];
+                is_node_failed = is_read_only[local] && state != any_state;
             }
             if !is_node_failed {
                 entry = next[e];
@@ -761,7 +907,7 @@ fn search<M: Model>(
             relink!(return_of[local]);
             relink!(call);
             entry = next[call as usize];
-            if !is_read_only[local] {
+            if !is_read_only[local] || before == any_state {
                 break;
             }
         }
@@ -778,7 +924,7 @@ fn search<M: Model>(
                 .map(|&(frame, _)| local_of(frame))
                 .collect();
             result.best_state = states[best_state as usize].clone();
-            result.best_deadline = op_of[best_deadline as usize] as usize;
+            result.best_deadline = Some(op_of[best_deadline as usize] as usize);
         }
         Outcome::Unknown => {}
     }
@@ -796,11 +942,10 @@ fn describe_dead_end<M: Model>(
     searched: &Searched<M::State>,
     from_any_state_at: Option<usize>,
 ) -> Failure {
-    let (prefix, state, deadline_local) = (
-        &searched.best_prefix,
-        &searched.best_state,
-        searched.best_deadline,
-    );
+    let (prefix, state) = (&searched.best_prefix, &searched.best_state);
+    let deadline_local = searched
+        .best_deadline
+        .expect("a search that proves no order names where it got stuck");
     let mut is_linearized = vec![false; ops.len()];
     for &local in prefix.iter() {
         is_linearized[local] = true;

@@ -168,6 +168,8 @@ fn verdicts_agree_with_stateright_on_thousands_of_small_histories() {
             &CheckOptions::default(),
         );
         assert_eq!(adapter.outcome, ours.outcome, "case {case}: adapter");
+        let windowed = check(&KvModel::kv(), &history.operations, &windows_first());
+        assert_eq!(windowed.outcome, ours.outcome, "case {case}: windows first");
         if expected {
             linearizable += 1;
         } else {
@@ -295,6 +297,14 @@ fn f_of(op: &KvOp) -> &'static str {
     }
 }
 
+/// Options that make every partition try windows before its full search.
+fn windows_first() -> CheckOptions {
+    CheckOptions {
+        full_search_nodes_max: Some(0),
+        ..CheckOptions::default()
+    }
+}
+
 /// Stateright's verdict on a history given as its steps.
 fn stateright_verdict(steps: &[Step]) -> bool {
     let mut tester: LinearizabilityTester<u64, KvSpec> =
@@ -315,6 +325,7 @@ fn verdicts_agree_with_stateright_when_values_are_unique_and_outcomes_unknown() 
     // outcomes fire on this class; the stateright adapter uses neither.
     let mut rng = Rng::new(20261202);
     let (mut linearizable, mut not, mut unknown_ops) = (0, 0, 0);
+    let mut found_in_windows = 0;
     for case in 0..6000 {
         let (events, steps) = unique_value_history(&mut rng);
         let expected = stateright_verdict(&steps);
@@ -333,6 +344,14 @@ fn verdicts_agree_with_stateright_when_values_are_unique_and_outcomes_unknown() 
             &history.operations,
             &CheckOptions::default(),
         );
+        // Windows first, on every partition: a window may only ever find a
+        // violation that is there.
+        let windowed = check(&KvModel::kv(), &history.operations, &windows_first());
+        assert_eq!(windowed.outcome, ours.outcome, "case {case}: windows first");
+        found_in_windows += windowed
+            .failure()
+            .and_then(|p| p.failure.as_ref())
+            .is_some_and(|f| f.from_any_state_at.is_some()) as usize;
         assert_eq!(
             ours.outcome == Outcome::Linearizable,
             expected,
@@ -352,6 +371,10 @@ fn verdicts_agree_with_stateright_when_values_are_unique_and_outcomes_unknown() 
     assert!(
         linearizable > 1000 && not > 1000 && unknown_ops > 3000,
         "both verdicts and unknown outcomes well represented: {linearizable} / {not} / {unknown_ops}"
+    );
+    assert!(
+        found_in_windows > 300,
+        "windows find many of the violations: {found_in_windows} of {not}"
     );
 }
 
