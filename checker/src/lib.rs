@@ -24,7 +24,7 @@ pub mod report;
 pub mod search;
 
 pub use history::{Event, EventType, History, Operation};
-pub use model::{KvInput, KvModel, KvOp, KvOutput, Model};
+pub use model::{KvInput, KvModel, KvOp, KvOutput, KvState, Model, Refutation};
 pub use recorder::{OpHandle, Recorder};
 pub use search::{check, CheckOptions, Outcome, Verdict};
 

@@ -90,6 +90,14 @@ pub trait Model: Sync {
         let _ = operations;
     }
 
+    /// A direct proof that one partition's prepared operations (as
+    /// [`Model::prepare`] left them) have no order, if the model sees one at
+    /// a glance: checked before any search. The default sees none.
+    fn refute(&self, operations: &[Operation<Self::Input, Self::Output>]) -> Option<Refutation> {
+        let _ = operations;
+        None
+    }
+
     fn describe_operation(&self, input: &Self::Input, output: Option<&Self::Output>) -> String {
         match output {
             Some(output) => format!("{input:?} -> {output:?}"),
@@ -100,6 +108,17 @@ pub trait Model: Sync {
     fn describe_state(&self, state: &Self::State) -> String {
         format!("{state:?}")
     }
+}
+
+/// A direct proof that no order exists (see [`Model::refute`]).
+#[derive(Clone, Debug)]
+pub struct Refutation {
+    /// The operation that cannot be placed (an index into the operations given).
+    pub operation: usize,
+    /// The others the proof names.
+    pub witnesses: Vec<usize>,
+    /// Why, in words.
+    pub reason: String,
 }
 
 /// What a KV (or register) operation does.
@@ -417,6 +436,79 @@ impl Model for KvModel {
                 _ => {}
             }
         }
+    }
+
+    /// A stale read: it returns a value written by exactly one operation,
+    /// and another write certainly took effect after that one completed and
+    /// before the read began. The value is gone by then and nothing writes
+    /// it again. (A swap that succeeded reads the value it expected too.)
+    fn refute(&self, ops: &[Operation<KvInput, KvOutput>]) -> Option<Refutation> {
+        use std::collections::HashMap;
+        if ops.iter().any(|op| matches!(op.input.op, KvOp::Append(_))) {
+            return None;
+        }
+        // Per value: how many operations write it, and the last of them.
+        let mut writers: HashMap<&str, (usize, usize)> = HashMap::new();
+        if let Some(initial) = &self.initial {
+            writers.insert(initial, (1, usize::MAX));
+        }
+        for (i, op) in ops.iter().enumerate() {
+            if let KvOp::Put(v) | KvOp::Cas { new: v, .. } = &op.input.op {
+                let entry = writers.entry(v).or_insert((0, i));
+                *entry = (entry.0 + 1, i);
+            }
+        }
+        // Writes that certainly took effect, by call; the earliest return
+        // among those called at or after each position.
+        let mut overwrites: Vec<usize> = (0..ops.len())
+            .filter(|&i| {
+                matches!(
+                    (&ops[i].input.op, &ops[i].output),
+                    (KvOp::Put(_) | KvOp::Delete, Some(KvOutput::Done))
+                        | (KvOp::Cas { .. }, Some(KvOutput::Cas(true)))
+                )
+            })
+            .collect();
+        overwrites.sort_by_key(|&i| ops[i].call);
+        let mut earliest_return_from = vec![usize::MAX; overwrites.len() + 1];
+        for at in (0..overwrites.len()).rev() {
+            let (i, best) = (overwrites[at], earliest_return_from[at + 1]);
+            earliest_return_from[at] = if best == usize::MAX || ops[i].ret < ops[best].ret {
+                i
+            } else {
+                best
+            };
+        }
+        for (r, read) in ops.iter().enumerate() {
+            let value = match (&read.input.op, &read.output) {
+                (KvOp::Get, Some(KvOutput::Value(Some(v)))) => v,
+                (
+                    KvOp::Cas {
+                        expected: Some(v), ..
+                    },
+                    Some(KvOutput::Cas(true)),
+                ) => v,
+                _ => continue,
+            };
+            let Some(&(1, w)) = writers.get(value.as_str()) else {
+                continue;
+            };
+            if w == usize::MAX || w == r || ops[w].output.is_none() {
+                continue;
+            }
+            let after = overwrites.partition_point(|&x| ops[x].call <= ops[w].ret);
+            let x = earliest_return_from[after];
+            if x != usize::MAX && ops[x].ret < read.call {
+                return Some(Refutation {
+                    operation: r,
+                    witnesses: vec![w, x],
+                    reason: format!(
+                        "a stale read: {value:?} is written only by the first operation below, and the second overwrote it after that one completed and before this read began",
+                    ),
+                });
+            }
+        }
+        None
     }
 
     fn describe_operation(&self, input: &KvInput, output: Option<&KvOutput>) -> String {

@@ -79,6 +79,20 @@ pub fn text<M: Model>(
             partition.operations.len(),
             partition.searched
         );
+        if let Some(proof) = &failure.proof {
+            let _ = writeln!(out, "Proven without a search: {proof}.");
+            for (index, what) in &failure.reasons {
+                let op = &operations[*index];
+                let _ = writeln!(
+                    out,
+                    "  #{index:<6} process {:<4} {:<14} {what}",
+                    op.process,
+                    lines_of(op)
+                );
+            }
+            out.push_str(&unknown_outcomes(model, operations, verdict));
+            return out;
+        }
         if let Some(line) = failure.from_any_state_at {
             let _ = writeln!(
                 out,
@@ -380,7 +394,25 @@ pub fn html<M: Model>(
         for (position, &op) in failure.longest_prefix.iter().enumerate() {
             prefix_position.insert(op, position + 1);
         }
-        let _ = write!(
+        if let Some(proof) = &failure.proof {
+            let _ = write!(
+                body,
+                "<div class=\"explain\"><h2>Why: {} cannot be linearized</h2><p>Proven without a search: {}.</p><ul>",
+                escape(&partition.name),
+                escape(proof)
+            );
+            for (op, what) in &failure.reasons {
+                let _ = write!(
+                    body,
+                    "<li><b>#{op}</b> (process {}, {}): {}</li>",
+                    operations[*op].process,
+                    lines_of(&operations[*op]),
+                    escape(what)
+                );
+            }
+            body.push_str("</ul></div>");
+        } else {
+            let _ = write!(
             body,
             "<div class=\"explain\"><h2>Why: {} cannot be linearized</h2>\
              <p>The search linearized at most <b>{}</b> of its {} operations (numbered 1, 2, 3… on the bars below). \
@@ -398,56 +430,56 @@ pub fn html<M: Model>(
                 format!("one of the <b>{}</b> operations", failure.window.len())
             }
         );
-        for (op, reason) in &failure.reasons {
-            let _ = write!(
-                body,
-                "<li><b>#{op}</b> (process {}, {}): {}</li>",
-                operations[*op].process,
-                lines_of(&operations[*op]),
-                escape(reason)
-            );
-        }
-        if failure.open_candidates > 0 {
-            let _ = write!(
+            for (op, reason) in &failure.reasons {
+                let _ = write!(
+                    body,
+                    "<li><b>#{op}</b> (process {}, {}): {}</li>",
+                    operations[*op].process,
+                    lines_of(&operations[*op]),
+                    escape(reason)
+                );
+            }
+            if failure.open_candidates > 0 {
+                let _ = write!(
                 body,
                 "<li>and {} operation(s) with unknown outcomes, which may take effect at any time: placing any of them here does not help</li>",
                 failure.open_candidates
             );
-        }
-        body.push_str("</ul>");
-        if let Some(line) = failure.from_any_state_at {
-            let _ = write!(
+            }
+            body.push_str("</ul>");
+            if let Some(line) = failure.from_any_state_at {
+                let _ = write!(
                 body,
                 "<p>Found in a window of the history from line {line}: starting there from <b>any value at all</b> \
                  (what came before ignored, operations in flight at its edges taken as unknown outcomes), \
                  no order explains it. The order numbers count from the window's start.</p>"
             );
-        }
-        // How the value got there: the last linearized operations, replayed
-        // (from any value, for a window).
-        let mut state = match failure.from_any_state_at {
-            Some(_) => model.any_state().unwrap_or_else(|| model.init()),
-            None => model.init(),
-        };
-        let mut trail = Vec::new();
-        for &op in &failure.longest_prefix {
-            let o = &operations[op];
-            if let Some(next) = model.step(&state, &o.input, o.output.as_ref()) {
-                state = next;
             }
-            trail.push((op, model.describe_state(&state)));
-        }
-        let skip = trail.len().saturating_sub(CONTEXT_OPERATIONS);
-        let _ = write!(
+            // How the value got there: the last linearized operations, replayed
+            // (from any value, for a window).
+            let mut state = match failure.from_any_state_at {
+                Some(_) => model.any_state().unwrap_or_else(|| model.init()),
+                None => model.init(),
+            };
+            let mut trail = Vec::new();
+            for &op in &failure.longest_prefix {
+                let o = &operations[op];
+                if let Some(next) = model.step(&state, &o.input, o.output.as_ref()) {
+                    state = next;
+                }
+                trail.push((op, model.describe_state(&state)));
+            }
+            let skip = trail.len().saturating_sub(CONTEXT_OPERATIONS);
+            let _ = write!(
             body,
             "<h3>How the value got there (last {} of {} linearized operations)</h3>\
              <table><tr><th>order</th><th>op</th><th>process</th><th>lines</th><th>operation</th><th>value after</th></tr>",
             trail.len() - skip,
             trail.len()
         );
-        for (position, (op, after)) in trail.iter().enumerate().skip(skip) {
-            let o = &operations[*op];
-            let _ = write!(
+            for (position, (op, after)) in trail.iter().enumerate().skip(skip) {
+                let o = &operations[*op];
+                let _ = write!(
                 body,
                 "<tr><td>{}</td><td>#{op}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 position + 1,
@@ -456,8 +488,9 @@ pub fn html<M: Model>(
                 escape(&model.describe_operation(&o.input, o.output.as_ref())),
                 escape(after)
             );
+            }
+            body.push_str("</table></div>");
         }
-        body.push_str("</table></div>");
     }
 
     let unknown = unknown_outcomes(model, operations, verdict);

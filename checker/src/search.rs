@@ -44,6 +44,9 @@ pub struct CheckOptions {
     /// search runs again without this limit. `None`: 64 per operation, at
     /// least 100,000.
     pub full_search_nodes_max: Option<usize>,
+    /// Try `Model::refute` before searching (on by default; off to time the
+    /// search alone).
+    pub use_refutations: bool,
 }
 
 impl Default for CheckOptions {
@@ -54,6 +57,7 @@ impl Default for CheckOptions {
             stop_at_first_violation: true,
             memory_bytes_max: 4 << 30,
             full_search_nodes_max: None,
+            use_refutations: true,
         }
     }
 }
@@ -90,6 +94,10 @@ pub struct Failure {
     /// at either edge are treated as having unknown outcomes. No value the
     /// key could have had there explains what follows.
     pub from_any_state_at: Option<usize>,
+    /// Proven without a search (`Model::refute`): why. Then the prefix is
+    /// empty, the window holds the operations the proof names and the
+    /// deadline operation is the one that cannot be placed.
+    pub proof: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -161,7 +169,7 @@ pub fn check<M: Model>(
             deadline,
             &stop,
             memory_bytes_max,
-            options.full_search_nodes_max,
+            options,
         );
         if report.outcome == Outcome::NotLinearizable && options.stop_at_first_violation {
             stop.store(true, Ordering::Relaxed);
@@ -368,7 +376,7 @@ fn check_partition<M: Model>(
     deadline: Option<Instant>,
     stop: &AtomicBool,
     memory_bytes_max: usize,
-    full_search_nodes_max: Option<usize>,
+    options: &CheckOptions,
 ) -> PartitionReport {
     let name = model.partition_name(all, group);
     let ops: Vec<usize> = group
@@ -427,11 +435,39 @@ fn check_partition<M: Model>(
         stop,
         memory_bytes_max,
     };
+    if let Some(refutation) = model.refute(&prepared).filter(|_| options.use_refutations) {
+        let op = ops[refutation.operation];
+        let mut window: Vec<usize> = refutation.witnesses.iter().map(|&w| ops[w]).collect();
+        window.push(op);
+        report.outcome = Outcome::NotLinearizable;
+        report.failure = Some(Failure {
+            longest_prefix: Vec::new(),
+            state: String::new(),
+            reasons: window
+                .iter()
+                .map(|&i| {
+                    (
+                        i,
+                        model.describe_operation(&all[i].input, all[i].output.as_ref()),
+                    )
+                })
+                .collect(),
+            window,
+            deadline_op: op,
+            open_candidates: 0,
+            from_any_state_at: None,
+            proof: Some(refutation.reason),
+        });
+        return report;
+    }
+
     // With a state that stands for every state, the full search first runs
     // on a budget; past it, the violation (if any) is looked for in windows.
     let any = model.any_state();
     let budget = any.as_ref().map(|_| {
-        full_search_nodes_max.unwrap_or((FULL_NODES_PER_OPERATION * n).max(FULL_NODES_MIN))
+        options
+            .full_search_nodes_max
+            .unwrap_or((FULL_NODES_PER_OPERATION * n).max(FULL_NODES_MIN))
     });
     let mut full = search(model, &prepared, model.init(), &limits, budget, false);
     let mut window_states = 0;
@@ -992,5 +1028,6 @@ fn describe_dead_end<M: Model>(
         reasons,
         open_candidates,
         from_any_state_at,
+        proof: None,
     }
 }

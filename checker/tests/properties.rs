@@ -420,6 +420,63 @@ fn each_of_several_equal_unknown_operations_can_be_placed() {
     assert_eq!(verdict.outcome, Outcome::NotLinearizable);
 }
 
+#[test]
+fn a_stale_read_is_proven_directly_but_not_a_value_written_twice() {
+    // "1" is put by two processes: the read may see the slow one (process 1)
+    // after "2". Linearizable.
+    let written_twice = r#"{"process":1,"type":"invoke","f":"put","key":"k","value":"1"}
+{"process":2,"type":"invoke","f":"put","key":"k","value":"1"}
+{"process":2,"type":"ok","f":"put","key":"k","value":"1"}
+{"process":3,"type":"invoke","f":"put","key":"k","value":"2"}
+{"process":3,"type":"ok","f":"put","key":"k","value":"2"}
+{"process":1,"type":"ok","f":"put","key":"k","value":"1"}
+{"process":4,"type":"invoke","f":"get","key":"k"}
+{"process":4,"type":"ok","f":"get","key":"k","value":"1"}
+"#;
+    let history = history::parse_jsonl(written_twice).expect("parses");
+    assert_eq!(history.operations.len(), 4);
+    let verdict = check(
+        &KvModel::kv(),
+        &history.operations,
+        &CheckOptions::default(),
+    );
+    assert_eq!(verdict.outcome, Outcome::Linearizable);
+    // Written once, then overwritten before the read began: stale.
+    let stale = r#"{"process":1,"type":"invoke","f":"put","key":"k","value":"1"}
+{"process":1,"type":"ok","f":"put","key":"k","value":"1"}
+{"process":3,"type":"invoke","f":"put","key":"k","value":"2"}
+{"process":3,"type":"ok","f":"put","key":"k","value":"2"}
+{"process":5,"type":"invoke","f":"put","key":"k","value":"3"}
+{"process":5,"type":"ok","f":"put","key":"k","value":"3"}
+{"process":4,"type":"invoke","f":"get","key":"k"}
+{"process":4,"type":"ok","f":"get","key":"k","value":"1"}
+"#;
+    let history = history::parse_jsonl(stale).expect("parses");
+    assert_eq!(history.operations.len(), 4);
+    let verdict = check(
+        &KvModel::kv(),
+        &history.operations,
+        &CheckOptions::default(),
+    );
+    assert_eq!(verdict.outcome, Outcome::NotLinearizable);
+    let failure = verdict
+        .failure()
+        .and_then(|p| p.failure.as_ref())
+        .expect("explained");
+    assert!(
+        failure
+            .proof
+            .as_deref()
+            .is_some_and(|p| p.starts_with("a stale read")),
+        "{failure:?}"
+    );
+    assert_eq!(
+        failure.window.len(),
+        3,
+        "the writer, the overwrite, the read"
+    );
+}
+
 fn parsed(events: Vec<Event>) -> history::History {
     history::from_events(
         events

@@ -15,7 +15,7 @@ checker: decide whether a recorded history is linearizable
 
 USAGE:
     checker [--format jsonl|jepsen-etcd|jepsen-kv] [--model kv|register]
-            [--html FILE] [--timeout SECONDS] HISTORY
+            [--html FILE] [--timeout SECONDS] [--search-only] HISTORY
     checker bench [--corpus DIR] [--runs N] [--seeds N] [--write DIR]
     checker generate [--class tame|crashes] [--seed N] [--clients N]
                      [--keys N] [--operations N] [--stale]
@@ -28,6 +28,8 @@ OPTIONS:
                        jsonl); register: one register (default for jepsen-etcd)
     --html FILE        write a self-contained HTML report (timeline, failing window)
     --timeout SECONDS  give up after this long: verdict unknown (default: none)
+    --search-only      skip the direct proofs (a stale read of a value written
+                       once) and always search: to time the search alone
     -h, --help         this text
 
 bench: times the corpus (all etcd histories, each KV history), a generated
@@ -59,12 +61,14 @@ struct Args {
     model: Option<String>,
     html: Option<PathBuf>,
     timeout: Option<Duration>,
+    search_only: bool,
     history: PathBuf,
 }
 
 fn parse_args(args: &[String]) -> Result<Args, String> {
     let mut format = Format::Jsonl;
     let (mut model, mut html, mut timeout, mut history) = (None, None, None, None);
+    let mut search_only = false;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let mut value = |name: &str| it.next().cloned().ok_or(format!("{name} needs a value"));
@@ -89,6 +93,7 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
                 model = Some(m);
             }
             "--html" => html = Some(PathBuf::from(value("--html")?)),
+            "--search-only" => search_only = true,
             "--timeout" => {
                 let text = value("--timeout")?;
                 let seconds: f64 = text
@@ -113,6 +118,7 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
         model,
         html,
         timeout,
+        search_only,
         history,
     })
 }
@@ -170,6 +176,7 @@ fn main() -> ExitCode {
     let model = model_for(args.format, args.model.as_deref());
     let options = CheckOptions {
         timeout: args.timeout,
+        use_refutations: !args.search_only,
         ..CheckOptions::default()
     };
     let verdict = check(&model, &history.operations, &options);
@@ -353,8 +360,27 @@ fn bench_crashes(
             eprintln!("MISMATCH {name}: {:?}", verdict.outcome);
         }
     }
+    // A stale read is proven without a search; time the search too.
+    let mut search_only = String::new();
+    if args.stale {
+        let history = history::parse_jsonl(&text).expect("generated histories are well formed");
+        let options = CheckOptions {
+            use_refutations: false,
+            ..CheckOptions::default()
+        };
+        let mut times = Vec::new();
+        for _ in 0..runs {
+            let (verdict, seconds) = timed_check_with(&KvModel::kv(), &history, &options);
+            times.push(seconds);
+            if verdict.outcome != expected {
+                wrong += 1;
+                eprintln!("MISMATCH {name} (search only): {:?}", verdict.outcome);
+            }
+        }
+        search_only = format!("; search only {:.4} s", median(times));
+    }
     println!(
-        "{name}: {} operations, {} keys, {} clients, {:?} expected: parse {:.4} s, search {:.4} s (medians of {runs}), {states} states",
+        "{name}: {} operations, {} keys, {} clients, {:?} expected: parse {:.4} s, search {:.4} s{search_only} (medians of {runs}), {states} states",
         args.operations,
         args.keys,
         args.clients,
@@ -388,8 +414,12 @@ fn median(mut values: Vec<f64>) -> f64 {
 }
 
 fn timed_check(model: &KvModel, history: &History) -> (Verdict, f64) {
+    timed_check_with(model, history, &CheckOptions::default())
+}
+
+fn timed_check_with(model: &KvModel, history: &History, options: &CheckOptions) -> (Verdict, f64) {
     let start = Instant::now();
-    let verdict = check(model, &history.operations, &CheckOptions::default());
+    let verdict = check(model, &history.operations, options);
     (verdict, start.elapsed().as_secs_f64())
 }
 
