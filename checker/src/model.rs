@@ -346,17 +346,20 @@ impl Model for KvModel {
         // return of an operation that definitely saw it.
         struct Seen {
             writers: usize,
+            /// The last operation that writes the value; [`NO_WRITER`] for
+            /// none, and for the initial value (no operation put it there).
             writer: usize,
             seen_by: u64,
             is_observed: bool,
         }
+        const NO_WRITER: usize = usize::MAX;
         fn seen<'a>(values: &'a mut HashMap<String, Seen>, value: &str) -> &'a mut Seen {
             if !values.contains_key(value) {
                 values.insert(
                     value.to_string(),
                     Seen {
                         writers: 0,
-                        writer: 0,
+                        writer: NO_WRITER,
                         seen_by: u64::MAX,
                         is_observed: false,
                     },
@@ -366,10 +369,12 @@ impl Model for KvModel {
         }
         let mut values: HashMap<String, Seen> = HashMap::new();
         if let Some(initial) = &self.initial {
-            // The initial value counts as written (a read of it proves nothing).
+            // The initial value counts as written, by no operation: a read
+            // of it proves nothing (not even when no operation writes it).
             let s = seen(&mut values, initial);
             s.is_observed = true;
             s.writers += 1;
+            s.writer = NO_WRITER;
         }
         for (i, op) in ops.iter().enumerate() {
             match (&op.input.op, &op.output) {
@@ -403,8 +408,10 @@ impl Model for KvModel {
         loop {
             let mut proven = Vec::new();
             for s in values.values() {
-                let writer = &ops[s.writer];
-                if s.writers == 1 && s.seen_by != u64::MAX && writer.output.is_none() {
+                if s.writers != 1 || s.writer == NO_WRITER || s.seen_by == u64::MAX {
+                    continue;
+                }
+                if ops[s.writer].output.is_none() {
                     proven.push((s.writer, s.seen_by));
                 }
             }
