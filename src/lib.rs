@@ -23,6 +23,8 @@
 pub mod client;
 mod error;
 pub mod kv;
+#[cfg(test)]
+mod mutate;
 pub mod planted;
 pub mod raft;
 pub mod server;

@@ -288,6 +288,13 @@ impl KvStore {
                 return Some(Outcome::Rejected(e.to_string()));
             }
         };
+        // Leaders propose only valid commands; one that is not (a peer that
+        // is not Lattice, or a bug) would otherwise put a key in the store
+        // that no snapshot of it could restore.
+        if let Err(e) = command.validate() {
+            warn!(index = entry.index.0, error = %e, "committed command breaks the limits: skipped");
+            return Some(Outcome::Rejected(e.to_string()));
+        }
         let session = self
             .sessions
             .get(&command.client_id)
@@ -555,6 +562,8 @@ impl<'a> SnapshotData<'a> {
 mod tests {
     use super::*;
     use crate::raft::Term;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
 
     struct Log {
         store: KvStore,
@@ -819,5 +828,113 @@ mod tests {
         let mut longer = data.clone();
         longer.push(0);
         assert!(KvStore::restore(&longer).is_err());
+    }
+
+    fn snapshot_of(store: &KvStore) -> Vec<u8> {
+        let mut data = Vec::new();
+        store.write_snapshot(&mut data).expect("to memory");
+        data
+    }
+
+    #[test]
+    fn damaged_commands_never_panic_and_the_store_still_snapshots() {
+        // Whatever a leader commits, even entries that are not commands of
+        // ours or break the limits: apply never panics, and the store's
+        // snapshot restores to the same store.
+        let mut rng = StdRng::seed_from_u64(17);
+        let mut store = KvStore::new();
+        let mut outcomes = [0usize; 2]; // [applied, rejected]
+        for i in 1..=20_000u64 {
+            let operation = match rng.random_range(0..4) {
+                0 => put("key", "value"),
+                1 => Operation::Delete {
+                    key: b"key".to_vec(),
+                },
+                2 => cas("key", Some("value"), "new"),
+                _ => cas("other", None, ""),
+            };
+            let valid = Command {
+                // A session each: a damaged sequence number does not
+                // make the next commands of its client look old.
+                client_id: i,
+                sequence: 1,
+                operation,
+            }
+            .encode();
+            let data = crate::mutate::damaged(&mut rng, &valid);
+            let entry = Entry {
+                term: Term(1),
+                index: LogIndex(i),
+                data,
+            };
+            match store.apply(&entry) {
+                Some(Outcome::Rejected(_)) => outcomes[1] += 1,
+                Some(_) => outcomes[0] += 1,
+                None => {}
+            }
+            if i % 2_000 == 0 {
+                let restored = KvStore::restore(&snapshot_of(&store)).expect("restores");
+                assert_eq!(restored.digest(), store.digest());
+                assert_eq!(restored.len(), store.len());
+            }
+        }
+        eprintln!("applied {}, rejected {}", outcomes[0], outcomes[1]);
+        assert!(outcomes[0] > 1_000 && outcomes[1] > 1_000, "{outcomes:?}");
+        assert!(store.data.keys().all(|k| validate_key(k).is_ok()));
+    }
+
+    #[test]
+    fn damaged_snapshot_data_is_an_error_or_a_valid_store() {
+        let mut log = Log::new();
+        for i in 0..20 {
+            log.apply(
+                1 + i % 4,
+                1 + i / 4,
+                put(&format!("k{i}"), &format!("v{i}")),
+            );
+        }
+        log.apply(
+            9,
+            1,
+            Operation::Delete {
+                key: b"k3".to_vec(),
+            },
+        );
+        log.apply(10, 1, cas("k4", Some("nope"), "x"));
+        log.apply(11, 1, cas("k5", Some("v5"), "x"));
+        log.apply(1, 1, put("k1", "replayed with another command"));
+        log.store.membership = Some(Membership::bootstrap(&[
+            crate::NodeId(1),
+            crate::NodeId(2),
+            crate::NodeId(3),
+        ]));
+        let valid = snapshot_of(&log.store);
+        assert_eq!(
+            KvStore::restore(&valid).expect("restores").digest(),
+            log.store.digest()
+        );
+        let mut rng = StdRng::seed_from_u64(18);
+        let (mut errors, mut stores) = (0, 0);
+        for case in 0..20_000 {
+            let data = crate::mutate::damaged(&mut rng, &valid);
+            match KvStore::restore(&data) {
+                Err(e) => {
+                    assert!(!e.to_string().is_empty(), "case {case}");
+                    errors += 1;
+                }
+                // Damage that still reads as a store (a changed value byte):
+                // it is a whole, valid store that snapshots the same again.
+                Ok(store) => {
+                    assert!(store.data.keys().all(|k| validate_key(k).is_ok()));
+                    let again = KvStore::restore(&snapshot_of(&store)).expect("round trip");
+                    assert_eq!(again.digest(), store.digest(), "case {case}");
+                    stores += 1;
+                }
+            }
+        }
+        assert!(
+            errors > 10_000 && stores > 100,
+            "{errors} errors, {stores} stores"
+        );
     }
 }

@@ -473,4 +473,28 @@ mod tests {
         assert!(Membership::decode(&longer).is_err());
         assert!(Membership::decode(&[CONFIG_ENTRY_MARKER, 9]).is_err());
     }
+
+    #[test]
+    fn damaged_configurations_are_errors_or_valid_configurations() {
+        use rand::{rngs::StdRng, SeedableRng};
+        let valid = Membership::bootstrap(&[NodeId(1), NodeId(2)])
+            .changed(&add(3))
+            .unwrap()
+            .changed(&ConfChange::Remove(NodeId(1)))
+            .unwrap()
+            .encode();
+        let mut rng = StdRng::seed_from_u64(21);
+        let (mut errors, mut decoded) = (0, 0);
+        for case in 0..20_000 {
+            let damaged = crate::mutate::damaged(&mut rng, &valid);
+            match Membership::decode(&damaged) {
+                Ok(m) => {
+                    assert_eq!(Membership::decode(&m.encode()), Ok(m), "case {case}");
+                    decoded += 1;
+                }
+                Err(_) => errors += 1,
+            }
+        }
+        assert!(errors > 15_000 && decoded > 0, "{errors} / {decoded}");
+    }
 }

@@ -293,4 +293,30 @@ mod tests {
             assert!(SnapshotFile::decode(file.bytes()[..cut].to_vec(), "x").is_err());
         }
     }
+
+    #[test]
+    fn damaged_snapshot_files_are_errors() {
+        use rand::{rngs::StdRng, SeedableRng};
+        let meta = SnapshotMeta {
+            index: LogIndex(42),
+            term: Term(3),
+        };
+        let file = SnapshotFile::encode(meta, &[7u8; 300]);
+        let mut rng = StdRng::seed_from_u64(20);
+        let mut errors = 0;
+        for case in 0..20_000 {
+            let damaged = crate::mutate::damaged(&mut rng, file.bytes());
+            let _ = parse_header(&damaged, "x");
+            match SnapshotFile::decode(damaged.clone(), "x") {
+                // Damage that leaves a valid file: the same file doubled
+                // is not one, so only a change undone by another.
+                Ok(decoded) => assert_eq!(decoded.bytes(), file.bytes(), "case {case}"),
+                Err(e) => {
+                    assert!(e.to_string().contains('x'), "case {case}: {e}");
+                    errors += 1;
+                }
+            }
+        }
+        assert!(errors > 19_000, "{errors}");
+    }
 }
