@@ -41,8 +41,19 @@ mod bench;
     about = "Lattice: a Raft key-value store that proves itself"
 )]
 struct Cli {
+    /// Log format on stderr: `text` (colours only on a terminal) or `json`
+    /// (one object per line, for log shippers). RUST_LOG sets the levels
+    /// (default: info).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -224,9 +235,12 @@ struct KvArgs {
 
 #[derive(Subcommand)]
 enum KvOperation {
+    /// Set KEY to VALUE. Without VALUE, the value is read from stdin as
+    /// it is, every byte (`lattice kv put k < file`), as etcdctl does: up
+    /// to 1 MiB.
     Put {
         key: String,
-        value: String,
+        value: Option<String>,
     },
     Get {
         key: String,
@@ -290,15 +304,19 @@ fn parse_peer(text: &str) -> Result<PeerConfig, String> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    tracing_subscriber::fmt()
+    let cli = Cli::parse();
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
-        // Colours only on a terminal: log files stay plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    match Cli::parse().command {
+        // Colours only on a terminal: log files and pipes stay plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().with_current_span(false).init(),
+    }
+    match cli.command {
         Command::Node(args) => run_node(args).await,
         Command::Kv(args) => run_kv(args).await,
         Command::Status(args) | Command::Endpoint(EndpointCommand::Status(args)) => {
@@ -620,6 +638,10 @@ async fn run_kv(args: KvArgs) -> Result<()> {
     )?;
     match args.operation {
         KvOperation::Put { key, value } => {
+            let value = match value {
+                Some(value) => value.into_bytes(),
+                None => value_from_stdin()?,
+            };
             client.put(key, value).await?;
             println!("OK");
         }
@@ -653,6 +675,28 @@ async fn run_kv(args: KvArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `lattice kv put KEY` without VALUE: every byte of stdin, refused past
+/// the largest value a node takes (before anything is sent) and when stdin
+/// is a terminal (nothing to wait for).
+fn value_from_stdin() -> Result<Vec<u8>> {
+    use std::io::{IsTerminal, Read};
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        bail!("no VALUE given and stdin is a terminal: give VALUE, or pipe the value in (lattice kv put KEY < FILE)");
+    }
+    let max = lattice::kv::VALUE_BYTES_MAX;
+    let mut value = Vec::new();
+    stdin
+        .lock()
+        .take(max as u64 + 1)
+        .read_to_end(&mut value)
+        .context("reading the value from stdin")?;
+    if value.len() > max {
+        bail!("the value on stdin is larger than {max} bytes, the largest a node takes");
+    }
+    Ok(value)
 }
 
 /// Concurrent clients with unique values on few keys, recorded for the checker.
