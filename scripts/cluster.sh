@@ -62,9 +62,10 @@ start_node() {
     fi
     # shellcheck disable=SC2086
     nohup "$bin" node --id "$id" --raft-addr "$(ip_of "$id"):7001" --kv-addr "$(ip_of "$id"):7002" \
+        --metrics-addr "$(ip_of "$id"):7003" \
         $peers --data-dir "$dir/node-$id" --source-ip raft ${LATTICE_NODE_ARGS:-} >> "$dir/node-$id.log" 2>&1 &
     echo $! > "$dir/node-$id.pid"
-    echo "node $id started (pid $!, raft $(ip_of "$id"):7001, kv $(ip_of "$id"):7002, log $dir/node-$id.log)"
+    echo "node $id started (pid $!, raft $(ip_of "$id"):7001, kv $(ip_of "$id"):7002, metrics http://$(ip_of "$id"):7003/metrics, log $dir/node-$id.log)"
 }
 
 kill_node() {

@@ -14,6 +14,7 @@
 //!   sends, applies and answers clients. [`server::Node`] starts one node.
 //! - [`planted`]: the catalogue of classic bugs the test suite must catch,
 //!   compiled in only with the `planted-bugs` feature (tests).
+//! - [`metrics`]: `/metrics` (Prometheus) and `/health` for operators.
 //! - [`client`]: the KV client: finds the leader, retries, and tells ok,
 //!   definitely failed and unknown outcome apart.
 //!
@@ -23,6 +24,7 @@
 pub mod client;
 mod error;
 pub mod kv;
+pub mod metrics;
 #[cfg(test)]
 mod mutate;
 pub mod planted;

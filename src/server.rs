@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::kv::{Command, KvStore, Outcome};
+use crate::metrics::{self, Metrics};
 use crate::planted::{is_planted, Bug};
 use crate::raft::{
     self, AppendEntries, AppendEntriesResponse, InstallSnapshot, LogIndex, Message, NodeId, Raft,
@@ -288,6 +289,10 @@ pub struct NodeConfig {
     /// UNSAFE: acknowledge without syncing the log. A crash loses acknowledged
     /// writes. Exists so the simulation test can show it catches that.
     pub unsafe_no_fsync: bool,
+    /// Serve `/metrics` (Prometheus) and `/health` over HTTP here
+    /// (`host:port`; real TCP only). `None`: not served ([`Node::metrics_text`]
+    /// and [`Node::health`] still answer).
+    pub metrics_addr: Option<String>,
 }
 
 impl NodeConfig {
@@ -334,6 +339,7 @@ impl NodeConfig {
             chaos: None,
             unsafe_local_reads: false,
             unsafe_no_fsync: false,
+            metrics_addr: None,
         }
     }
 
@@ -470,6 +476,7 @@ pub struct StateSummary {
 pub struct Node {
     id: NodeId,
     status: watch::Receiver<Status>,
+    metrics: Arc<Metrics>,
     inbox: mpsc::Sender<Input>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -490,7 +497,27 @@ impl Node {
             Some(source) => Arc::new(transport::SourceBoundTcpTransport { source }),
             None => Arc::new(TcpTransport),
         };
-        Node::start_with(config, Box::new(storage), transport).await
+        let metrics_listener = match &config.metrics_addr {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| Error::io(format!("binding the metrics service to {addr}"), e))?,
+            ),
+            None => None,
+        };
+        let node = Node::start_with(config, Box::new(storage), transport).await?;
+        if let Some(listener) = metrics_listener {
+            let serving = tokio::spawn(metrics::serve(
+                listener,
+                node.metrics.clone(),
+                node.status.clone(),
+                node.shutdown.subscribe(),
+            ));
+            let mut node = node;
+            node.tasks.push(serving);
+            return Ok(node);
+        }
+        Ok(node)
     }
 
     /// Starts a node on the given storage and transport (the simulation seams).
@@ -575,6 +602,7 @@ impl Node {
 
         let (inbox_tx, inbox_rx) = mpsc::channel(config.inbox_capacity);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let metrics = Metrics::new(Some(&config.data_dir));
         let mut tasks = Vec::new();
         // Peers follow the configuration in force (see `Driver::sync_peers`).
         let spawner = PeerSpawner {
@@ -587,6 +615,7 @@ impl Node {
             inflight_max: config.inflight_appends_max,
             shutdown: shutdown_rx.clone(),
             span: span.clone(),
+            metrics: metrics.clone(),
         };
 
         let initial_status = Status {
@@ -652,7 +681,12 @@ impl Node {
             });
         }
         debug_assert_eq!(storage_last_index, raft.log().last_index());
-        let (disk, durable, disk_task) = disk::spawn(storage, config.unsafe_no_fsync, span.clone());
+        let (disk, durable, disk_task) = disk::spawn(
+            storage,
+            config.unsafe_no_fsync,
+            metrics.clone(),
+            span.clone(),
+        );
         tasks.push(disk_task);
         let mut driver = Driver {
             raft,
@@ -698,6 +732,8 @@ impl Node {
             reads_waiting: BTreeMap::new(),
             read_context_next: 1,
             status: status_tx,
+            metrics: metrics.clone(),
+            snapshot_started: None,
         };
         span.in_scope(|| driver.sync_peers());
         tasks.push(tokio::spawn(
@@ -713,6 +749,7 @@ impl Node {
         Ok(Node {
             id: config.id,
             status: status_rx,
+            metrics,
             inbox: inbox_tx,
             shutdown: shutdown_tx,
             tasks,
@@ -727,6 +764,17 @@ impl Node {
 
     pub fn status(&self) -> Status {
         self.status.borrow().clone()
+    }
+
+    /// Every metric, in the Prometheus text format (what `/metrics` serves).
+    pub fn metrics_text(&self) -> String {
+        let status = self.status.borrow().clone();
+        self.metrics.render(&status)
+    }
+
+    /// What `/health` says: healthy, or why not.
+    pub fn health(&self) -> std::result::Result<(), String> {
+        metrics::health(&self.status.borrow())
     }
 
     /// A watch on the node's status (to await changes instead of polling).
@@ -962,6 +1010,7 @@ struct PeerSpawner {
     inflight_max: usize,
     shutdown: watch::Receiver<bool>,
     span: tracing::Span,
+    metrics: Arc<Metrics>,
 }
 
 impl PeerSpawner {
@@ -978,6 +1027,7 @@ impl PeerSpawner {
             rpc_timeout: self.channel.rpc_timeout,
             snapshots: self.snapshots.clone(),
             snapshot_sends: self.snapshot_sends.clone(),
+            metrics: self.metrics.clone(),
         };
         let (sender, _task) = peer::spawn(
             self.id,
@@ -1085,6 +1135,9 @@ struct Driver {
     reads_waiting: BTreeMap<LogIndex, Vec<PendingRead>>,
     read_context_next: u64,
     status: watch::Sender<Status>,
+    metrics: Arc<Metrics>,
+    /// When the snapshot being written was started.
+    snapshot_started: Option<tokio::time::Instant>,
 }
 
 impl Driver {
@@ -1508,6 +1561,7 @@ impl Driver {
 
     fn propose(&mut self, command: Command, reply: oneshot::Sender<Result<Outcome>>) {
         if self.is_draining {
+            self.metrics.proposals_failed.inc();
             let leader = self.raft.leader().filter(|&l| l != self.raft.id());
             let _ = reply.send(Err(Error::NotLeader {
                 leader: leader.and_then(|l| self.kv_addr_of(l)),
@@ -1523,6 +1577,7 @@ impl Driver {
                 if let Some(old) = self.proposals.insert(index, proposal) {
                     // An older proposal at this index was truncated away here,
                     // but another node may still commit it.
+                    self.metrics.proposals_failed.inc();
                     let _ = old.reply.send(Err(Error::Indeterminate(
                         "leadership changed while the command was in flight".into(),
                     )));
@@ -1530,6 +1585,7 @@ impl Driver {
             }
             // During a leadership transfer, the hint is the target.
             Err(raft::NotLeader { leader }) => {
+                self.metrics.proposals_failed.inc();
                 let _ = reply.send(Err(Error::NotLeader {
                     leader: leader.and_then(|l| self.kv_addr_of(l)),
                 }));
@@ -1552,11 +1608,13 @@ impl Driver {
                 self.reads.insert(context, PendingRead { key, reply });
             }
             Err(raft::ReadRejected::NotLeader(raft::NotLeader { leader })) => {
+                self.metrics.read_indexes_failed.inc();
                 let _ = reply.send(Err(Error::NotLeader {
                     leader: leader.and_then(|l| self.kv_addr_of(l)),
                 }));
             }
             Err(raft::ReadRejected::NotReady) => {
+                self.metrics.read_indexes_failed.inc();
                 let _ = reply.send(Err(Error::Unavailable(
                     "new leader has not committed an entry of its term yet".into(),
                 )));
@@ -1574,6 +1632,7 @@ impl Driver {
         reply: oneshot::Sender<AppendEntriesResponse>,
     ) {
         let meta = file.meta();
+        let started = tokio::time::Instant::now();
         let kv = match KvStore::restore(file.data()) {
             Ok(kv) if kv.applied_meta() == meta => kv,
             Ok(kv) => {
@@ -1605,6 +1664,7 @@ impl Driver {
                 .collect();
             for index in below {
                 if let Some(proposal) = self.proposals.remove(&index) {
+                    self.metrics.proposals_failed.inc();
                     let _ = proposal.reply.send(Err(Error::Indeterminate(
                         "this node installed a snapshot past the command".into(),
                     )));
@@ -1615,6 +1675,10 @@ impl Driver {
             self.snapshot_base = meta.index;
             self.bytes_since_snapshot = 0;
             self.snapshots_installed += 1;
+            self.metrics.snapshots_installed.inc();
+            self.metrics
+                .snapshot_install
+                .observe(started.elapsed().as_secs_f64());
             self.install_pending = Some(file);
             if let Some(observer) = &self.observer {
                 observer
@@ -1653,6 +1717,7 @@ impl Driver {
         let kv = self.kv.clone();
         let digest = self.observer.as_ref().map(|_| kv.digest());
         self.is_snapshotting = true;
+        self.snapshot_started = Some(tokio::time::Instant::now());
         self.snapshot_base = meta.index;
         self.bytes_since_snapshot = 0;
         let store = self.snapshots.clone();
@@ -1704,9 +1769,18 @@ impl Driver {
     /// write.
     fn snapshot_saved(&mut self, meta: SnapshotMeta, digest: Option<u32>, result: Result<u64>) {
         self.is_snapshotting = false;
+        if let Some(started) = self.snapshot_started.take() {
+            self.metrics
+                .snapshot_save
+                .observe(started.elapsed().as_secs_f64());
+        }
         match result {
-            Ok(bytes) => self.last_snapshot_bytes = bytes,
+            Ok(bytes) => {
+                self.last_snapshot_bytes = bytes;
+                self.metrics.snapshots_saved.inc();
+            }
             Err(e) => {
+                self.metrics.snapshot_save_failures.inc();
                 // The log is still whole: nothing is lost. Retried at the
                 // next threshold.
                 error!(index = meta.index.0, error = %e, "writing a snapshot failed");
@@ -1797,6 +1871,9 @@ impl Driver {
         self.release_held();
         self.prune_peers();
 
+        self.metrics
+            .proposals_applied
+            .inc_by(ready.committed.len() as u64);
         for entry in ready.committed {
             self.bytes_since_snapshot += entry.data.len() as u64;
             let outcome = self.kv.apply(&entry);
@@ -1827,6 +1904,7 @@ impl Driver {
                     outcome
                         .ok_or_else(|| Error::Indeterminate("no-op in place of a command".into()))
                 } else {
+                    self.metrics.proposals_failed.inc();
                     Err(Error::Unavailable(format!(
                         "the command was overwritten at index {} by a new leader and will never apply",
                         entry.index
@@ -1837,6 +1915,7 @@ impl Driver {
         }
         for context in ready.reads_dropped {
             if let Some(read) = self.reads.remove(&context) {
+                self.metrics.read_indexes_failed.inc();
                 let _ = read.reply.send(Err(self.not_leader()));
             }
         }
@@ -1950,10 +2029,15 @@ impl Driver {
             is_removed: false,
         };
         let observer = self.observer.as_ref();
+        self.metrics
+            .proposals_pending
+            .set(self.proposals.len() as i64);
+        let metrics = &self.metrics;
         self.status.send_if_modified(|current| {
             if *current == status {
                 return false;
             }
+            metrics.status_changed(current, &status);
             if current.role != status.role || current.term != status.term {
                 if let Some(observer) = observer {
                     observer.0.role_changed(status.id, status.term, status.role);

@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tracing::{error, Instrument, Span};
 
+use crate::metrics::Metrics;
 use crate::planted::{is_planted, Bug};
 use crate::raft::{Entry, HardState, LogIndex, SnapshotMeta, Term};
 use crate::storage::{SnapshotFile, Storage};
@@ -49,6 +51,7 @@ pub(super) struct Durable {
 pub(super) fn spawn(
     storage: Box<dyn Storage>,
     is_sync_skipped: bool,
+    metrics: Arc<Metrics>,
     span: Span,
 ) -> (
     mpsc::Sender<Write>,
@@ -57,7 +60,9 @@ pub(super) fn spawn(
 ) {
     let (writes_tx, writes_rx) = mpsc::channel(WRITES_QUEUED_MAX);
     let (durable_tx, durable_rx) = watch::channel(Durable::default());
-    let task = tokio::spawn(run(storage, writes_rx, durable_tx, is_sync_skipped).instrument(span));
+    let task = tokio::spawn(
+        run(storage, writes_rx, durable_tx, is_sync_skipped, metrics).instrument(span),
+    );
     (writes_tx, durable_rx, task)
 }
 
@@ -66,10 +71,11 @@ async fn run(
     mut writes: mpsc::Receiver<Write>,
     durable: watch::Sender<Durable>,
     is_sync_skipped: bool,
+    metrics: Arc<Metrics>,
 ) {
     let mut batch = Vec::new();
     while writes.recv_many(&mut batch, WRITES_PER_SYNC_MAX).await > 0 {
-        match write_batch(&mut *storage, &batch, is_sync_skipped).await {
+        match write_batch(&mut *storage, &batch, is_sync_skipped, &metrics).await {
             Ok(last) => {
                 let seq = batch.last().map_or(0, |w| w.seq);
                 let installed = batch
@@ -101,6 +107,7 @@ async fn write_batch(
     storage: &mut dyn Storage,
     batch: &[Write],
     is_sync_skipped: bool,
+    metrics: &Metrics,
 ) -> Result<Option<(LogIndex, Term)>> {
     // Only the newest hard state matters: nothing that depends on any of
     // them leaves the node before the whole batch is durable. Saving it
@@ -118,7 +125,9 @@ async fn write_batch(
         }
         compact = compact.max(write.compact);
         if let Some(entry) = write.entries.last() {
+            let started = Instant::now();
             storage.append(&write.entries)?;
+            metrics.wal_append.observe(started.elapsed().as_secs_f64());
             last = Some((entry.index, entry.term));
         }
     }
@@ -128,7 +137,9 @@ async fn write_batch(
             tokio::time::sleep(delay).await;
         }
         if !is_sync_skipped {
+            let started = Instant::now();
             storage.sync()?;
+            metrics.wal_fsync.observe(started.elapsed().as_secs_f64());
         }
     }
     if let Some(index) = compact {

@@ -21,6 +21,7 @@ use tracing::{info, warn, Instrument, Span};
 
 use super::convert::*;
 use super::service::RAFT_MESSAGE_BYTES_MAX;
+use crate::metrics::Metrics;
 use crate::planted::{is_planted, Bug};
 use crate::proto::raft_client::RaftClient;
 use crate::proto::{self};
@@ -50,6 +51,8 @@ pub(crate) struct PeerChannels {
     pub snapshots: Arc<dyn SnapshotStore>,
     /// Snapshot sends allowed at once, shared by all of a node's peers.
     pub snapshot_sends: Arc<tokio::sync::Semaphore>,
+    /// Round trips and failures are counted here.
+    pub metrics: Arc<Metrics>,
 }
 
 pub(crate) fn spawn(
@@ -82,6 +85,7 @@ pub(crate) fn spawn(
         votes_backoff: Backoff::default(),
         is_down: false,
         is_removed: false,
+        metrics: channels.metrics,
     };
     let task = tokio::spawn(sender_task.run(queue, shutdown).instrument(span));
     (sender, task)
@@ -152,6 +156,7 @@ struct PeerSender {
     is_down: bool,
     /// The peer refused a message because it applied this node's removal.
     is_removed: bool,
+    metrics: Arc<Metrics>,
 }
 
 impl PeerSender {
@@ -210,6 +215,7 @@ impl PeerSender {
                 }
                 Event::Snapshot(Ok(Err(status))) => {
                     self.check_removed(&status);
+                    self.metrics.peer_send_failed(self.peer.id);
                     warn!(
                         peer = self.peer.id.0,
                         "sending the snapshot failed: {}",
@@ -372,9 +378,11 @@ impl PeerSender {
             .stream
             .as_mut()
             .expect("a response comes from a stream");
-        if stream.in_flight.pop_front().is_none() {
+        let Some(sent) = stream.in_flight.pop_front() else {
             return Err(Status::internal("an answer to no AppendEntries"));
-        }
+        };
+        self.metrics
+            .peer_round_trip(self.peer.id, sent.elapsed().as_secs_f64());
         self.stream_backoff.succeeded();
         self.mark_up();
         Ok(Input::AppendEntriesResponse {
@@ -404,6 +412,7 @@ impl PeerSender {
 
     fn mark_down(&mut self, status: &Status) {
         self.check_removed(status);
+        self.metrics.peer_send_failed(self.peer.id);
         if !self.is_down {
             warn!(
                 peer = self.peer.id.0,

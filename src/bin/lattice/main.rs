@@ -149,6 +149,12 @@ struct NodeArgs {
     /// depose a healthy leader).
     #[arg(long)]
     no_pre_vote: bool,
+    /// Serve `/metrics` (Prometheus text format) and `/health` over HTTP
+    /// on this address (host:port). `/health` answers 200 only while a
+    /// leader is known and the state machine is within 1,000 entries of
+    /// the commit index, 503 with the reason otherwise.
+    #[arg(long)]
+    metrics_addr: Option<String>,
     /// Turn CheckQuorum and the vote lease off (on by default: a leader cut
     /// off from its majority steps down within an election timeout).
     #[arg(long)]
@@ -344,6 +350,7 @@ async fn run_node(args: NodeArgs) -> Result<()> {
     config.heartbeat_interval_ticks = args.heartbeat_ticks;
     config.inflight_appends_max = args.inflight_appends;
     config.pre_vote = !args.no_pre_vote;
+    config.metrics_addr = args.metrics_addr.clone();
     config.check_quorum = !args.no_check_quorum;
     let never_if_zero = |n: u64| if n == 0 { u64::MAX } else { n };
     config.snapshot_entries = never_if_zero(args.snapshot_entries);
