@@ -30,7 +30,8 @@ use std::time::Duration;
 use checker::search::{check, CheckOptions, Outcome};
 use checker::{EventType, KvModel, Recorder};
 use common::{
-    DiskLatency, SimChaos, SimDisk, SimStorage, TurmoilTransport, WhiteBox, WhiteBoxObserver,
+    DiskError, DiskLatency, SimChaos, SimDisk, SimStorage, TurmoilTransport, WhiteBox,
+    WhiteBoxObserver,
 };
 use lattice::planted::Bug;
 use lattice::raft::ConfChange;
@@ -194,7 +195,20 @@ struct ScheduledFault {
     /// had not synced), and restart it `.1` later: crashes composed with
     /// every other fault.
     crash_leader: Option<(Duration, Duration)>,
+    /// The leader's disk fails its next sync (EIO, dropping the writes it
+    /// was to make durable) or write (ENOSPC) this long into the window:
+    /// the node must stop, lose no acknowledged write, and come back when
+    /// its supervisor restarts it.
+    disk_error: Option<(Duration, DiskError)>,
 }
+
+/// How likely the disk-error overlay is in a fault window (drawn from an
+/// RNG of its own, so the rest of each seed's schedule is as it was).
+const DISK_ERROR_P: f64 = 0.2;
+
+/// How long a node stopped by a storage error stays down before its
+/// supervisor (systemd's `Restart=on-failure`) starts it again.
+const DISK_ERROR_RESTART_AFTER: Duration = Duration::from_millis(500);
 
 /// How likely each overlay is in a fault window.
 const OVERLAY_P: f64 = 0.4;
@@ -203,6 +217,7 @@ const OVERLAY_P: f64 = 0.4;
 /// across consecutive seeds, so any 24 seeds draw each kind at least once.
 fn schedule(seed: u64) -> Vec<ScheduledFault> {
     let mut rng = StdRng::seed_from_u64(seed ^ 0xFA17_5C4E_D01E);
+    let mut disk_rng = StdRng::seed_from_u64(seed ^ 0xD15C_E220);
     let mut faults = Vec::new();
     let mut at = FAULTS_FROM;
     while at < HEAL_AT - Duration::from_secs(2) {
@@ -240,6 +255,14 @@ fn schedule(seed: u64) -> Vec<ScheduledFault> {
                 Duration::from_millis(rng.random_range(100..1500)),
             )
         });
+        let disk_error = (disk_rng.random_bool(DISK_ERROR_P) && !is_clean(kind)).then(|| {
+            let error = if disk_rng.random_bool(0.5) {
+                DiskError::SyncEio
+            } else {
+                DiskError::WriteEnospc
+            };
+            (duration.mul_f64(disk_rng.random_range(0.1..0.8)), error)
+        });
         faults.push(ScheduledFault {
             at,
             duration,
@@ -247,6 +270,7 @@ fn schedule(seed: u64) -> Vec<ScheduledFault> {
             slow_disk,
             chaos,
             crash_leader,
+            disk_error,
         });
         at += duration + Duration::from_millis(rng.random_range(500..2000));
     }
@@ -507,6 +531,10 @@ struct RunStats {
     compactions: u64,
     /// Committed membership changes, as `WhiteBox::config_changes`.
     config_changes: [u64; 5],
+    /// Storage errors the disks returned (the disk-error overlay), and
+    /// nodes that stopped on one and were restarted.
+    disk_errors: u64,
+    disk_error_restarts: u64,
 }
 
 impl SeedRun {
@@ -784,6 +812,7 @@ fn run_seed_planted(seed: u64, variant: Variant) -> SeedRun {
     let disks: BTreeMap<u64, Arc<Mutex<SimDisk>>> = (1..=POOL)
         .map(|id| (id, SimDisk::new(seed ^ (id << 56) ^ 0xD15C, writeback)))
         .collect();
+    let disk_error_restarts = Arc::new(AtomicUsize::new(0));
     let mut pauses = BTreeMap::new();
     let mut controls = BTreeMap::new();
     let mut stopped = BTreeMap::new();
@@ -813,10 +842,12 @@ fn run_seed_planted(seed: u64, variant: Variant) -> SeedRun {
             removed: is_removed,
         };
         let incarnations = Arc::new(AtomicUsize::new(0));
+        let disk_error_restarts = disk_error_restarts.clone();
         sim.host(host(id), move || {
             let disk = disk.clone();
             let harness = harness.clone();
             let incarnations = incarnations.clone();
+            let disk_error_restarts = disk_error_restarts.clone();
             async move {
                 // The host is the machine; the node is its process, which
                 // an operator may stop gracefully and start again.
@@ -824,6 +855,13 @@ fn run_seed_planted(seed: u64, variant: Variant) -> SeedRun {
                 loop {
                     if control.wait_for(|c| c.running).await.is_err() {
                         return Ok(());
+                    }
+                    let failed = std::mem::take(&mut disk.lock().expect("disk").failed_since_open);
+                    if failed {
+                        // The last process stopped on a storage error: its
+                        // supervisor (systemd's Restart=on-failure) waits.
+                        disk_error_restarts.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(DISK_ERROR_RESTART_AFTER).await;
                     }
                     let incarnation = incarnations.fetch_add(1, Ordering::Relaxed) as u64;
                     let config = node_config(id, seed, incarnation, variant, &harness);
@@ -859,6 +897,19 @@ fn run_seed_planted(seed: u64, variant: Variant) -> SeedRun {
                             // itself: the controller ends the process.
                             is_removed = status.wait_for(|s| s.is_removed) => {
                                 if is_removed.is_err() {
+                                    // Its disk returned an error: the node
+                                    // stopped (it never retries a failed
+                                    // fsync). The process exits (the
+                                    // controller ends it, as after a
+                                    // graceful stop: see `Controller::kill`)
+                                    // and its supervisor starts it again.
+                                    let failure = node.status().failure;
+                                    let is_disk_error =
+                                        disk.lock().expect("disk").failed_since_open;
+                                    if let (Some(_), true) = (failure, is_disk_error) {
+                                        harness.stopped.store(true, Ordering::Relaxed);
+                                        std::future::pending::<()>().await;
+                                    }
                                     return Err(format!("node {id} stopped, not removed nor asked to").into());
                                 }
                                 harness.stopped.store(true, Ordering::Relaxed);
@@ -1052,6 +1103,11 @@ fn run_seed_planted(seed: u64, variant: Variant) -> SeedRun {
         snapshots_installed: white_box.snapshots_installed,
         compactions: white_box.compactions,
         config_changes: white_box.config_changes,
+        disk_errors: disks
+            .values()
+            .map(|d| d.lock().expect("disk").errors_returned as u64)
+            .sum(),
+        disk_error_restarts: disk_error_restarts.load(Ordering::Relaxed) as u64,
     };
     let mut snapshots_by_kind: BTreeMap<FaultKind, [u64; 2]> = BTreeMap::new();
     for fault in &faults {
@@ -1417,6 +1473,9 @@ enum Action {
     CrashLeader,
     /// The crash overlay: restart the node it killed.
     RestartCrashed,
+    /// The disk-error overlay: the leader's disk fails its next write or
+    /// sync.
+    DiskError(DiskError),
     /// Repair every node link (the disks, latency and message chaos stay).
     HealCuts,
     /// Part of "crash and restart all": all but one node come back halfway
@@ -1469,6 +1528,9 @@ impl Controller {
             if fault.kind == FaultKind::StrandNewLeader {
                 let at = fault.at + Duration::from_millis(rng.random_range(800..1200));
                 actions.push((at.min(end), Action::JoinOtherSide));
+            }
+            if let Some((after, error)) = fault.disk_error {
+                actions.push((fault.at + after, Action::DiskError(error)));
             }
             if let Some((after, down)) = fault.crash_leader {
                 actions.push((fault.at + after, Action::CrashLeader));
@@ -2126,6 +2188,10 @@ impl Controller {
                     self.restart(sim, node);
                 }
             }
+            Action::DiskError(error) => {
+                let node = self.leader_or_any(observer);
+                disks[&node].lock().expect("disk").fail_next = Some(error);
+            }
             Action::Heal => {
                 self.churn_leader = None;
                 self.old_side.clear();
@@ -2253,6 +2319,9 @@ fn report_failure(run: &SeedRun) {
                 down.as_secs_f64()
             );
         }
+        if let Some((after, error)) = fault.disk_error {
+            overlays += &format!(" +{error:?}(at +{:.2}s)", after.as_secs_f64());
+        }
         eprintln!(
             "  at {:>6.2}s for {:.2}s: {:?}{overlays}",
             fault.at.as_secs_f64(),
@@ -2293,13 +2362,14 @@ fn jepsen_seeds() {
     let mut snapshots_by_kind: BTreeMap<FaultKind, [u64; 2]> = BTreeMap::new();
     let (mut ok, mut fail, mut info, mut elections) = (0, 0, 0, 0);
     let mut stats = RunStats::default();
-    let mut overlays = [0usize; 3]; // slow disk, message chaos, crash
+    let mut overlays = [0usize; 4]; // slow disk, message chaos, crash, disk error
     for run in &runs {
         for fault in &run.schedule {
             *faults.entry(fault.kind).or_default() += 1;
             overlays[0] += usize::from(fault.slow_disk);
             overlays[1] += usize::from(fault.chaos);
             overlays[2] += usize::from(fault.crash_leader.is_some());
+            overlays[3] += usize::from(fault.disk_error.is_some());
         }
         ok += run.counts[0];
         fail += run.counts[1];
@@ -2311,6 +2381,8 @@ fn jepsen_seeds() {
         stats.snapshots_taken += run.stats.snapshots_taken;
         stats.snapshots_installed += run.stats.snapshots_installed;
         stats.compactions += run.stats.compactions;
+        stats.disk_errors += run.stats.disk_errors;
+        stats.disk_error_restarts += run.stats.disk_error_restarts;
         for (total, n) in stats
             .config_changes
             .iter_mut()
@@ -2360,8 +2432,12 @@ fn jepsen_seeds() {
         );
     }
     println!(
-        "  overlaid: SlowDisk {}, MessageChaos {}, CrashLeader {}; ClockSkew in {skewed} seeds",
-        overlays[0], overlays[1], overlays[2]
+        "  overlaid: SlowDisk {}, MessageChaos {}, CrashLeader {}, DiskError {}; ClockSkew in {skewed} seeds",
+        overlays[0], overlays[1], overlays[2], overlays[3]
+    );
+    println!(
+        "  storage errors: {} returned by the disks, {} nodes stopped by one and restarted",
+        stats.disk_errors, stats.disk_error_restarts
     );
     for is_on in [true, false] {
         let runs: Vec<&SeedRun> = runs
@@ -2409,6 +2485,10 @@ fn jepsen_seeds() {
         assert!(
             overlays[0] > 0 && skewed > 0,
             "slow disks and skewed clocks ran"
+        );
+        assert!(
+            stats.disk_errors > 0 && stats.disk_error_restarts > 0,
+            "disks failed writes and syncs, and the nodes they stopped came back"
         );
         let checked = runs.iter().fold([0, 0], |[a, b], r| {
             [a + r.liveness_checked[0], b + r.liveness_checked[1]]
@@ -2461,6 +2541,7 @@ fn a_seed_replays_identically() {
     // process: the state a process carries between runs (tokio's task ids)
     // must not leak into the simulation.
     let base = seeds()[0].wrapping_add(1000);
+    let mut disk_errors = 0;
     for kind in [
         FaultKind::CrashRestartAll,
         FaultKind::RollingRestart,
@@ -2474,11 +2555,17 @@ fn a_seed_replays_identically() {
         let seed = (base..)
             .find(|s| s % ALL_FAULTS.len() as u64 == index)
             .expect("a seed");
-        assert_replays(seed);
+        disk_errors += assert_replays(seed);
     }
+    // Nodes stopped by a storage error and restarted replay too.
+    assert!(
+        disk_errors > 0,
+        "the replayed seeds returned no storage error"
+    );
 }
 
-fn assert_replays(seed: u64) {
+/// Runs `seed` twice at once; returns the storage errors its disks returned.
+fn assert_replays(seed: u64) -> u64 {
     let (first, second) = std::thread::scope(|scope| {
         let first = scope.spawn(|| run_seed(seed, Variant::default()));
         let second = scope.spawn(|| run_seed(seed, Variant::default()));
@@ -2501,6 +2588,7 @@ fn assert_replays(seed: u64) {
         first.history_jsonl.len(),
         second.history_jsonl.len()
     );
+    first.stats.disk_errors
 }
 
 /// Per fault kind, over every window of every run (from its start to 2 s

@@ -147,3 +147,99 @@ async fn write_batch(
     }
     Ok(last)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::storage::{MemStorage, Recovered, SnapshotStore};
+
+    /// Memory storage whose sync fails once, with every call counted.
+    struct FailingSync {
+        inner: MemStorage,
+        calls: Arc<Mutex<Vec<&'static str>>>,
+    }
+
+    impl Storage for FailingSync {
+        fn recovered(&mut self) -> Recovered {
+            self.inner.recovered()
+        }
+        fn save_hard_state(&mut self, hard_state: HardState) -> Result<()> {
+            self.calls.lock().unwrap().push("save_hard_state");
+            self.inner.save_hard_state(hard_state)
+        }
+        fn append(&mut self, entries: &[Entry]) -> Result<()> {
+            self.calls.lock().unwrap().push("append");
+            self.inner.append(entries)
+        }
+        fn sync(&mut self) -> Result<()> {
+            self.calls.lock().unwrap().push("sync");
+            Err(crate::Error::io(
+                "syncing",
+                std::io::Error::from_raw_os_error(libc::EIO),
+            ))
+        }
+        fn last_index(&self) -> LogIndex {
+            self.inner.last_index()
+        }
+        fn install_snapshot(&mut self, file: &SnapshotFile) -> Result<()> {
+            self.inner.install_snapshot(file)
+        }
+        fn compact(&mut self, index: LogIndex) -> Result<()> {
+            self.inner.compact(index)
+        }
+        fn snapshot_store(&self) -> Arc<dyn SnapshotStore> {
+            self.inner.snapshot_store()
+        }
+    }
+
+    fn write(seq: u64, index: u64) -> Write {
+        Write {
+            seq,
+            hard_state: None,
+            install: None,
+            entries: vec![Entry {
+                term: Term(1),
+                index: LogIndex(index),
+                data: b"x".to_vec(),
+            }],
+            compact: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_fsync_stops_the_disk_and_is_never_retried() {
+        // Linux may drop the dirty pages of a failed fsync and report the
+        // next one clean ("fsyncgate", 2018): retrying would acknowledge
+        // writes that are not on disk. The disk task reports the failure,
+        // makes nothing durable, and touches storage no more.
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let storage = FailingSync {
+            inner: MemStorage::new(),
+            calls: calls.clone(),
+        };
+        let metrics = crate::metrics::Metrics::new(None);
+        let (writes, mut durable, task) =
+            spawn(Box::new(storage), false, metrics, tracing::Span::none());
+        writes.send(write(1, 1)).await.expect("queued");
+        durable
+            .wait_for(|d| d.failure.is_some())
+            .await
+            .expect("the failure is reported");
+        let reported = durable.borrow().clone();
+        assert_eq!(reported.seq, 0, "nothing was made durable");
+        assert!(
+            reported
+                .failure
+                .as_deref()
+                .unwrap_or("")
+                .contains("syncing"),
+            "{reported:?}"
+        );
+        task.await.expect("the task ends");
+        // More writes find the task gone: the driver stops the node.
+        assert!(writes.send(write(2, 2)).await.is_err());
+        assert_eq!(*calls.lock().unwrap(), ["append", "sync"]);
+    }
+}

@@ -97,10 +97,29 @@ impl DiskLatency {
 
 /// One node's disk: what is durable, and writes not yet synced. Snapshots
 /// are written atomically (as `FileStorage` does with a rename).
+/// A storage error the disk returns once, when armed (the storage-fault
+/// nemesis).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiskError {
+    /// fsync fails with EIO. As Linux does (the 2018 "fsyncgate"), the
+    /// writes it was to make durable are dropped with it: a retried fsync
+    /// would succeed and durably hold nothing.
+    SyncEio,
+    /// A write fails with ENOSPC: the disk is full, nothing of it is written.
+    WriteEnospc,
+}
+
 pub struct SimDisk {
     /// Draws sync latencies (seeded per node: the run replays).
     rng: StdRng,
     pub latency: DiskLatency,
+    /// The next write or sync (whichever the error is of) fails.
+    pub fail_next: Option<DiskError>,
+    /// Errors returned so far.
+    pub errors_returned: usize,
+    /// An error was returned since the disk was last opened (by the
+    /// node's current process).
+    pub failed_since_open: bool,
     hard_state: HardState,
     snapshots: Arc<MemSnapshots>,
     /// The durable log by index (compaction removes its start).
@@ -125,6 +144,9 @@ impl SimDisk {
         Arc::new(Mutex::new(SimDisk {
             rng: StdRng::seed_from_u64(seed),
             latency: DiskLatency::BASELINE,
+            fail_next: None,
+            errors_returned: 0,
+            failed_since_open: false,
             hard_state: HardState::default(),
             snapshots: Arc::new(MemSnapshots::default()),
             durable: BTreeMap::new(),
@@ -187,6 +209,7 @@ impl SimStorage {
         let recovered = {
             let mut d = disk.lock().expect("disk");
             d.crash();
+            d.failed_since_open = false;
             let snapshot = d.snapshots.get().map(|s| (*s).clone());
             let meta = snapshot
                 .as_ref()
@@ -240,6 +263,15 @@ impl Storage for SimStorage {
     fn append(&mut self, entries: &[Entry]) -> lattice::Result<()> {
         let mut d = self.disk.lock().expect("disk");
         d.flush_older_than(now());
+        if d.fail_next == Some(DiskError::WriteEnospc) {
+            d.fail_next = None;
+            d.errors_returned += 1;
+            d.failed_since_open = true;
+            return Err(lattice::Error::io(
+                "appending to the simulated disk",
+                io::Error::from_raw_os_error(libc::ENOSPC),
+            ));
+        }
         if let Some(first) = entries.first() {
             assert!(
                 first.index > self.log_base && first.index <= self.last_index.next(),
@@ -257,6 +289,16 @@ impl Storage for SimStorage {
     }
     fn sync(&mut self) -> lattice::Result<()> {
         let mut d = self.disk.lock().expect("disk");
+        if d.fail_next == Some(DiskError::SyncEio) {
+            d.fail_next = None;
+            d.errors_returned += 1;
+            d.failed_since_open = true;
+            d.pending.clear();
+            return Err(lattice::Error::io(
+                "syncing the simulated disk",
+                io::Error::from_raw_os_error(libc::EIO),
+            ));
+        }
         let pending = std::mem::take(&mut d.pending);
         for (_, entries) in pending {
             apply_append(&mut d.durable, &entries);
@@ -772,9 +814,28 @@ impl Observer for WhiteBoxObserver {
         }
     }
 
-    fn committed(&self, _node: NodeId, index: LogIndex) {
+    /// The commit rule as a leader commits (Raft 5.4.2, figure 8): it
+    /// counts replicas only for an entry of its own term, and older ones
+    /// commit with it. An index it commits is of its term. (A leader never
+    /// learns a commit index from others, so its commit index moves only
+    /// by counting.)
+    fn committed(&self, node: NodeId, index: LogIndex) {
         let mut w = self.0.lock().expect("white box");
         w.commit_max = w.commit_max.max(index);
+        if let Some(&(term, Role::Leader)) = w.roles.get(&node) {
+            let entry_term = w
+                .logs
+                .get(&node)
+                .and_then(|log| log.get((index.0 as usize).checked_sub(1)?))
+                .copied()
+                .filter(|&t| t != Term(0));
+            if let Some(entry_term) = entry_term.filter(|&t| t != term) {
+                let message = format!(
+                    "commit rule: leader {node} of term {term} committed index {index}, an entry of term {entry_term} (a leader counts replicas only for entries of its own term)"
+                );
+                w.violate(message);
+            }
+        }
     }
 
     fn role_changed(&self, node: NodeId, term: Term, role: Role) {
