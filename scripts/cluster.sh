@@ -16,7 +16,8 @@
 #
 # Environment: LATTICE_DIR (data, logs, pids; default ./live-cluster),
 # LATTICE_BIN (default: target/release/lattice, else target/debug/lattice),
-# LATTICE_NODE_ARGS (extra `lattice node` flags, e.g. --inflight-appends 2).
+# LATTICE_NODE_ARGS (extra `lattice node` flags, e.g. --inflight-appends 2),
+# LATTICE_NO_METRICS=1 (no --metrics-addr: binaries from before it, A/B runs).
 set -euo pipefail
 
 dir=${LATTICE_DIR:-./live-cluster}
@@ -60,10 +61,11 @@ start_node() {
             peers="$peers --peer $i=$(ip_of "$i"):7001,$(ip_of "$i"):7002"
         done
     fi
+    local metrics="--metrics-addr $(ip_of "$id"):7003"
+    if [ "${LATTICE_NO_METRICS:-0}" = 1 ]; then metrics=""; fi
     # shellcheck disable=SC2086
     nohup "$bin" node --id "$id" --raft-addr "$(ip_of "$id"):7001" --kv-addr "$(ip_of "$id"):7002" \
-        --metrics-addr "$(ip_of "$id"):7003" \
-        $peers --data-dir "$dir/node-$id" --source-ip raft ${LATTICE_NODE_ARGS:-} >> "$dir/node-$id.log" 2>&1 &
+        $metrics $peers --data-dir "$dir/node-$id" --source-ip raft ${LATTICE_NODE_ARGS:-} >> "$dir/node-$id.log" 2>&1 &
     echo $! > "$dir/node-$id.pid"
     echo "node $id started (pid $!, raft $(ip_of "$id"):7001, kv $(ip_of "$id"):7002, metrics http://$(ip_of "$id"):7003/metrics, log $dir/node-$id.log)"
 }

@@ -11,6 +11,7 @@
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -28,6 +29,15 @@ use crate::server::Status;
 /// `/health` fails when the state machine is further behind the commit
 /// index than this (etcd's check compares the same two indexes).
 pub const HEALTH_APPLY_LAG_MAX: u64 = 1_000;
+
+/// Metrics connections served at once; more are closed at once. Each one
+/// is a file descriptor, and a node out of them cannot open its next WAL
+/// segment.
+const CONNECTIONS_MAX: usize = 32;
+/// A client gets this long to send its request headers...
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// ...and a connection this long in all (scrapes take milliseconds).
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Every metric of one node.
 pub struct Metrics {
@@ -69,8 +79,8 @@ fn register<C: prometheus::core::Collector + Clone + 'static>(registry: &Registr
 }
 
 impl Metrics {
-    /// A node's metrics; `data_dir` (none in the simulation) is measured
-    /// at each scrape.
+    /// A node's metrics; `data_dir` is measured at each scrape (a missing
+    /// one measures 0).
     pub fn new(data_dir: Option<&Path>) -> Arc<Metrics> {
         let r = Registry::new();
         let gauge =
@@ -152,8 +162,8 @@ impl Metrics {
             ),
             wal_append: histogram(
                 "lattice_disk_wal_append_duration_seconds",
-                "How long writing one batch of entries to the write-ahead log took, before \
-                 its fsync.",
+                "How long writing one Ready's entries to the write-ahead log took (before \
+                 the fsync that makes a batch of them durable).",
                 0.0001,
                 16,
             ),
@@ -305,6 +315,7 @@ pub(crate) async fn serve(
     if let Ok(addr) = listener.local_addr() {
         info!("metrics and health served on http://{addr}/metrics and /health");
     }
+    let connections = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
     loop {
         let stream = tokio::select! {
             biased;
@@ -313,10 +324,14 @@ pub(crate) async fn serve(
                 Ok((stream, _)) => stream,
                 Err(e) => {
                     warn!(error = %e, "accepting a metrics connection failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            warn!("{CONNECTIONS_MAX} metrics connections open already: one refused");
+            continue;
         };
         let (metrics, status) = (metrics.clone(), status.clone());
         let service = hyper::service::service_fn(move |request| {
@@ -325,13 +340,20 @@ pub(crate) async fn serve(
             let answer = answer(&metrics, &status, &request);
             async move { Ok::<_, Infallible>(answer) }
         });
+        let mut stopping = shutdown.clone();
         tokio::spawn(async move {
             let io = hyper_util::rt::TokioIo::new(stream);
-            // A client that sends garbage or hangs up only ends its own
-            // connection.
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, service)
-                .await;
+            // A client that sends garbage, hangs up or dawdles only ends
+            // its own connection.
+            let serving = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(io, service);
+            tokio::select! {
+                _ = tokio::time::timeout(CONNECTION_TIMEOUT, serving) => {}
+                _ = stopping.changed() => {}
+            }
+            drop(permit);
         });
     }
 }

@@ -118,8 +118,10 @@ pub(crate) struct ReadValue {
 pub trait Observer: Send + Sync {
     fn applied(&self, node: NodeId, entry: &raft::Entry);
     fn role_changed(&self, node: NodeId, term: Term, role: Role);
-    /// The node's commit index moved to `index`.
-    fn committed(&self, _node: NodeId, _index: LogIndex) {}
+    /// The node's commit index moved to `index`; `led`: the term it led
+    /// throughout (before and after the move), so the move was its own
+    /// counting of replicas.
+    fn committed(&self, _node: NodeId, _index: LogIndex, _led: Option<Term>) {}
     /// The node's term or last log index changed (or it started).
     fn log_changed(&self, _node: NodeId, _term: Term, _last_index: LogIndex) {}
     /// The node started with this durable snapshot and log after it.
@@ -1670,12 +1672,17 @@ impl Driver {
                     )));
                 }
             }
+            let applied_before = self.kv.applied();
             self.kv = kv;
             self.membership_applied(meta.index);
             self.snapshot_base = meta.index;
             self.bytes_since_snapshot = 0;
             self.snapshots_installed += 1;
             self.metrics.snapshots_installed.inc();
+            // Applied in one step: so committed and applied agree.
+            self.metrics
+                .proposals_applied
+                .inc_by(meta.index.0.saturating_sub(applied_before.0));
             self.metrics
                 .snapshot_install
                 .observe(started.elapsed().as_secs_f64());
@@ -2045,7 +2052,14 @@ impl Driver {
             }
             if current.commit_index != status.commit_index {
                 if let Some(observer) = observer {
-                    observer.0.committed(status.id, status.commit_index);
+                    // Leader of one term before and after: the commit index
+                    // moved by the leader's counting (else, in which role is
+                    // not known: both changed at once).
+                    let led = (current.role == Role::Leader
+                        && status.role == Role::Leader
+                        && current.term == status.term)
+                        .then_some(status.term);
+                    observer.0.committed(status.id, status.commit_index, led);
                 }
             }
             if current.term != status.term || current.last_index != status.last_index {

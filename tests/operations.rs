@@ -248,6 +248,23 @@ async fn metrics_say_what_happened_and_health_flips_when_the_leader_is_lost() ->
         promtool_check(&text)?;
     }
 
+    // Clients that connect and send nothing hold no connection for long
+    // (each is a file descriptor the node's WAL may need): the server
+    // drops them after its header timeout, and scrapes work again.
+    let addr = &addrs[leader as usize - 1].metrics;
+    let mut idle = Vec::new();
+    for _ in 0..40 {
+        idle.push(tokio::net::TcpStream::connect(addr).await?);
+    }
+    for mut socket in idle {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(10), socket.read(&mut byte))
+            .await
+            .context("an idle metrics connection was kept over 10 s")?;
+        assert!(matches!(read, Ok(0) | Err(_)), "closed: {read:?}");
+    }
+    assert_eq!(get(addr, "/health").await?.0, 200);
+
     // The leader and another node go: the last one loses its leader within
     // an election timeout, and says so.
     let last = (1..=3).find(|&id| id != leader).expect("a follower");
