@@ -101,9 +101,12 @@ impl DiskLatency {
 /// nemesis).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DiskError {
-    /// fsync fails with EIO. As Linux does (the 2018 "fsyncgate"), the
-    /// writes it was to make durable are dropped with it: a retried fsync
-    /// would succeed and durably hold nothing.
+    /// fsync fails with EIO, and the writes it was to make durable never
+    /// reach the disk (the 2018 "fsyncgate": Linux marks them clean, so a
+    /// retried fsync succeeds and holds nothing). Here they are dropped at
+    /// once; Linux keeps them readable in the page cache until power is
+    /// lost, which a process restarted on the same kernel would read back
+    /// (not modelled yet).
     SyncEio,
     /// A write fails with ENOSPC: the disk is full, nothing of it is written.
     WriteEnospc,
