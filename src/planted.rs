@@ -88,10 +88,14 @@ pub enum Bug {
     /// removal (down or cut off when it committed) runs forever with its
     /// old configuration, campaigning, or leading an old term to itself.
     RemovedNodeIgnoresRefusal,
+    /// A node whose fsync failed tries it again, and on success goes on as
+    /// if its writes were durable (the 2018 "fsyncgate" mistake: Linux had
+    /// dropped them, so the second fsync had nothing left to write).
+    FsyncRetriedAfterError,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 22] = [
+    pub const ALL: [Bug; 23] = [
         Bug::ReadWithoutQuorumRound,
         Bug::ReadBeforeOwnTermCommit,
         Bug::CommitOlderTermByCounting,
@@ -114,6 +118,7 @@ impl Bug {
         Bug::TwoConfChangesPending,
         Bug::LearnerCountedInCommit,
         Bug::RemovedNodeIgnoresRefusal,
+        Bug::FsyncRetriedAfterError,
     ];
 }
 

@@ -138,7 +138,11 @@ async fn write_batch(
         }
         if !is_sync_skipped {
             let started = Instant::now();
-            storage.sync()?;
+            let mut synced = storage.sync();
+            if synced.is_err() && is_planted(Bug::FsyncRetriedAfterError) {
+                synced = storage.sync();
+            }
+            synced?;
             metrics.wal_fsync.observe(started.elapsed().as_secs_f64());
         }
     }
