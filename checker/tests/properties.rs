@@ -20,6 +20,15 @@ fn value(rng: &mut Rng) -> Option<String> {
     }
 }
 
+/// The history as JSON Lines, for a failure message.
+fn jsonl(events: &[Event]) -> String {
+    events
+        .iter()
+        .map(|e| serde_json::to_string(e).expect("json"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// One step as stateright's tester takes it: an invocation (no output) or a return.
 type Step = (u64, KvInput, Option<KvOutput>);
 
@@ -152,11 +161,7 @@ fn verdicts_agree_with_stateright_on_thousands_of_small_histories() {
             ours.outcome == Outcome::Linearizable,
             expected,
             "case {case}: stateright says {expected}\n{}",
-            events
-                .iter()
-                .map(|e| serde_json::to_string(e).expect("json"))
-                .collect::<Vec<_>>()
-                .join("\n")
+            jsonl(&events)
         );
         // The same search through the stateright adapter (no partitions) agrees too.
         let ops: Vec<_> = history.operations.clone();
@@ -358,11 +363,7 @@ fn verdicts_agree_with_stateright_when_values_are_unique_and_outcomes_unknown() 
             ours.outcome == Outcome::Linearizable,
             expected,
             "case {case}: stateright says {expected}\n{}",
-            events
-                .iter()
-                .map(|e| serde_json::to_string(e).expect("json"))
-                .collect::<Vec<_>>()
-                .join("\n")
+            jsonl(&events)
         );
         if expected {
             linearizable += 1;
@@ -412,11 +413,7 @@ fn verdicts_agree_with_stateright_when_keys_start_as_the_empty_string() {
                 ours.outcome == Outcome::Linearizable,
                 expected,
                 "case {case}: stateright says {expected}\n{}",
-                events
-                    .iter()
-                    .map(|e| serde_json::to_string(e).expect("json"))
-                    .collect::<Vec<_>>()
-                    .join("\n")
+                jsonl(&events)
             );
         }
         if expected {
