@@ -15,6 +15,7 @@
 //! - [`planted`]: the catalogue of classic bugs the test suite must catch,
 //!   compiled in only with the `planted-bugs` feature (tests).
 //! - [`metrics`]: `/metrics` (Prometheus) and `/health` for operators.
+//! - [`tls`]: TLS on both ports, peer identities, `lattice cert`'s CA.
 //! - [`client`]: the KV client: finds the leader, retries, and tells ok,
 //!   definitely failed and unknown outcome apart.
 //!
@@ -31,6 +32,7 @@ pub mod planted;
 pub mod raft;
 pub mod server;
 pub mod storage;
+pub mod tls;
 pub mod transport;
 
 pub use client::{Client, ClientConfig, ClientError, EndpointStatus, MemberList, ReadResult};

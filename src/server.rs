@@ -26,6 +26,7 @@ use crate::raft::{
     Ready, RequestVote, RequestVoteResponse, Role, SnapshotMeta, Term, TimeoutNow,
 };
 use crate::storage::{FileStorage, SnapshotFile, SnapshotStore, Storage};
+use crate::tls::{PeerTls, ServerTls};
 use crate::transport::{self, peer, service, ChannelConfig, TcpTransport, Transport};
 use crate::{Error, Result};
 
@@ -295,6 +296,12 @@ pub struct NodeConfig {
     /// (`host:port`; real TCP only). `None`: not served ([`Node::metrics_text`]
     /// and [`Node::health`] still answer).
     pub metrics_addr: Option<String>,
+    /// Serve the KV port over TLS (and, with a client CA, ask clients for
+    /// certificates). `None`: plaintext.
+    pub kv_tls: Option<ServerTls>,
+    /// Mutual TLS between peers: served on the Raft port and presented when
+    /// dialling peers. `None`: plaintext.
+    pub peer_tls: Option<PeerTls>,
 }
 
 impl NodeConfig {
@@ -330,6 +337,7 @@ impl NodeConfig {
                 rpc_timeout: Duration::from_secs(2),
                 keepalive_interval: Duration::from_secs(1),
                 keepalive_timeout: Duration::from_secs(2),
+                tls: None,
             },
             inbox_capacity: 16 << 10,
             seed: id.0,
@@ -342,6 +350,8 @@ impl NodeConfig {
             unsafe_local_reads: false,
             unsafe_no_fsync: false,
             metrics_addr: None,
+            kv_tls: None,
+            peer_tls: None,
         }
     }
 
@@ -591,6 +601,10 @@ impl Node {
         let snapshots = storage.snapshot_store();
         let snapshot_sends = Arc::new(tokio::sync::Semaphore::new(config.snapshot_sends_max));
 
+        let raft_server = service::server(config.peer_tls.as_ref().map(|tls| &tls.server))
+            .map_err(|e| Error::Config(format!("the Raft port: {e}")))?;
+        let kv_server = service::server(config.kv_tls.as_ref())
+            .map_err(|e| Error::Config(format!("the KV port: {e}")))?;
         let raft_listener = transport.bind(&config.raft_addr).await.map_err(|e| {
             Error::io(
                 format!("binding the Raft service to {}", config.raft_addr),
@@ -610,7 +624,10 @@ impl Node {
         let spawner = PeerSpawner {
             id: config.id,
             transport: transport.clone(),
-            channel: config.peer_channel,
+            channel: ChannelConfig {
+                tls: config.peer_tls.as_ref().map(|tls| tls.client.clone()),
+                ..config.peer_channel.clone()
+            },
             snapshots: snapshots.clone(),
             snapshot_sends,
             inbox: inbox_tx.clone(),
@@ -646,6 +663,7 @@ impl Node {
         let applied_membership = kv.membership().unwrap_or(&bootstrap_membership);
         let (removed_tx, removed_rx) = watch::channel(applied_membership.removed.clone());
         tasks.push(service::spawn_raft_server(
+            raft_server,
             config.id,
             removed_rx,
             raft_listener,
@@ -656,6 +674,7 @@ impl Node {
         let transfer_timeout = config.tick_interval * config.election_timeout_ticks_max
             + config.tick_interval * config.heartbeat_interval_ticks * 2;
         tasks.push(service::spawn_kv_server(
+            kv_server,
             kv_listener,
             inbox_tx.clone(),
             config.request_timeout,
@@ -669,8 +688,27 @@ impl Node {
             span.clone(),
         ));
         span.in_scope(|| {
-            info!("Raft server listening on {}", config.raft_addr);
-            info!("KV server listening on {}", config.kv_addr);
+            let tls = |on: bool, what: &'static str| if on { what } else { "plaintext" };
+            info!(
+                "Raft server listening on {} ({})",
+                config.raft_addr,
+                tls(config.peer_tls.is_some(), "mutual TLS")
+            );
+            info!(
+                "KV server listening on {} ({})",
+                config.kv_addr,
+                match &config.kv_tls {
+                    Some(kv) => tls(
+                        true,
+                        if kv.requires_client_certificate() {
+                            "TLS, client certificates required"
+                        } else {
+                            "TLS"
+                        }
+                    ),
+                    None => "plaintext",
+                }
+            );
         });
 
         if config.unsafe_local_reads || config.unsafe_no_fsync {
@@ -1020,11 +1058,11 @@ impl PeerSpawner {
     /// shutdown).
     fn spawn(&self, peer: PeerConfig) -> Result<mpsc::Sender<Message>> {
         let channels = peer::PeerChannels {
-            votes: transport::channel(self.transport.clone(), &peer.raft_addr, self.channel)?,
+            votes: transport::channel(self.transport.clone(), &peer.raft_addr, &self.channel)?,
             replication: transport::stream_channel(
                 self.transport.clone(),
                 &peer.raft_addr,
-                self.channel,
+                &self.channel,
             )?,
             rpc_timeout: self.channel.rpc_timeout,
             snapshots: self.snapshots.clone(),

@@ -1124,3 +1124,254 @@ async fn metrics_say_what_happened_and_health_flips_when_the_leader_is_lost() ->
     cluster.shutdown().await;
     Ok(())
 }
+
+/// The certificates of the TLS test: the cluster's development CA, and a
+/// stranger's CA that signs look-alikes.
+struct Certs {
+    cluster: lattice::tls::DevCaFiles,
+    stranger: lattice::tls::DevCaFiles,
+}
+
+impl Certs {
+    fn make(dir: &Path) -> Result<Certs> {
+        use lattice::tls::{write_pair, DevCa, DevCaFiles};
+        let certs = Certs {
+            cluster: DevCaFiles {
+                dir: dir.join("cluster"),
+            },
+            stranger: DevCaFiles {
+                dir: dir.join("stranger"),
+            },
+        };
+        for files in [&certs.cluster, &certs.stranger] {
+            std::fs::create_dir_all(&files.dir)?;
+            let ca = DevCa::generate(1)?;
+            ca.write(files)?;
+            for id in 1..=3 {
+                let (cert, key) = ca.issue_node(id, &[])?;
+                let (cert_path, key_path) = files.node(id);
+                write_pair(&cert_path, &cert, &key_path, &key)?;
+            }
+            let (cert, key) = ca.issue_client("alice")?;
+            let (cert_path, key_path) = files.client("alice");
+            write_pair(&cert_path, &cert, &key_path, &key)?;
+        }
+        Ok(certs)
+    }
+
+    /// Node `id` with `files`' certificates on both ports, trusting the
+    /// cluster CA (for peers and for client certificates).
+    fn secure(
+        &self,
+        config: &mut NodeConfig,
+        id: u64,
+        files: &lattice::tls::DevCaFiles,
+    ) -> Result<()> {
+        let (cert, key) = files.node(id);
+        config.kv_tls = Some(lattice::tls::ServerTls::from_files(
+            &cert,
+            &key,
+            Some(&self.cluster.ca()),
+        )?);
+        config.peer_tls = Some(lattice::tls::PeerTls::from_files(
+            &cert,
+            &key,
+            &self.cluster.ca(),
+        )?);
+        Ok(())
+    }
+
+    fn client_tls(
+        &self,
+        ca: &Path,
+        identity: Option<(PathBuf, PathBuf)>,
+    ) -> Result<lattice::tls::ClientTls> {
+        let (cert, key) = identity.unzip();
+        Ok(lattice::tls::ClientTls::from_files(
+            ca,
+            cert.as_deref(),
+            key.as_deref(),
+        )?)
+    }
+}
+
+fn tls_client(
+    endpoints: &[String],
+    tls: Option<lattice::tls::ClientTls>,
+    timeout: Duration,
+) -> Result<Client> {
+    let config = ClientConfig {
+        operation_timeout: timeout,
+        rpc_timeout: Duration::from_secs(1),
+        tls,
+        ..ClientConfig::default()
+    };
+    Ok(Client::with_config(
+        endpoints,
+        config,
+        Arc::new(lattice::transport::TcpTransport),
+    )?)
+}
+
+/// What node `addr`'s Raft port answers a RequestVote from node `from`,
+/// sent over TLS with `tls`'s certificate.
+async fn request_vote(
+    addr: &str,
+    tls: lattice::tls::ClientTls,
+    from: u64,
+    to: u64,
+) -> Result<tonic::Status> {
+    let config = lattice::transport::ChannelConfig {
+        connect_timeout: Duration::from_secs(1),
+        rpc_timeout: Duration::from_secs(2),
+        keepalive_interval: Duration::from_secs(1),
+        keepalive_timeout: Duration::from_secs(2),
+        tls: Some(tls),
+    };
+    let channel =
+        lattice::transport::channel(Arc::new(lattice::transport::TcpTransport), addr, &config)?;
+    let mut raft = lattice::proto::raft_client::RaftClient::new(channel);
+    let request = lattice::proto::RequestVoteRequest {
+        from,
+        to,
+        term: 1,
+        pre_vote: true,
+        ..Default::default()
+    };
+    match raft.request_vote(request).await {
+        Ok(_) => Ok(tonic::Status::ok("answered")),
+        Err(status) => Ok(status),
+    }
+}
+
+/// TLS end to end: nodes 1 and 2 hold the cluster's certificates, node 3 a
+/// stranger's (its own CA). The cluster runs on 1 and 2 with mutual peer
+/// TLS and client-certificate authentication; node 3 is refused by both
+/// until it restarts with the cluster's certificate. Clients without a
+/// certificate, with a stranger's, or in plaintext are refused; a peer
+/// certificate speaks only for the node it names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_cluster_serves_its_clients_and_refuses_strangers() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let certs = Certs::make(&dir.path().join("certs"))?;
+    let addrs = free_addrs(3);
+    let config = |id: u64, files: &lattice::tls::DevCaFiles| -> Result<NodeConfig> {
+        let mut config = node_config(id, &addrs, dir.path());
+        config.metrics_addr = None;
+        certs.secure(&mut config, id, files)?;
+        Ok(config)
+    };
+    let mut nodes = BTreeMap::new();
+    for id in 1..=2 {
+        nodes.insert(id, Node::start(config(id, &certs.cluster)?).await?);
+    }
+    nodes.insert(3, Node::start(config(3, &certs.stranger)?).await?);
+    let endpoints: Vec<String> = addrs.iter().map(|a| a.kv.clone()).collect();
+
+    let alice = Some(certs.cluster.client("alice"));
+    let mut client = tls_client(
+        &endpoints[..2],
+        Some(certs.client_tls(&certs.cluster.ca(), alice.clone())?),
+        Duration::from_secs(5),
+    )?;
+    for i in 0..20 {
+        client.put(format!("k{i}"), format!("v{i}")).await?;
+    }
+    assert_eq!(client.get("k19").await?, Some(b"v19".to_vec()));
+    let leader = nodes[&1]
+        .status()
+        .leader
+        .context("node 1 knows the leader")?;
+    ensure!(leader.0 == 1 || leader.0 == 2, "leader {leader}");
+
+    // The stranger took no part: it never heard of a leader or an entry.
+    let stranger = nodes[&3].status();
+    ensure!(
+        stranger.leader.is_none() && stranger.commit_index.0 == 0 && stranger.last_index.0 == 0,
+        "a node with a stranger's certificate joined in: {stranger:?}"
+    );
+
+    // Clients the KV port refuses: each attempt fails, and nothing is written.
+    let refused = [
+        (
+            "no certificate",
+            Some(certs.client_tls(&certs.cluster.ca(), None)?),
+        ),
+        (
+            "a stranger's certificate",
+            Some(certs.client_tls(&certs.cluster.ca(), Some(certs.stranger.client("alice")))?),
+        ),
+        (
+            "a stranger's CA (the server's certificate fails)",
+            Some(certs.client_tls(&certs.stranger.ca(), Some(certs.stranger.client("alice")))?),
+        ),
+        ("plaintext", None),
+    ];
+    for (what, tls) in refused {
+        let mut client = tls_client(&endpoints[..2], tls, Duration::from_secs(1))?;
+        match client.put("intruder", what).await {
+            Ok(()) => bail!("a client with {what} wrote"),
+            Err(e) => ensure!(
+                e.is_definite(),
+                "{what}: {e} (a refused client wrote nothing)"
+            ),
+        }
+    }
+    ensure!(
+        client.get("intruder").await?.is_none(),
+        "a refused client's write landed"
+    );
+
+    // A peer certificate speaks for its own node only; a client's for none.
+    let leader_raft = &addrs[leader.0 as usize - 1].raft;
+    let other = 3 - leader.0;
+    let (cert, key) = certs.cluster.node(other);
+    let as_other = certs.client_tls(&certs.cluster.ca(), Some((cert, key)))?;
+    let status = request_vote(leader_raft, as_other.clone(), 3, leader.0).await?;
+    ensure!(
+        status.code() == tonic::Code::PermissionDenied
+            && status
+                .message()
+                .contains(&format!("node {other}'s, not node 3's")),
+        "node {other}'s certificate spoke for node 3: {status:?}"
+    );
+    let status = request_vote(leader_raft, as_other, other, leader.0).await?;
+    ensure!(
+        status.code() == tonic::Code::Ok,
+        "node {other} speaking for itself: {status:?}"
+    );
+    let status = request_vote(
+        leader_raft,
+        certs.client_tls(&certs.cluster.ca(), alice)?,
+        other,
+        leader.0,
+    )
+    .await?;
+    ensure!(
+        status.code() == tonic::Code::PermissionDenied
+            && status.message().contains("names no node"),
+        "a client's certificate spoke for node {other}: {status:?}"
+    );
+
+    // Node 3 with the cluster's certificate catches up.
+    nodes.remove(&3).expect("node 3").shutdown().await;
+    nodes.insert(3, Node::start(config(3, &certs.cluster)?).await?);
+    let node3 = &nodes[&3];
+    wait_until(
+        Duration::from_secs(10),
+        || async { node3.status().applied_index.0 as usize },
+        |applied| applied >= 20,
+    )
+    .await
+    .context("node 3 with the cluster's certificate catches up")?;
+    let mut pinned = tls_client(
+        &endpoints[2..],
+        Some(certs.client_tls(&certs.cluster.ca(), Some(certs.cluster.client("alice")))?),
+        Duration::from_secs(5),
+    )?;
+    ensure!(pinned.get("k7").await? == Some(b"v7".to_vec()));
+    for node in nodes.into_values() {
+        node.shutdown().await;
+    }
+    Ok(())
+}

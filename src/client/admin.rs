@@ -67,7 +67,7 @@ impl MemberList {
 
 impl Client {
     fn admin(&self, endpoint: &str) -> Result<AdminClient<tonic::transport::Channel>> {
-        let channel = transport::channel(self.transport.clone(), endpoint, self.channel_config)?;
+        let channel = transport::channel(self.transport.clone(), endpoint, &self.channel_config)?;
         Ok(AdminClient::new(channel))
     }
 

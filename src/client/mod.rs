@@ -48,6 +48,8 @@ pub struct ClientConfig {
     /// given, trying the next one after a failure (a client pinned to one
     /// node, as Jepsen binds its clients, sees that node's answers only).
     pub follow_leader_hints: bool,
+    /// Dial the endpoints (and those hints point to) over TLS.
+    pub tls: Option<crate::tls::ClientTls>,
 }
 
 impl Default for ClientConfig {
@@ -60,6 +62,7 @@ impl Default for ClientConfig {
             backoff_min: Duration::from_millis(20),
             backoff_max: Duration::from_millis(500),
             follow_leader_hints: true,
+            tls: None,
         }
     }
 }
@@ -121,6 +124,7 @@ pub struct Client {
 fn normalize(addr: &str) -> String {
     addr.trim()
         .trim_start_matches("http://")
+        .trim_start_matches("https://")
         .trim_end_matches('/')
         .to_string()
 }
@@ -144,6 +148,7 @@ impl Client {
             rpc_timeout: config.rpc_timeout,
             keepalive_interval: Duration::from_secs(1),
             keepalive_timeout: Duration::from_secs(2),
+            tls: config.tls.clone(),
         };
         let client_id = config.client_id.unwrap_or_else(default_client_id);
         if client_id == 0 {
@@ -182,7 +187,7 @@ impl Client {
         Ok(Client {
             endpoints: self.endpoints.clone(),
             transport: self.transport.clone(),
-            channel_config: self.channel_config,
+            channel_config: self.channel_config.clone(),
             config: self.config.clone(),
             leader: self.leader,
             next_guess: self.next_guess,
@@ -221,7 +226,7 @@ impl Client {
             return Err(Error::Config("too many endpoints".into()));
         }
         let channel =
-            transport::stream_channel(self.transport.clone(), &addr, self.channel_config)?;
+            transport::stream_channel(self.transport.clone(), &addr, &self.channel_config)?;
         let batcher = Arc::new(Batcher::new(channel, self.channel_config.rpc_timeout));
         self.endpoints.push(Endpoint { addr, batcher });
         Ok(self.endpoints.len() - 1)

@@ -71,7 +71,18 @@ pub fn status_to_error(status: &Status) -> Error {
             .map(str::to_string)
     };
     let class = metadata(ERROR_KEY).unwrap_or_default();
-    let message = status.message().to_string();
+    let mut message = status.message().to_string();
+    // A transport failure says what failed only in its sources ("transport
+    // error" alone hides a refused certificate, say).
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(error) = source {
+        let text = error.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = error.source();
+    }
     if let Some(error) = error_of_class(&class, message.clone(), metadata(LEADER_KEY)) {
         return error;
     }

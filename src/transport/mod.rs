@@ -145,8 +145,8 @@ impl Transport for SourceBoundTcpTransport {
     }
 }
 
-/// Timeouts and keepalive of a gRPC channel.
-#[derive(Clone, Copy, Debug)]
+/// Timeouts, keepalive and TLS of a gRPC channel.
+#[derive(Clone, Debug)]
 pub struct ChannelConfig {
     pub connect_timeout: Duration,
     /// Deadline of every RPC on the channel.
@@ -155,6 +155,9 @@ pub struct ChannelConfig {
     /// and replaced instead of hanging forever.
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,
+    /// Dial with TLS (`https`), checking the server's certificate against
+    /// the address dialled. `None`: plaintext.
+    pub tls: Option<crate::tls::ClientTls>,
 }
 
 /// A lazily connecting channel to `addr` through `transport`. tonic redials on
@@ -162,7 +165,7 @@ pub struct ChannelConfig {
 pub fn channel(
     transport: Arc<dyn Transport>,
     addr: &str,
-    config: ChannelConfig,
+    config: &ChannelConfig,
 ) -> crate::Result<Channel> {
     channel_with_deadline(transport, addr, config, Some(config.rpc_timeout))
 }
@@ -172,7 +175,7 @@ pub fn channel(
 pub fn stream_channel(
     transport: Arc<dyn Transport>,
     addr: &str,
-    config: ChannelConfig,
+    config: &ChannelConfig,
 ) -> crate::Result<Channel> {
     channel_with_deadline(transport, addr, config, None)
 }
@@ -180,12 +183,24 @@ pub fn stream_channel(
 fn channel_with_deadline(
     transport: Arc<dyn Transport>,
     addr: &str,
-    config: ChannelConfig,
+    config: &ChannelConfig,
     deadline: Option<Duration>,
 ) -> crate::Result<Channel> {
-    let mut endpoint = Endpoint::from_shared(format!("http://{addr}"))
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
         .map_err(|e| crate::Error::Config(format!("bad address {addr:?}: {e}")))?
         .connect_timeout(config.connect_timeout);
+    if let Some(tls) = &config.tls {
+        // The server's certificate must name the host dialled (its IP
+        // address or DNS name, as `addr` gives it).
+        endpoint = endpoint
+            .tls_config(tls.config())
+            .map_err(|e| crate::Error::Config(format!("TLS for {addr}: {e}")))?;
+    }
     if let Some(deadline) = deadline {
         endpoint = endpoint.timeout(deadline);
     }

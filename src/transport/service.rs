@@ -22,6 +22,7 @@ use crate::proto::{self};
 use crate::raft::{ConfChange, InstallSnapshot, NodeId, Role, Term};
 use crate::server::{Input, MemberRole, Members, Status as NodeStatus};
 use crate::storage::SnapshotFile;
+use crate::tls::{PeerIdentity, ServerTls};
 use crate::{Error, Result};
 
 /// Largest peer message: a batch of entries (`append_bytes_max`) plus one
@@ -39,10 +40,33 @@ pub const SNAPSHOT_BYTES_MAX: u64 = 4 << 30;
 pub const KV_MESSAGE_BYTES_MAX: usize =
     2 * kv::VALUE_BYTES_MAX + 2 * kv::KEY_BYTES_MAX + (64 << 10);
 
-fn keepalive_server() -> tonic::transport::Server {
-    tonic::transport::Server::builder()
+/// Calls and streams one connection may have open at once; more wait (for
+/// a `Batch` stream, its own limits bound what it holds).
+pub const CALLS_PER_CONNECTION_MAX: usize = 64;
+
+/// The server of one port: HTTP/2 keepalive, a cap on calls per connection,
+/// and TLS when configured. Fails (naming the reason) if rustls refuses the
+/// TLS configuration.
+pub(crate) fn server(tls: Option<&ServerTls>) -> Result<tonic::transport::Server> {
+    let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(1)))
         .http2_keepalive_timeout(Some(Duration::from_secs(2)))
+        .concurrency_limit_per_connection(CALLS_PER_CONNECTION_MAX);
+    match tls {
+        Some(tls) => server
+            .tls_config(tls.config())
+            .map_err(|e| Error::Config(format!("TLS: {e}"))),
+        None => Ok(server),
+    }
+}
+
+/// What the certificate of a request's connection lets its peer speak for.
+fn identity_of<T>(request: &Request<T>) -> PeerIdentity {
+    let certs = request
+        .extensions()
+        .get::<tonic::transport::server::TlsConnectInfo<()>>()
+        .and_then(|info| info.peer_certs());
+    PeerIdentity::of_certificates(certs.as_deref().map(Vec::as_slice))
 }
 
 async fn until_shutdown(mut shutdown: watch::Receiver<bool>) {
@@ -54,6 +78,7 @@ async fn until_shutdown(mut shutdown: watch::Receiver<bool>) {
 }
 
 pub(crate) fn spawn_raft_server(
+    server: tonic::transport::Server,
     id: NodeId,
     removed: watch::Receiver<BTreeSet<NodeId>>,
     listener: Listener,
@@ -72,7 +97,8 @@ pub(crate) fn spawn_raft_server(
     .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
     tokio::spawn(
         async move {
-            if let Err(e) = keepalive_server()
+            let mut server = server;
+            if let Err(e) = server
                 .add_service(service)
                 .serve_with_incoming_shutdown(listener, until_shutdown(shutdown))
                 .await
@@ -94,6 +120,7 @@ pub(crate) struct AdminConfig {
 }
 
 pub(crate) fn spawn_kv_server(
+    server: tonic::transport::Server,
     listener: Listener,
     inbox: mpsc::Sender<Input>,
     request_timeout: Duration,
@@ -114,7 +141,8 @@ pub(crate) fn spawn_kv_server(
     .max_encoding_message_size(KV_MESSAGE_BYTES_MAX);
     tokio::spawn(
         async move {
-            if let Err(e) = keepalive_server()
+            let mut server = server;
+            if let Err(e) = server
                 .add_service(service)
                 .add_service(admin)
                 .serve_with_incoming_shutdown(listener, until_shutdown(shutdown))
@@ -170,8 +198,12 @@ enum StreamAnswer {
 
 impl RaftService {
     /// The checks of an AppendEntries, whichever way it came.
-    fn check_append(&self, message: &proto::AppendEntriesRequest) -> Result<(), Status> {
-        self.check_route(message.from, message.to, message.term)?;
+    fn check_append(
+        &self,
+        identity: &PeerIdentity,
+        message: &proto::AppendEntriesRequest,
+    ) -> Result<(), Status> {
+        self.check_route(identity, message.from, message.to, message.term)?;
         if let Some(entry) = message.entries.iter().find(|e| e.term == 0 || e.index == 0) {
             warn!(
                 from = message.from,
@@ -189,6 +221,7 @@ impl RaftService {
     /// and its answer (a receiver, so requests pipeline) goes to `answers`.
     async fn read_stream(
         self,
+        identity: PeerIdentity,
         mut requests: tonic::Streaming<proto::AppendEntriesRequest>,
         answers: mpsc::Sender<StreamAnswer>,
     ) {
@@ -213,7 +246,7 @@ impl RaftService {
                     return;
                 }
             };
-            if let Err(status) = self.check_append(&message) {
+            if let Err(status) = self.check_append(&identity, &message) {
                 let _ = answers.send(StreamAnswer::Refused(status)).await;
                 return;
             }
@@ -240,7 +273,19 @@ impl RaftService {
     /// yet know the configuration that added its new leader (refusing it
     /// would leave it behind for good). Raft's terms decide whom to obey;
     /// who may reach the port at all is for the network (and TLS).
-    fn check_route(&self, from: u64, to: u64, term: u64) -> Result<(), Status> {
+    /// With peer TLS, a certificate that names a node speaks for that node
+    /// only (see [`PeerIdentity`]).
+    fn check_route(
+        &self,
+        identity: &PeerIdentity,
+        from: u64,
+        to: u64,
+        term: u64,
+    ) -> Result<(), Status> {
+        if let Err(reason) = identity.check(from) {
+            warn!(from, %reason, "Raft message refused");
+            return Err(Status::permission_denied(reason));
+        }
         if term > TERM_MAX {
             warn!(from, term, "Raft message with an impossible term: rejected");
             return Err(Status::invalid_argument(format!(
@@ -293,8 +338,9 @@ impl Raft for RaftService {
         &self,
         request: Request<proto::RequestVoteRequest>,
     ) -> Result<Response<proto::RequestVoteResponse>, Status> {
+        let identity = identity_of(&request);
         let message = request.into_inner();
-        self.check_route(message.from, message.to, message.term)?;
+        self.check_route(&identity, message.from, message.to, message.term)?;
         let (reply, answer) = oneshot::channel();
         let input = Input::RequestVote {
             request: request_vote_from_proto(&message),
@@ -310,8 +356,9 @@ impl Raft for RaftService {
         &self,
         request: Request<proto::TimeoutNowRequest>,
     ) -> Result<Response<proto::TimeoutNowResponse>, Status> {
+        let identity = identity_of(&request);
         let message = request.into_inner();
-        self.check_route(message.from, message.to, message.term)?;
+        self.check_route(&identity, message.from, message.to, message.term)?;
         let input = Input::TimeoutNow {
             request: timeout_now_from_proto(&message),
         };
@@ -326,8 +373,9 @@ impl Raft for RaftService {
         &self,
         request: Request<proto::AppendEntriesRequest>,
     ) -> Result<Response<proto::AppendEntriesResponse>, Status> {
+        let identity = identity_of(&request);
         let message = request.into_inner();
-        self.check_append(&message)?;
+        self.check_append(&identity, &message)?;
         let (reply, answer) = oneshot::channel();
         let input = Input::AppendEntries {
             request: append_entries_from_proto(message),
@@ -343,6 +391,7 @@ impl Raft for RaftService {
         &self,
         request: Request<tonic::Streaming<proto::InstallSnapshotChunk>>,
     ) -> Result<Response<proto::AppendEntriesResponse>, Status> {
+        let identity = identity_of(&request);
         let mut chunks = request.into_inner();
         let mut bytes: Vec<u8> = Vec::new();
         let mut first: Option<proto::InstallSnapshotChunk> = None;
@@ -351,7 +400,7 @@ impl Raft for RaftService {
             let chunk = chunks.message().await?.ok_or_else(|| {
                 Status::aborted("the snapshot stream ended before its last chunk")
             })?;
-            self.check_route(chunk.from, chunk.to, chunk.term)?;
+            self.check_route(&identity, chunk.from, chunk.to, chunk.term)?;
             if _receiving.is_none() {
                 if !self
                     .receiving
@@ -430,9 +479,10 @@ impl Raft for RaftService {
     ) -> Result<Response<Self::ReplicateStream>, Status> {
         let (answers_tx, mut answers) = mpsc::channel(REPLICATE_PENDING_MAX);
         let (responses_tx, responses) = mpsc::channel(REPLICATE_PENDING_MAX);
+        let identity = identity_of(&request);
         tokio::spawn(
             self.clone()
-                .read_stream(request.into_inner(), answers_tx)
+                .read_stream(identity, request.into_inner(), answers_tx)
                 .in_current_span(),
         );
         let id = self.id;

@@ -58,6 +58,8 @@ pub struct BenchArgs {
     /// logged at the time, e.g. snapshots).
     #[arg(long)]
     latency_log: Option<PathBuf>,
+    #[command(flatten)]
+    tls: super::ClientTlsArgs,
 }
 
 /// One configuration's result.
@@ -88,8 +90,8 @@ fn percentile(sorted_us: &[u32], q: f64) -> f64 {
 }
 
 /// Bench clients wait long: a slow answer is a data point, not a failure.
-fn new_client(endpoints: &[String]) -> Result<Client> {
-    super::client(endpoints, Duration::from_secs(10))
+fn new_client(args: &BenchArgs) -> Result<Client> {
+    super::client(&args.endpoints, Duration::from_secs(10), args.tls.load()?)
 }
 
 async fn measure(args: &BenchArgs, workload: Workload, clients: usize) -> Result<Measurement> {
@@ -98,7 +100,7 @@ async fn measure(args: &BenchArgs, workload: Workload, clients: usize) -> Result
     let end = start + Duration::from_secs(args.duration_secs);
     let mut tasks = Vec::new();
     let connections = (0..args.conns.min(clients))
-        .map(|_| new_client(&args.endpoints))
+        .map(|_| new_client(args))
         .collect::<Result<Vec<_>>>()?;
     for index in 0..clients {
         let mut client = connections[index % connections.len()].new_session();
@@ -187,7 +189,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     }
     // Preload the keys so reads find values: 64 sessions on one connection
     // (a million keys load in seconds, not minutes).
-    let loader = new_client(&args.endpoints)?;
+    let loader = new_client(&args)?;
     let loaders = 64.min(args.keys.max(1));
     let mut loading = Vec::new();
     for first in 0..loaders {

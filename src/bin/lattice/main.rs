@@ -10,6 +10,11 @@
 //! lattice member promote 4 --endpoints 127.0.0.11:7002,127.0.0.12:7002
 //! lattice kv --endpoints 127.0.0.11:7002,127.0.0.12:7002 put k v
 //! lattice workload --endpoints ... --duration-secs 30 --history history.jsonl
+//!
+//! lattice cert ca --dir certs && lattice cert node --dir certs --id 1 --host 10.0.0.1
+//! lattice node ... --cert certs/node-1.pem --key certs/node-1-key.pem \
+//!     --peer-cert certs/node-1.pem --peer-key certs/node-1-key.pem --peer-cacert certs/ca.pem
+//! lattice kv --cacert certs/ca.pem --endpoints 10.0.0.1:7002 get k
 //! ```
 
 use std::net::IpAddr;
@@ -21,6 +26,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use lattice::raft::ConfChange;
+use lattice::tls::{ClientTls, DevCa, DevCaFiles, PeerTls, ServerTls};
 use lattice::{
     Client, ClientConfig, ClientError, MemberList, Node, NodeConfig, NodeId, PeerConfig,
 };
@@ -81,6 +87,85 @@ enum Command {
     Workload(WorkloadArgs),
     /// Measure throughput and latency with closed-loop clients.
     Bench(bench::BenchArgs),
+    /// Make a development CA and node and client certificates (PEM) for
+    /// TLS. For development and tests: production clusters use their own CA.
+    #[command(subcommand)]
+    Cert(CertCommand),
+}
+
+#[derive(Subcommand)]
+enum CertCommand {
+    /// A new CA: DIR/ca.pem and DIR/ca-key.pem (the key readable by its
+    /// owner only). Refuses to replace a CA already there.
+    Ca(CertCommonArgs),
+    /// A node's certificate, signed by DIR's CA: DIR/node-ID.pem and
+    /// DIR/node-ID-key.pem. Serves both ports and dials peers. Its SAN
+    /// names the node (`lattice-node-ID`: peers check it against the id the
+    /// node claims), localhost, 127.0.0.1, ::1 and each --host.
+    Node {
+        #[command(flatten)]
+        common: CertCommonArgs,
+        #[arg(long)]
+        id: u64,
+        /// Another IP address or DNS name the node is reached by
+        /// (repeat). Clients and peers check the address they dial
+        /// against the certificate.
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+    },
+    /// A client's certificate, signed by DIR's CA: DIR/client-NAME.pem and
+    /// DIR/client-NAME-key.pem, for nodes run with --client-cert-auth.
+    Client {
+        #[command(flatten)]
+        common: CertCommonArgs,
+        #[arg(long)]
+        name: String,
+    },
+}
+
+#[derive(Args)]
+struct CertCommonArgs {
+    /// Where the CA is (or goes) and the certificates go.
+    #[arg(long)]
+    dir: PathBuf,
+    /// Days the certificates are valid.
+    #[arg(long, default_value_t = 365)]
+    days: u32,
+    /// Replace files already there.
+    #[arg(long)]
+    force: bool,
+}
+
+/// TLS for the commands that dial a cluster. Without --cacert: plaintext.
+#[derive(Args, Clone, Default)]
+pub(crate) struct ClientTlsArgs {
+    /// Dial over TLS, trusting the servers this CA (PEM) signed. Each
+    /// server's certificate must name the address dialled.
+    #[arg(long)]
+    cacert: Option<PathBuf>,
+    /// Present this certificate (PEM) to servers that require one
+    /// (`lattice node --client-cert-auth`). Needs --key and --cacert.
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+    /// The key of --cert (PEM).
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
+}
+
+impl ClientTlsArgs {
+    pub(crate) fn load(&self) -> Result<Option<ClientTls>> {
+        match &self.cacert {
+            None if self.cert.is_some() => {
+                bail!("--cert needs --cacert: the CA that signed the servers' certificates")
+            }
+            None => Ok(None),
+            Some(ca) => Ok(Some(ClientTls::from_files(
+                ca,
+                self.cert.as_deref(),
+                self.key.as_deref(),
+            )?)),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -159,6 +244,37 @@ struct NodeArgs {
     /// off from its majority steps down within an election timeout).
     #[arg(long)]
     no_check_quorum: bool,
+    /// Serve the KV port over TLS with this certificate (PEM, the leaf
+    /// first). It must name the addresses clients dial.
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+    /// The key of --cert (PEM).
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
+    /// The CA (PEM) that signed client certificates (--client-cert-auth),
+    /// and that --join trusts when it dials the cluster.
+    #[arg(long)]
+    cacert: Option<PathBuf>,
+    /// Refuse clients that present no certificate signed by --cacert.
+    #[arg(long, requires = "cacert", requires = "cert")]
+    client_cert_auth: bool,
+    /// Mutual TLS between peers: this node's certificate (PEM), served on
+    /// the Raft port and presented when dialling peers. A peer whose
+    /// certificate --peer-cacert did not sign is refused, and a certificate
+    /// that names a node (`lattice-node-ID`) speaks for that node only.
+    #[arg(long, requires_all = ["peer_key", "peer_cacert"])]
+    peer_cert: Option<PathBuf>,
+    /// The key of --peer-cert (PEM).
+    #[arg(long, requires = "peer_cert")]
+    peer_key: Option<PathBuf>,
+    /// The cluster CA (PEM): peers' certificates must be signed by it.
+    #[arg(long, requires = "peer_cert")]
+    peer_cacert: Option<PathBuf>,
+    /// Listen in plaintext on addresses other than loopback. Without TLS,
+    /// anyone who reaches the ports can read everything, write, and (on the
+    /// Raft port) take part in the cluster's consensus.
+    #[arg(long)]
+    insecure: bool,
 }
 
 /// Where a cluster is, for the commands that talk to one.
@@ -174,6 +290,8 @@ struct ClusterArgs {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 10)]
     timeout_secs: u64,
+    #[command(flatten)]
+    tls: ClientTlsArgs,
 }
 
 #[derive(Subcommand)]
@@ -288,6 +406,8 @@ struct WorkloadArgs {
     /// leader keeps its clients, and stale answers reach the history.
     #[arg(long)]
     pinned: bool,
+    #[command(flatten)]
+    tls: ClientTlsArgs,
 }
 
 fn parse_peer(text: &str) -> Result<PeerConfig, String> {
@@ -332,6 +452,7 @@ async fn main() -> Result<()> {
         Command::MoveLeader(args) => run_move_leader(args).await,
         Command::Workload(args) => run_workload(args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Cert(command) => run_cert(command),
     }
 }
 
@@ -352,6 +473,56 @@ async fn run_node(args: NodeArgs) -> Result<()> {
     config.pre_vote = !args.no_pre_vote;
     config.metrics_addr = args.metrics_addr.clone();
     config.check_quorum = !args.no_check_quorum;
+    config.kv_tls = match (&args.cert, &args.key) {
+        (Some(cert), Some(key)) => {
+            let client_ca = args
+                .client_cert_auth
+                .then_some(args.cacert.as_deref())
+                .flatten();
+            Some(ServerTls::from_files(cert, key, client_ca).context("--cert/--key")?)
+        }
+        _ => None,
+    };
+    config.peer_tls = match (&args.peer_cert, &args.peer_key, &args.peer_cacert) {
+        (Some(cert), Some(key), Some(ca)) => Some(
+            PeerTls::from_files(cert, key, ca).context("--peer-cert/--peer-key/--peer-cacert")?,
+        ),
+        _ => None,
+    };
+    for (addr, is_tls, flags) in [
+        (&args.kv_addr, config.kv_tls.is_some(), "--cert and --key"),
+        (
+            &args.raft_addr,
+            config.peer_tls.is_some(),
+            "--peer-cert, --peer-key and --peer-cacert",
+        ),
+    ] {
+        if !is_tls && !args.insecure && !lattice::tls::is_loopback(addr) {
+            bail!(
+                "refusing to listen in plaintext on {addr}, which is not a loopback address: \
+                 anyone who reaches it could read and write every key{}. Give {flags} \
+                 (`lattice cert` makes a development CA), or --insecure to accept that",
+                if std::ptr::eq(addr, &args.raft_addr) {
+                    " and take part in the cluster's consensus"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+    if args.insecure && (config.kv_tls.is_none() || config.peer_tls.is_none()) {
+        tracing::warn!(
+            "--insecure: a port serves plaintext; anyone who reaches it can read and write"
+        );
+    }
+    // --join dials the cluster's KV port as a client, with the node's own
+    // certificate if the cluster asks clients for one.
+    let join_tls = ClientTlsArgs {
+        cacert: args.cacert.clone(),
+        cert: args.cert.clone().filter(|_| args.cacert.is_some()),
+        key: args.key.clone().filter(|_| args.cacert.is_some()),
+    }
+    .load()?;
     let never_if_zero = |n: u64| if n == 0 { u64::MAX } else { n };
     config.snapshot_entries = never_if_zero(args.snapshot_entries);
     config.snapshot_bytes = never_if_zero(args.snapshot_bytes);
@@ -374,7 +545,7 @@ async fn run_node(args: NodeArgs) -> Result<()> {
     let needs_add = if args.join.is_empty() {
         false
     } else {
-        join_needs_add(NodeId(args.id), &args.join, &args.data_dir).await?
+        join_needs_add(NodeId(args.id), &args.join, &args.data_dir, &join_tls).await?
     };
     let started = std::time::Instant::now();
     let node = Node::start(config).await.context("starting the node")?;
@@ -383,7 +554,7 @@ async fn run_node(args: NodeArgs) -> Result<()> {
         "node started: storage recovered, services listening"
     );
     if needs_add {
-        join(&node, &args.join, &args.raft_addr, &args.kv_addr).await?;
+        join(&node, &args.join, &args.raft_addr, &args.kv_addr, &join_tls).await?;
     }
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing SIGTERM")?;
@@ -422,9 +593,10 @@ async fn join_needs_add(
     id: NodeId,
     endpoints: &[String],
     data_dir: &std::path::Path,
+    tls: &Option<ClientTls>,
 ) -> Result<bool> {
     let timeout = Duration::from_secs(30);
-    let members = client(endpoints, timeout)?
+    let members = client(endpoints, timeout, tls.clone())?
         .members(timeout)
         .await
         .context("asking the cluster to join for its members")?;
@@ -448,7 +620,13 @@ async fn join_needs_add(
 }
 
 /// `--join`, once the node runs: asks the cluster to add it as a learner.
-async fn join(node: &Node, endpoints: &[String], raft_addr: &str, kv_addr: &str) -> Result<()> {
+async fn join(
+    node: &Node,
+    endpoints: &[String],
+    raft_addr: &str,
+    kv_addr: &str,
+    tls: &Option<ClientTls>,
+) -> Result<()> {
     let id = node.id();
     let timeout = Duration::from_secs(30);
     let change = ConfChange::Add {
@@ -457,7 +635,7 @@ async fn join(node: &Node, endpoints: &[String], raft_addr: &str, kv_addr: &str)
         kv_addr: kv_addr.to_string(),
         is_learner: true,
     };
-    let members = client(endpoints, timeout)?
+    let members = client(endpoints, timeout, tls.clone())?
         .change_membership(change, timeout)
         .await
         .context("asking the cluster to add this node as a learner")?;
@@ -473,7 +651,7 @@ async fn run_member(command: MemberCommand) -> Result<()> {
     let (cluster, change) = match command {
         MemberCommand::List(cluster) => {
             let timeout = Duration::from_secs(cluster.timeout_secs);
-            let members = client(&cluster.endpoints, timeout)?
+            let members = client(&cluster.endpoints, timeout, cluster.tls.load()?)?
                 .members(timeout)
                 .await
                 .context("listing the members")?;
@@ -499,7 +677,7 @@ async fn run_member(command: MemberCommand) -> Result<()> {
         ),
     };
     let timeout = Duration::from_secs(cluster.timeout_secs);
-    let members = client(&cluster.endpoints, timeout)?
+    let members = client(&cluster.endpoints, timeout, cluster.tls.load()?)?
         .change_membership(change.clone(), timeout)
         .await
         .with_context(|| format!("{change:?}"))?;
@@ -561,9 +739,10 @@ fn print_members(members: &MemberList) {
     }
 }
 
-fn client(endpoints: &[String], timeout: Duration) -> Result<Client> {
+fn client(endpoints: &[String], timeout: Duration, tls: Option<ClientTls>) -> Result<Client> {
     let config = ClientConfig {
         operation_timeout: timeout,
+        tls,
         ..ClientConfig::default()
     };
     Ok(Client::with_config(
@@ -580,7 +759,11 @@ fn show(value: &Option<Vec<u8>>) -> String {
 }
 
 async fn run_status(args: ClusterArgs) -> Result<()> {
-    let client = client(&args.endpoints, Duration::from_secs(args.timeout_secs))?;
+    let client = client(
+        &args.endpoints,
+        Duration::from_secs(args.timeout_secs),
+        args.tls.load()?,
+    )?;
     println!(
         "{:<24} {:>4} {:<13} {:>6} {:>6} {:>10} {:>10} {:>10} {:>10} {:>8} {:<7}",
         "endpoint",
@@ -626,7 +809,7 @@ async fn run_status(args: ClusterArgs) -> Result<()> {
 
 async fn run_move_leader(args: MoveLeaderArgs) -> Result<()> {
     let timeout = Duration::from_secs(args.cluster.timeout_secs);
-    let client = client(&args.cluster.endpoints, timeout)?;
+    let client = client(&args.cluster.endpoints, timeout, args.cluster.tls.load()?)?;
     if args.id == Some(0) {
         bail!("node id 0 is reserved");
     }
@@ -642,6 +825,7 @@ async fn run_kv(args: KvArgs) -> Result<()> {
     let mut client = client(
         &args.cluster.endpoints,
         Duration::from_secs(args.cluster.timeout_secs),
+        args.cluster.tls.load()?,
     )?;
     match args.operation {
         KvOperation::Put { key, value } => {
@@ -711,6 +895,7 @@ async fn run_workload(args: WorkloadArgs) -> Result<()> {
     if args.clients == 0 || args.keys == 0 {
         bail!("--clients and --keys must be positive");
     }
+    let tls = args.tls.load()?;
     // Wall-clock start, advanced by a monotonic clock: times never go back.
     let epoch_ns = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos() as u64;
     let started = Instant::now();
@@ -735,17 +920,20 @@ async fn run_workload(args: WorkloadArgs) -> Result<()> {
         let oks = oks.clone();
         let keys = args.keys;
         let seed = args.seed;
+        let tls = tls.clone();
         tasks.push(tokio::spawn(async move {
             let config = match pin {
                 None => ClientConfig {
                     operation_timeout: Duration::from_secs(3),
                     rpc_timeout: Duration::from_millis(2500),
+                    tls: tls.clone(),
                     ..ClientConfig::default()
                 },
                 Some(_) => ClientConfig {
                     operation_timeout: Duration::from_millis(1500),
                     rpc_timeout: Duration::from_millis(700),
                     follow_leader_hints: false,
+                    tls: tls.clone(),
                     ..ClientConfig::default()
                 },
             };
@@ -852,5 +1040,56 @@ async fn run_workload(args: WorkloadArgs) -> Result<()> {
         args.duration_secs,
         args.history.display()
     );
+    Ok(())
+}
+
+fn run_cert(command: CertCommand) -> Result<()> {
+    let refuse_existing = |paths: &[&std::path::Path], force: bool| -> Result<()> {
+        for path in paths {
+            if !force && path.exists() {
+                bail!("{} exists: give --force to replace it", path.display());
+            }
+        }
+        Ok(())
+    };
+    match command {
+        CertCommand::Ca(common) => {
+            std::fs::create_dir_all(&common.dir)
+                .with_context(|| format!("creating {}", common.dir.display()))?;
+            let files = DevCaFiles { dir: common.dir };
+            refuse_existing(&[&files.ca(), &files.ca_key()], common.force)
+                .context("a CA is there already (certificates it signed would no longer verify)")?;
+            DevCa::generate(common.days)?.write(&files)?;
+            println!(
+                "wrote {} and {}",
+                files.ca().display(),
+                files.ca_key().display()
+            );
+        }
+        CertCommand::Node { common, id, hosts } => {
+            let id = nonzero_id(id)?;
+            let files = DevCaFiles { dir: common.dir };
+            let ca = DevCa::load(&files, common.days)
+                .context("loading the CA (make one with `lattice cert ca --dir DIR`)")?;
+            let (cert_path, key_path) = files.node(id);
+            refuse_existing(&[&cert_path, &key_path], common.force)?;
+            let (cert, key) = ca.issue_node(id, &hosts)?;
+            lattice::tls::write_pair(&cert_path, &cert, &key_path, &key)?;
+            println!("wrote {} and {}", cert_path.display(), key_path.display());
+        }
+        CertCommand::Client { common, name } => {
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+                bail!("a client name is letters, digits and '-', not {name:?}");
+            }
+            let files = DevCaFiles { dir: common.dir };
+            let ca = DevCa::load(&files, common.days)
+                .context("loading the CA (make one with `lattice cert ca --dir DIR`)")?;
+            let (cert_path, key_path) = files.client(&name);
+            refuse_existing(&[&cert_path, &key_path], common.force)?;
+            let (cert, key) = ca.issue_client(&name)?;
+            lattice::tls::write_pair(&cert_path, &cert, &key_path, &key)?;
+            println!("wrote {} and {}", cert_path.display(), key_path.display());
+        }
+    }
     Ok(())
 }
