@@ -1277,12 +1277,16 @@ impl Raft {
     }
 
     /// Sending the snapshot to `peer` failed (or its answer was lost): probe
-    /// again, which sends a snapshot again if it still needs one.
+    /// again, which sends a snapshot again if it still needs one, but not
+    /// before the next heartbeat interval (as etcd does): a peer that refuses
+    /// connections was otherwise sent snapshots as fast as the leader had
+    /// reasons to send (thousands a second under writes, seen live).
     pub fn report_snapshot_failed(&mut self, peer: NodeId) {
         if let Some(progress) = self.progress.get_mut(&peer) {
             if progress.snapshot_pending().is_some() {
                 let next = progress.match_index.next();
                 progress.probe_from(next);
+                progress.is_probe_sent = true;
             }
         }
     }

@@ -1588,6 +1588,11 @@ fn while_a_snapshot_is_out_nothing_else_is_sent_and_a_failure_probes_again() {
         .expect("the snapshot is queued");
     let lost = c.queue.remove(lost).expect("in range");
     c.drop_envelope(lost);
+    // Not at once, nor on every later reason to send (a proposal): only
+    // after the next heartbeat interval.
+    c.node_mut(1).propose(b"more".to_vec()).expect("leader");
+    c.process(NodeId(1));
+    assert_eq!(sent_to_3(&c), 0, "a failed snapshot is retried at once");
     c.heartbeat(1);
     assert_eq!(c.installs.get(&NodeId(3)), Some(&1));
     assert_eq!(c.applied[&NodeId(3)], c.applied[&NodeId(1)]);
