@@ -3,7 +3,10 @@
 # (node N listens on 127.0.0.(10+N), Raft on :7001, KV on :7002, and dials its
 # peers from that address, so scripts/partition.sh can cut nodes apart).
 #
-#   scripts/cluster.sh start [N]     start N nodes (default 3)
+#   scripts/cluster.sh start [N] [--tls]
+#                                    start N nodes (default 3); --tls: a development
+#                                    CA in $LATTICE_DIR/certs, mutual TLS between
+#                                    peers, TLS and client certificates on the KV port
 #   scripts/cluster.sh join ID       start node ID (above N) with --join: it asks
 #                                    the cluster to add it as a learner
 #   scripts/cluster.sh stop          SIGTERM every node (SIGKILL after 5 s)
@@ -13,6 +16,8 @@
 #   scripts/cluster.sh pause ID      SIGSTOP one node (it keeps its beliefs)
 #   scripts/cluster.sh resume ID     SIGCONT a paused node
 #   scripts/cluster.sh endpoints     the KV endpoints, comma separated
+#   scripts/cluster.sh env           for a --tls cluster, the client's TLS settings:
+#                                    eval "$(scripts/cluster.sh env)"; lattice kv ...
 #
 # Environment: LATTICE_DIR (data, logs, pids; default ./live-cluster),
 # LATTICE_BIN (default: target/release/lattice, else target/debug/lattice),
@@ -41,6 +46,26 @@ check_id() {
     all_ids | grep -qx "$1" || die "node $1 was not started in this cluster"
 }
 
+certs() { echo "$dir/certs"; }
+is_tls() { [ -f "$dir/tls" ]; }
+
+# The client settings of a --tls cluster (every `lattice` command that dials
+# reads them from the environment).
+tls_env() {
+    echo "export LATTICE_CACERT=$(certs)/ca.pem LATTICE_CERT=$(certs)/client-admin.pem LATTICE_KEY=$(certs)/client-admin-key.pem"
+}
+
+# Node $1's certificate, made on first use (a node that joins later gets its own).
+node_tls_flags() {
+    local id=$1 c
+    c=$(certs)
+    if [ ! -f "$c/node-$id.pem" ]; then
+        "$bin" cert node --dir "$c" --id "$id" --host "$(ip_of "$id")" > /dev/null
+    fi
+    echo "--cert $c/node-$id.pem --key $c/node-$id-key.pem --cacert $c/ca.pem --client-cert-auth" \
+        "--peer-cert $c/node-$id.pem --peer-key $c/node-$id-key.pem --peer-cacert $c/ca.pem"
+}
+
 endpoints() {
     local i list=""
     for i in $(all_ids); do list="$list${list:+,}$(ip_of "$i"):7002"; done
@@ -63,9 +88,11 @@ start_node() {
     fi
     local metrics="--metrics-addr $(ip_of "$id"):7003"
     if [ "${LATTICE_NO_METRICS:-0}" = 1 ]; then metrics=""; fi
+    local tls=""
+    if is_tls; then tls=$(node_tls_flags "$id"); fi
     # shellcheck disable=SC2086
     nohup "$bin" node --id "$id" --raft-addr "$(ip_of "$id"):7001" --kv-addr "$(ip_of "$id"):7002" \
-        $metrics $peers --data-dir "$dir/node-$id" --source-ip raft ${LATTICE_NODE_ARGS:-} >> "$dir/node-$id.log" 2>&1 &
+        $metrics $peers $tls --data-dir "$dir/node-$id" --source-ip raft ${LATTICE_NODE_ARGS:-} >> "$dir/node-$id.log" 2>&1 &
     echo $! > "$dir/node-$id.pid"
     echo "node $id started (pid $!, raft $(ip_of "$id"):7001, kv $(ip_of "$id"):7002, metrics http://$(ip_of "$id"):7003/metrics, log $dir/node-$id.log)"
 }
@@ -85,13 +112,30 @@ kill_node() {
 command=${1:-}
 case "$command" in
     start)
-        n=${2:-3}
+        shift
+        n=3; tls=0
+        for arg in "$@"; do
+            case "$arg" in
+                --tls) tls=1 ;;
+                *) n=$arg ;;
+            esac
+        done
         [[ "$n" =~ ^[1-9]$ ]] || die "a cluster has 1 to 9 nodes, not '$n'"
         mkdir -p "$dir"
         echo "$n" > "$dir/nodes"
-        rm -f "$dir/joined"
+        rm -f "$dir/joined" "$dir/tls"
+        if [ "$tls" = 1 ]; then
+            [ -x "$bin" ] || die "no lattice binary (cargo build --release --bin lattice, or set LATTICE_BIN)"
+            if [ ! -f "$(certs)/ca.pem" ]; then
+                mkdir -p "$(certs)"
+                "$bin" cert ca --dir "$(certs)" > /dev/null
+                "$bin" cert client --dir "$(certs)" --name admin > /dev/null
+            fi
+            touch "$dir/tls"
+        fi
         for i in $(seq 1 "$n"); do start_node "$i"; done
         echo "KV endpoints: $(endpoints)"
+        if is_tls; then echo "TLS: certificates in $(certs); for clients: eval \"\$($0 env)\""; fi
         ;;
     join)
         [ -n "${2:-}" ] || die "usage: $0 join ID"
@@ -115,6 +159,7 @@ case "$command" in
             if is_running "$i"; then state="running (pid $(pid_of "$i"))"; else state="stopped"; fi
             echo "node $i  raft $(ip_of "$i"):7001  kv $(ip_of "$i"):7002  $state"
         done
+        if is_tls; then eval "$(tls_env)"; fi
         leader=$("$bin" kv --endpoints "$(endpoints)" --timeout-secs 3 leader 2>/dev/null || true)
         echo "leader: ${leader:-none reachable}"
         ;;
@@ -140,8 +185,11 @@ case "$command" in
     endpoints)
         endpoints
         ;;
+    env)
+        if is_tls; then tls_env; fi
+        ;;
     *)
-        sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'
         [ -z "$command" ] || [ "$command" = help ] || [ "$command" = -h ] || [ "$command" = --help ] || exit 2
         ;;
 esac

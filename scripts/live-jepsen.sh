@@ -17,7 +17,10 @@
 # builds, else the debug ones), LATTICE_LIVE_SECS (workload length, default
 # 85; the faults take about 70 s and must all fall inside it),
 # LATTICE_LIVE_DIR (output; default target/live-jepsen): history.jsonl,
-# report.html, checker.txt, faults.tsv, node logs.
+# report.html, checker.txt, faults.tsv, node logs. LATTICE_LIVE_TLS=1: the
+# cluster runs with TLS everywhere (`scripts/cluster.sh start 3 --tls`:
+# mutual TLS between peers, client certificates on the KV port), and a
+# client without a certificate must be refused.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -49,7 +52,14 @@ cleanup() {
 trap cleanup EXIT
 
 echo "== live Jepsen: 3 nodes in a private network namespace, output in $out"
-"$cluster" start 3
+if [ "${LATTICE_LIVE_TLS:-0}" = 1 ]; then
+    "$cluster" start 3 --tls
+    # Every `lattice` command below dials with the cluster's client certificate.
+    eval "$("$cluster" env)"
+    [ -n "${LATTICE_CACERT:-}" ] || die "the cluster did not start with TLS"
+else
+    "$cluster" start 3
+fi
 endpoints=$("$cluster" endpoints)
 
 leader_id() {
@@ -61,6 +71,16 @@ leader_id() {
 for _ in $(seq 1 40); do leader_id >/dev/null && break; sleep 0.5; done
 leader_id >/dev/null || die "no leader was elected"
 echo "leader: node $(leader_id)"
+if [ "${LATTICE_LIVE_TLS:-0}" = 1 ]; then
+    grep -q "KV server listening on .* (TLS, client certificates required)" "$LATTICE_DIR/node-1.log" \
+        && grep -q "Raft server listening on .* (mutual TLS)" "$LATTICE_DIR/node-1.log" \
+        || die "node 1 does not say it serves TLS on both ports"
+    if env -u LATTICE_CERT -u LATTICE_KEY "$lattice" kv --endpoints "$endpoints" --timeout-secs 2 \
+        put intruder x > "$out/no-cert.txt" 2>&1; then
+        die "a client without a certificate wrote to the TLS cluster"
+    fi
+    echo "TLS: both ports serve TLS; a client without a certificate is refused ($(grep -m1 "^Error" "$out/no-cert.txt"))"
+fi
 
 "$lattice" workload --endpoints "$endpoints" --clients 5 --pinned --keys 20 --duration-secs "$duration" \
     --history "$out/history.jsonl" > "$out/workload.log" 2>&1 &

@@ -137,18 +137,20 @@ struct CertCommonArgs {
 }
 
 /// TLS for the commands that dial a cluster. Without --cacert: plaintext.
+/// Each flag can come from the environment instead (as etcdctl's
+/// ETCDCTL_CACERT): `scripts/cluster.sh env` prints them for a TLS cluster.
 #[derive(Args, Clone, Default)]
 pub(crate) struct ClientTlsArgs {
     /// Dial over TLS, trusting the servers this CA (PEM) signed. Each
     /// server's certificate must name the address dialled.
-    #[arg(long)]
+    #[arg(long, env = "LATTICE_CACERT")]
     cacert: Option<PathBuf>,
     /// Present this certificate (PEM) to servers that require one
     /// (`lattice node --client-cert-auth`). Needs --key and --cacert.
-    #[arg(long, requires = "key")]
+    #[arg(long, requires = "key", env = "LATTICE_CERT")]
     cert: Option<PathBuf>,
     /// The key of --cert (PEM).
-    #[arg(long, requires = "cert")]
+    #[arg(long, requires = "cert", env = "LATTICE_KEY")]
     key: Option<PathBuf>,
 }
 
