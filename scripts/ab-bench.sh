@@ -11,10 +11,14 @@
 # Environment: AB_A_ENV and AB_B_ENV, extra environment for each side's
 # cluster (e.g. AB_A_ENV=LATTICE_NO_METRICS=1 for a binary without
 # --metrics-addr); AB_SCRAPE=SECONDS scrapes every node's /metrics that
-# often during B's runs (what a Prometheus server costs it).
+# often during B's runs (what a Prometheus server costs it); AB_A_TLS=1 and
+# AB_B_TLS=1 run that side's cluster with TLS everywhere (`cluster.sh start 3
+# --tls`, client certificates included), so one binary on both sides and
+# AB_B_TLS=1 measures what TLS costs:
+#   AB_B_TLS=1 scripts/ab-bench.sh target/release/lattice target/release/lattice 5
 set -euo pipefail
 
-[ $# -ge 2 ] || { sed -n '2,14p' "$0"; exit 2; }
+[ $# -ge 2 ] || { sed -n '2,19p' "$0"; exit 2; }
 root=$(cd "$(dirname "$0")/.." && pwd)
 a=$(realpath "$1") b=$(realpath "$2")
 rounds=${3:-5}
@@ -27,12 +31,15 @@ mkdir -p "$out"
 cluster="$root/scripts/cluster.sh"
 
 run() { # side binary: prints ops/s
-    local side=$1 bin=$2 env_var scraper=""
+    local side=$1 bin=$2 env_var scraper="" tls=""
     env_var=$([ "$side" = A ] && echo "${AB_A_ENV:-}" || echo "${AB_B_ENV:-}")
+    if [ "$([ "$side" = A ] && echo "${AB_A_TLS:-0}" || echo "${AB_B_TLS:-0}")" = 1 ]; then tls=--tls; fi
     export LATTICE_DIR="$out/cluster-$side" LATTICE_BIN="$bin"
     rm -rf "$LATTICE_DIR"
     # shellcheck disable=SC2086
-    env $env_var "$cluster" start 3 >/dev/null
+    env $env_var "$cluster" start 3 $tls >/dev/null
+    # A TLS cluster's client settings (this runs in a subshell: they stay here).
+    eval "$("$cluster" env)"
     local endpoints
     endpoints=$("$cluster" endpoints)
     for _ in $(seq 1 40); do

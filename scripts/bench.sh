@@ -10,7 +10,9 @@
 # Output: target/bench/bench.csv (appended per run), bench.svg, node logs.
 # LATTICE_BENCH_KEEP=1 leaves the cluster running afterwards (stop it with
 # LATTICE_DIR=target/bench/cluster scripts/cluster.sh stop); LATTICE_NODE_ARGS
-# passes flags to every node (e.g. --snapshot-entries 0 --snapshot-bytes 0).
+# passes flags to every node (e.g. --snapshot-entries 0 --snapshot-bytes 0);
+# LATTICE_BENCH_TLS=1 runs the cluster and the bench with TLS everywhere
+# (scripts/cluster.sh start 3 --tls: mutual peer TLS, client certificates).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -23,7 +25,11 @@ cluster="$root/scripts/cluster.sh"
 if [ "${LATTICE_BENCH_KEEP:-0}" != 1 ]; then
     trap '"$cluster" stop >/dev/null 2>&1 || true' EXIT
 fi
-"$cluster" start 3 >/dev/null
+tls=""
+if [ "${LATTICE_BENCH_TLS:-0}" = 1 ]; then tls=--tls; fi
+# shellcheck disable=SC2086
+"$cluster" start 3 $tls >/dev/null
+eval "$("$cluster" env)"
 endpoints=$("$cluster" endpoints)
 for _ in $(seq 1 40); do
     "$LATTICE_BIN" kv --endpoints "$endpoints" --timeout-secs 2 leader >/dev/null 2>&1 && break

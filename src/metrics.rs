@@ -59,6 +59,7 @@ pub struct Metrics {
     pub(crate) proposals_applied: IntCounter,
     pub(crate) proposals_failed: IntCounter,
     pub(crate) proposals_pending: IntGauge,
+    pub(crate) batch_bytes_held: IntGauge,
     pub(crate) read_indexes_failed: IntCounter,
     pub(crate) wal_fsync: Histogram,
     pub(crate) wal_append: Histogram,
@@ -148,6 +149,10 @@ impl Metrics {
             proposals_pending: gauge(
                 "lattice_server_proposals_pending",
                 "Commands proposed here that wait to be applied.",
+            ),
+            batch_bytes_held: gauge(
+                "lattice_server_batch_bytes_held",
+                "Bytes the Batch streams hold: requests in progress and answers not yet sent.",
             ),
             read_indexes_failed: counter(
                 "lattice_server_read_indexes_failed_total",

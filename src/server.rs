@@ -302,6 +302,10 @@ pub struct NodeConfig {
     /// Mutual TLS between peers: served on the Raft port and presented when
     /// dialling peers. `None`: plaintext.
     pub peer_tls: Option<PeerTls>,
+    /// Bytes the KV port's `Batch` streams may hold at once, all together
+    /// (requests in progress, answers unsent): past it no stream reads more
+    /// until answers leave (see [`service::BatchBudget`]).
+    pub batch_bytes_max: usize,
 }
 
 impl NodeConfig {
@@ -352,6 +356,7 @@ impl NodeConfig {
             metrics_addr: None,
             kv_tls: None,
             peer_tls: None,
+            batch_bytes_max: 256 << 20,
         }
     }
 
@@ -673,11 +678,16 @@ impl Node {
         ));
         let transfer_timeout = config.tick_interval * config.election_timeout_ticks_max
             + config.tick_interval * config.heartbeat_interval_ticks * 2;
+        let batch_budget = Arc::new(service::BatchBudget::new(
+            config.batch_bytes_max,
+            Some(metrics.batch_bytes_held.clone()),
+        ));
         tasks.push(service::spawn_kv_server(
             kv_server,
             kv_listener,
             inbox_tx.clone(),
             config.request_timeout,
+            batch_budget.clone(),
             service::AdminConfig {
                 id: config.id,
                 status: status_rx.clone(),
@@ -730,6 +740,7 @@ impl Node {
         tasks.push(disk_task);
         let mut driver = Driver {
             raft,
+            batch_budget,
             spawner,
             removed_senders: removed_tx,
             peers_version: None,
@@ -1105,6 +1116,8 @@ enum Held {
 
 struct Driver {
     raft: Raft,
+    /// The KV port's budget of bytes held, told how large a value can be.
+    batch_budget: Arc<service::BatchBudget>,
     observer: Option<ObserverHandle>,
     chaos: Option<ChaosHandle>,
     /// For inputs the chaos seam delays.
@@ -2057,6 +2070,8 @@ impl Driver {
     }
 
     fn publish_status(&self) {
+        self.batch_budget
+            .note_value_bytes_bound(self.kv.value_bytes_bound());
         let status = Status {
             id: self.raft.id(),
             role: self.raft.role(),

@@ -1375,3 +1375,111 @@ async fn a_tls_cluster_serves_its_clients_and_refuses_strangers() -> Result<()> 
     }
     Ok(())
 }
+
+/// `lattice_server_batch_bytes_held` as the node reports it.
+fn batch_bytes_held(node: &Node) -> Result<f64> {
+    sample(
+        &samples(&node.metrics_text()),
+        "lattice_server_batch_bytes_held",
+    )
+}
+
+/// The node-wide budget of the `Batch` streams: clients that ask for many
+/// 1 MiB values and never read the answers hold at most the budget (not
+/// 6 × 64 MiB), small writes still fit beside them, and it all comes back
+/// when those clients go away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_streams_that_never_read_hold_no_more_than_the_node_budget() -> Result<()> {
+    use lattice::proto::kv_request::Operation;
+    use lattice::proto::{BatchRequest, GetRequest, KvRequest};
+    const BUDGET: usize = 4 << 20;
+    let dir = tempfile::tempdir()?;
+    let addrs = free_addrs(1);
+    let mut config = node_config(1, &addrs, dir.path());
+    config.metrics_addr = None;
+    config.batch_bytes_max = BUDGET;
+    let node = Node::start(config).await?;
+    let endpoints = vec![addrs[0].kv.clone()];
+    let mut writer = tls_client(&endpoints, None, Duration::from_secs(5))?;
+    let big = vec![b'x'; lattice::kv::VALUE_BYTES_MAX];
+    writer.put("big", big.clone()).await?;
+    ensure!(batch_bytes_held(&node)? == 0.0, "an idle node holds bytes");
+
+    // Six streams, each asking for the big value 64 times and never
+    // reading, from a client on a runtime of its own: when that runtime
+    // ends, its connection closes, as when a client process goes away.
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let kv_addr = addrs[0].kv.clone();
+    let greedy = std::thread::spawn(move || -> Result<()> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async move {
+            let channel = connect(&kv_addr).await?;
+            let mut streams = Vec::new();
+            for stream in 0..6u64 {
+                let batch = BatchRequest {
+                    requests: (0..64)
+                        .map(|i| KvRequest {
+                            id: stream * 100 + i,
+                            operation: Some(Operation::Get(GetRequest {
+                                key: b"big".to_vec(),
+                            })),
+                        })
+                        .collect(),
+                };
+                let requests = tokio_stream::StreamExt::chain(
+                    tokio_stream::iter([batch]),
+                    tokio_stream::pending(),
+                );
+                let mut kv = lattice::proto::kv_client::KvClient::new(channel.clone())
+                    .max_decoding_message_size(64 << 20);
+                streams.push(kv.batch(requests).await?.into_inner());
+            }
+            let _ = stopped.await;
+            Ok(())
+        })
+    });
+    // The answers pile up to the budget, and no further.
+    wait_until(
+        Duration::from_secs(10),
+        || async { batch_bytes_held(&node).unwrap_or(0.0) as usize },
+        |held| held >= BUDGET - lattice::kv::VALUE_BYTES_MAX,
+    )
+    .await
+    .context("the unread answers fill the budget")?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let held = batch_bytes_held(&node)? as usize;
+    ensure!(
+        held <= BUDGET + (64 << 10),
+        "the Batch streams hold {held} bytes, over the node's budget of {BUDGET}"
+    );
+    let process_rss = std::fs::read_to_string("/proc/self/status")?
+        .lines()
+        .find(|l| l.starts_with("VmRSS"))
+        .map(str::to_string)
+        .unwrap_or_default();
+    println!("held {held} bytes with 6 x 64 reads of 1 MiB unread; {process_rss}");
+
+    // No room is left for another 1 MiB answer, but a small write still
+    // fits: it goes through, and the reads stay waiting.
+    writer.put("small", "v").await?;
+    let held = batch_bytes_held(&node)? as usize;
+    ensure!(
+        held <= BUDGET + (64 << 10),
+        "{held} bytes held after a small write"
+    );
+    // Once the greedy client is gone, all is given back.
+    let _ = stop.send(());
+    greedy.join().expect("the greedy client's thread")?;
+    wait_until(
+        Duration::from_secs(10),
+        || async { batch_bytes_held(&node).unwrap_or(1.0) as usize },
+        |held| held == 0,
+    )
+    .await
+    .context("the budget comes back when the streams end")?;
+    ensure!(writer.get("big").await? == Some(big));
+    node.shutdown().await;
+    Ok(())
+}

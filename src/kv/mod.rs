@@ -210,6 +210,10 @@ pub struct KvStore {
     /// the cluster's bootstrap configuration). A snapshot carries it: it
     /// is the one in force at the snapshot's index.
     membership: Option<Membership>,
+    /// No value in the store is larger (an upper bound: values overwritten
+    /// or deleted since count). What a read may answer, for the KV port's
+    /// budget of answers held.
+    value_bytes_bound: usize,
 }
 
 impl KvStore {
@@ -219,6 +223,11 @@ impl KvStore {
 
     pub fn applied(&self) -> LogIndex {
         self.applied
+    }
+
+    /// No value in the store is larger than this.
+    pub fn value_bytes_bound(&self) -> usize {
+        self.value_bytes_bound
     }
 
     /// Where a snapshot of the store now would end.
@@ -294,6 +303,13 @@ impl KvStore {
         if let Err(e) = command.validate() {
             warn!(index = entry.index.0, error = %e, "committed command breaks the limits: skipped");
             return Some(Outcome::Rejected(e.to_string()));
+        }
+        if let Operation::Put { value, .. }
+        | Operation::CompareAndSwap {
+            new_value: value, ..
+        } = &command.operation
+        {
+            self.value_bytes_bound = self.value_bytes_bound.max(value.len());
         }
         let session = self
             .sessions
@@ -459,6 +475,7 @@ impl KvStore {
             let value = reader.bytes()?.to_vec();
             validate_key(&key)?;
             validate_value(&value)?;
+            store.value_bytes_bound = store.value_bytes_bound.max(value.len());
             store.data.insert(key.into(), value.into());
         }
         let sessions = reader.u64()?;

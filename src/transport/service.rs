@@ -40,8 +40,11 @@ pub const SNAPSHOT_BYTES_MAX: u64 = 4 << 30;
 pub const KV_MESSAGE_BYTES_MAX: usize =
     2 * kv::VALUE_BYTES_MAX + 2 * kv::KEY_BYTES_MAX + (64 << 10);
 
-/// Calls and streams one connection may have open at once; more wait (for
-/// a `Batch` stream, its own limits bound what it holds).
+/// Calls and streams one connection may have open at once: HTTP/2 refuses
+/// more streams, and more calls in progress wait. With a `Batch` stream's
+/// own bound ([`BATCH_PENDING_MAX`] operations), a connection has at most
+/// `64 * 4096` operations in progress; the node-wide [`BatchBudget`] bounds
+/// their bytes.
 pub const CALLS_PER_CONNECTION_MAX: usize = 64;
 
 /// The server of one port: HTTP/2 keepalive, a cap on calls per connection,
@@ -51,7 +54,8 @@ pub(crate) fn server(tls: Option<&ServerTls>) -> Result<tonic::transport::Server
     let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(1)))
         .http2_keepalive_timeout(Some(Duration::from_secs(2)))
-        .concurrency_limit_per_connection(CALLS_PER_CONNECTION_MAX);
+        .concurrency_limit_per_connection(CALLS_PER_CONNECTION_MAX)
+        .max_concurrent_streams(Some(CALLS_PER_CONNECTION_MAX as u32));
     match tls {
         Some(tls) => server
             .tls_config(tls.config())
@@ -124,6 +128,7 @@ pub(crate) fn spawn_kv_server(
     listener: Listener,
     inbox: mpsc::Sender<Input>,
     request_timeout: Duration,
+    budget: std::sync::Arc<BatchBudget>,
     admin: AdminConfig,
     shutdown: watch::Receiver<bool>,
     span: Span,
@@ -135,6 +140,7 @@ pub(crate) fn spawn_kv_server(
     let service = KvServer::new(KvService {
         inbox,
         request_timeout,
+        budget,
         shutdown: shutdown.clone(),
     })
     .max_decoding_message_size(KV_MESSAGE_BYTES_MAX)
@@ -512,6 +518,8 @@ impl Raft for RaftService {
 struct KvService {
     inbox: mpsc::Sender<Input>,
     request_timeout: Duration,
+    /// Bytes all `Batch` streams of the node hold.
+    budget: std::sync::Arc<BatchBudget>,
     /// Ends the `Batch` streams, so an idle one does not hold the server's
     /// graceful shutdown open.
     shutdown: watch::Receiver<bool>,
@@ -525,12 +533,164 @@ pub const BATCH_OPERATIONS_MAX: usize = 1024;
 /// HTTP/2 flow control pushes back on the client). Reads already in progress
 /// when the bytes run out still land their answers, so a client that asks
 /// for many large values and never reads can make a stream hold up to
-/// `BATCH_PENDING_MAX` of them; a node-wide budget would close that.
-const BATCH_PENDING_MAX: usize = 4 * BATCH_OPERATIONS_MAX;
+/// `BATCH_PENDING_MAX` of them; the node-wide [`BatchBudget`] stops every
+/// stream from reading more while the node holds too much.
+pub const BATCH_PENDING_MAX: usize = 4 * BATCH_OPERATIONS_MAX;
 const BATCH_PENDING_BYTES_MAX: usize = 4 * KV_MESSAGE_BYTES_MAX;
 /// One answer message's bytes, beyond its first answer (which always fits:
 /// no answer is larger than a request can be).
 const BATCH_ANSWER_BYTES_MAX: usize = KV_MESSAGE_BYTES_MAX / 2;
+
+/// The bytes all `Batch` streams of a node hold: requests read and not
+/// answered, and answers not yet sent. An operation starts only once the
+/// budget has room for its largest answer (a read's: the largest value the
+/// store may hold, [`BatchBudget::note_value_bytes_bound`]); when its answer
+/// lands, the answer's bytes take the place of that bound, and they are
+/// given back as the answer leaves. No stream reads a new message while the
+/// node holds its limit or more. The node can go over the limit by the
+/// requests of the messages read at once while it was under (one per
+/// stream, at most [`KV_MESSAGE_BYTES_MAX`] each), by an operation started
+/// on an idle node, and by answers larger than their bound (a value written
+/// after the read started). An idle stream holds nothing.
+pub struct BatchBudget {
+    limit: usize,
+    held: std::sync::Mutex<usize>,
+    /// No value in the store is larger (the driver keeps it).
+    value_bytes_bound: std::sync::atomic::AtomicUsize,
+    released: tokio::sync::Notify,
+    /// What the node holds now (`lattice_server_batch_bytes_held`).
+    gauge: Option<prometheus::IntGauge>,
+}
+
+impl BatchBudget {
+    pub fn new(limit: usize, gauge: Option<prometheus::IntGauge>) -> Self {
+        BatchBudget {
+            limit,
+            held: std::sync::Mutex::new(0),
+            value_bytes_bound: std::sync::atomic::AtomicUsize::new(0),
+            released: tokio::sync::Notify::new(),
+            gauge,
+        }
+    }
+
+    pub fn held(&self) -> usize {
+        *self.held.lock().expect("budget lock")
+    }
+
+    fn set_held(&self, held: &mut usize, value: usize) {
+        *held = value;
+        if let Some(gauge) = &self.gauge {
+            gauge.set(value as i64);
+        }
+    }
+
+    /// The largest value the store may hold now (it only grows).
+    pub(crate) fn note_value_bytes_bound(&self, bytes: usize) {
+        self.value_bytes_bound
+            .fetch_max(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The most an operation's answer can take: a read (or a
+    /// compare-and-swap that did not swap) answers with a value.
+    fn answer_bound(&self, request: &proto::KvRequest) -> usize {
+        use proto::kv_request::Operation as Op;
+        const FRAMING: usize = 64;
+        let value = || {
+            self.value_bytes_bound
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        match &request.operation {
+            Some(Op::Get(_)) | Some(Op::CompareAndSwap(_)) => value() + FRAMING,
+            _ => FRAMING,
+        }
+    }
+
+    /// Whether `bytes` more fit: under the limit, or the node holds nothing
+    /// (an operation larger than the whole budget still runs, alone).
+    fn fits(&self, held: usize, bytes: usize) -> bool {
+        held + bytes <= self.limit || held == 0
+    }
+
+    /// Takes `bytes` if they fit.
+    fn try_charge(&self, bytes: usize) -> bool {
+        let mut held = self.held.lock().expect("budget lock");
+        if !self.fits(*held, bytes) {
+            return false;
+        }
+        let value = *held + bytes;
+        self.set_held(&mut held, value);
+        true
+    }
+
+    /// Waits until `bytes` more fit (it takes nothing). Cancel-safe.
+    async fn room_for(&self, bytes: usize) {
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if self.fits(self.held(), bytes) {
+                return;
+            }
+            released.await;
+        }
+    }
+
+    /// Waits until the node holds less than its limit. Cancel-safe.
+    async fn under_limit(&self) {
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if self.held() < self.limit {
+                return;
+            }
+            released.await;
+        }
+    }
+
+    /// Takes `bytes` whatever the total.
+    fn charge(&self, bytes: usize) {
+        let mut held = self.held.lock().expect("budget lock");
+        let value = *held + bytes;
+        self.set_held(&mut held, value);
+    }
+
+    fn release(&self, bytes: usize) {
+        if bytes == 0 {
+            return;
+        }
+        {
+            let mut held = self.held.lock().expect("budget lock");
+            let value = held.checked_sub(bytes).expect("released more than held");
+            self.set_held(&mut held, value);
+        }
+        self.released.notify_waiters();
+    }
+}
+
+/// What one stream holds of the node's budget; given back when dropped.
+struct Held<'a> {
+    budget: &'a BatchBudget,
+    bytes: usize,
+}
+
+impl Held<'_> {
+    fn charge(&mut self, bytes: usize) {
+        self.budget.charge(bytes);
+        self.bytes += bytes;
+    }
+
+    fn release(&mut self, bytes: usize) {
+        self.bytes -= bytes;
+        self.budget.release(bytes);
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.budget.release(self.bytes);
+    }
+}
 
 fn session_of(session: Option<proto::Session>) -> Result<(u64, u64)> {
     let session = session
@@ -673,9 +833,10 @@ impl KvService {
     }
 
     /// Serves one `Batch` stream: reads a message while a whole one more
-    /// fits under [`BATCH_PENDING_MAX`] and [`BATCH_PENDING_BYTES_MAX`], and
-    /// sends the answers that are ready, as few messages as fit, whenever
-    /// the stream can take one.
+    /// fits under [`BATCH_PENDING_MAX`] and [`BATCH_PENDING_BYTES_MAX`] and
+    /// the node is under its [`BatchBudget`], starts each operation once the
+    /// budget has room for its largest answer, and sends the answers that
+    /// are ready, as few messages as fit, whenever the stream can take one.
     async fn serve_batch(
         self,
         mut requests: tonic::Streaming<proto::BatchRequest>,
@@ -683,16 +844,28 @@ impl KvService {
     ) {
         let stopping = until_shutdown(self.shutdown.clone());
         tokio::pin!(stopping);
+        // Operations read and not started yet, with their request's bytes.
+        let mut waiting: VecDeque<(proto::KvRequest, usize)> = VecDeque::new();
         let mut in_progress = FuturesUnordered::new();
         let mut ready: VecDeque<(proto::KvResponse, usize)> = VecDeque::new();
-        // Bytes of the requests in progress and of the answers unsent.
+        // Bytes of the requests waiting and in progress and of the answers
+        // unsent.
         let mut pending_bytes = 0;
+        // What the node's budget holds for this stream: the same, with each
+        // operation in progress counted at its largest answer.
+        let mut held = Held {
+            budget: &self.budget,
+            bytes: 0,
+        };
         let mut is_reading = true;
         // Until the client has closed its side and had every answer.
-        while is_reading || !in_progress.is_empty() || !ready.is_empty() {
-            let has_room = in_progress.len() + ready.len() + BATCH_OPERATIONS_MAX
-                <= BATCH_PENDING_MAX
+        while is_reading || !waiting.is_empty() || !in_progress.is_empty() || !ready.is_empty() {
+            let operations = waiting.len() + in_progress.len() + ready.len();
+            let has_room = operations + BATCH_OPERATIONS_MAX <= BATCH_PENDING_MAX
                 && pending_bytes + KV_MESSAGE_BYTES_MAX <= BATCH_PENDING_BYTES_MAX;
+            let next_extra = waiting.front().map_or(0, |(request, bytes)| {
+                self.budget.answer_bound(request).saturating_sub(*bytes)
+            });
             tokio::select! {
                 biased;
                 _ = &mut stopping => {
@@ -701,10 +874,16 @@ impl KvService {
                     let _ = responses.try_send(Err(Status::unavailable("node shutting down")));
                     return;
                 }
-                Some((answer, request_bytes)) = in_progress.next(), if !in_progress.is_empty() => {
-                    // A small request can have a large answer (a read).
+                Some((answer, request_bytes, charged)) = in_progress.next(), if !in_progress.is_empty() => {
                     let answer_bytes = proto::KvResponse::encoded_len(&answer);
                     pending_bytes = pending_bytes - request_bytes + answer_bytes;
+                    // The answer takes the place of what its start charged
+                    // (more, if a larger value was written since).
+                    if answer_bytes > charged {
+                        held.charge(answer_bytes - charged);
+                    } else {
+                        held.release(charged - answer_bytes);
+                    }
                     ready.push_back((answer, answer_bytes));
                 }
                 permit = responses.reserve(), if !ready.is_empty() => match permit {
@@ -718,6 +897,7 @@ impl KvService {
                                 break;
                             }
                             pending_bytes -= answer_bytes;
+                            held.release(answer_bytes);
                             message.responses.push(answer);
                         }
                         permit.send(Ok(message));
@@ -725,7 +905,25 @@ impl KvService {
                     // The client went away.
                     Err(_) => return,
                 },
-                next = requests.message(), if is_reading && has_room => {
+                // Start the operations the budget has room for, in order.
+                () = self.budget.room_for(next_extra), if !waiting.is_empty() => {
+                    while let Some((request, request_bytes)) = waiting.pop_front() {
+                        let bound = self.budget.answer_bound(&request).max(request_bytes);
+                        if !self.budget.try_charge(bound - request_bytes) {
+                            waiting.push_front((request, request_bytes));
+                            break;
+                        }
+                        held.bytes += bound - request_bytes;
+                        let answer = self.answer(request);
+                        in_progress.push(async move { (answer.await, request_bytes, bound) });
+                    }
+                }
+                // A message is read only while the node holds less than its
+                // budget (both awaits are cancel-safe).
+                next = async {
+                    self.budget.under_limit().await;
+                    requests.message().await
+                }, if is_reading && has_room => {
                     match next {
                         Ok(Some(batch)) if batch.requests.len() > BATCH_OPERATIONS_MAX => {
                             warn!(operations = batch.requests.len(), "Batch message over the limit: stream ended");
@@ -739,8 +937,8 @@ impl KvService {
                             for request in batch.requests {
                                 let request_bytes = request.encoded_len();
                                 pending_bytes += request_bytes;
-                                let answer = self.answer(request);
-                                in_progress.push(async move { (answer.await, request_bytes) });
+                                held.charge(request_bytes);
+                                waiting.push_back((request, request_bytes));
                             }
                         }
                         // The client closed its side: finish what it asked.
