@@ -92,10 +92,15 @@ pub enum Bug {
     /// if its writes were durable (the 2018 "fsyncgate" mistake: Linux had
     /// dropped them, so the second fsync had nothing left to write).
     FsyncRetriedAfterError,
+    /// A node starts from the log it read back without making it durable
+    /// first: after a failed fsync, the pages Linux could not write stay
+    /// readable until power is lost, so a process restarted on the same
+    /// kernel votes and acknowledges with entries its disk does not hold.
+    RecoveredLogNotResynced,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 23] = [
+    pub const ALL: [Bug; 24] = [
         Bug::ReadWithoutQuorumRound,
         Bug::ReadBeforeOwnTermCommit,
         Bug::CommitOlderTermByCounting,
@@ -119,6 +124,7 @@ impl Bug {
         Bug::LearnerCountedInCommit,
         Bug::RemovedNodeIgnoresRefusal,
         Bug::FsyncRetriedAfterError,
+        Bug::RecoveredLogNotResynced,
     ];
 }
 

@@ -546,6 +546,9 @@ impl Node {
         config.validate()?;
         let span = info_span!("node", id = config.id.0, addr = %config.raft_addr);
         let recovered = storage.recovered();
+        if !is_planted(Bug::RecoveredLogNotResynced) {
+            storage.resync_recovered()?;
+        }
         let snapshot = recovered.snapshot_meta();
         let kv = match &recovered.snapshot {
             Some(file) => KvStore::restore(file.data()).map_err(|e| Error::Storage {

@@ -169,6 +169,9 @@ mod tests {
         fn recovered(&mut self) -> Recovered {
             self.inner.recovered()
         }
+        fn resync_recovered(&mut self) -> Result<()> {
+            self.inner.resync_recovered()
+        }
         fn save_hard_state(&mut self, hard_state: HardState) -> Result<()> {
             self.calls.lock().unwrap().push("save_hard_state");
             self.inner.save_hard_state(hard_state)

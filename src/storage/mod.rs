@@ -43,6 +43,14 @@ impl Recovered {
 pub trait Storage: Send {
     /// The state found at open (taken once).
     fn recovered(&mut self) -> Recovered;
+    /// Makes what [`Storage::recovered`] returned durable, before the node
+    /// votes or acknowledges with it. What a restarted process reads back
+    /// need not be on the disk: after a failed fsync, Linux keeps the pages
+    /// it could not write readable (and clean, so no later fsync writes
+    /// them) until they are evicted or power is lost (the 2018
+    /// "fsyncgate"). Writing the same bytes again and syncing them makes
+    /// them durable, or fails, and the node stops.
+    fn resync_recovered(&mut self) -> Result<()>;
     /// Replaces the hard state, durably.
     fn save_hard_state(&mut self, hard_state: HardState) -> Result<()>;
     /// Appends `entries` (contiguous), first removing any stored entry at or
@@ -188,6 +196,9 @@ impl Storage for MemStorage {
             snapshot: self.snapshots.get().map(|s| (*s).clone()),
             entries: self.entries.clone(),
         }
+    }
+    fn resync_recovered(&mut self) -> Result<()> {
+        Ok(())
     }
     fn save_hard_state(&mut self, hard_state: HardState) -> Result<()> {
         self.hard_state = hard_state;

@@ -2,6 +2,7 @@
 //! and wait for its answer; they hold no state of their own.
 
 use std::collections::{BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -554,10 +555,14 @@ const BATCH_ANSWER_BYTES_MAX: usize = KV_MESSAGE_BYTES_MAX / 2;
 /// after the read started). An idle stream holds nothing.
 pub struct BatchBudget {
     limit: usize,
-    held: std::sync::Mutex<usize>,
-    /// No value in the store is larger (the driver keeps it).
-    value_bytes_bound: std::sync::atomic::AtomicUsize,
+    held: AtomicUsize,
+    /// Streams waiting for room: releases wake them only if there are any
+    /// (sequentially consistent with `held`: a release either sees a new
+    /// waiter, or that waiter sees the release).
+    waiting: AtomicUsize,
     released: tokio::sync::Notify,
+    /// No value in the store is larger (the driver keeps it).
+    value_bytes_bound: AtomicUsize,
     /// What the node holds now (`lattice_server_batch_bytes_held`).
     gauge: Option<prometheus::IntGauge>,
 }
@@ -566,28 +571,27 @@ impl BatchBudget {
     pub fn new(limit: usize, gauge: Option<prometheus::IntGauge>) -> Self {
         BatchBudget {
             limit,
-            held: std::sync::Mutex::new(0),
-            value_bytes_bound: std::sync::atomic::AtomicUsize::new(0),
+            held: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
             released: tokio::sync::Notify::new(),
+            value_bytes_bound: AtomicUsize::new(0),
             gauge,
         }
     }
 
     pub fn held(&self) -> usize {
-        *self.held.lock().expect("budget lock")
+        self.held.load(Ordering::SeqCst)
     }
 
-    fn set_held(&self, held: &mut usize, value: usize) {
-        *held = value;
+    fn show(&self, held: usize) {
         if let Some(gauge) = &self.gauge {
-            gauge.set(value as i64);
+            gauge.set(held as i64);
         }
     }
 
     /// The largest value the store may hold now (it only grows).
     pub(crate) fn note_value_bytes_bound(&self, bytes: usize) {
-        self.value_bytes_bound
-            .fetch_max(bytes, std::sync::atomic::Ordering::Relaxed);
+        self.value_bytes_bound.fetch_max(bytes, Ordering::Relaxed);
     }
 
     /// The most an operation's answer can take: a read (or a
@@ -595,12 +599,10 @@ impl BatchBudget {
     fn answer_bound(&self, request: &proto::KvRequest) -> usize {
         use proto::kv_request::Operation as Op;
         const FRAMING: usize = 64;
-        let value = || {
-            self.value_bytes_bound
-                .load(std::sync::atomic::Ordering::Relaxed)
-        };
         match &request.operation {
-            Some(Op::Get(_)) | Some(Op::CompareAndSwap(_)) => value() + FRAMING,
+            Some(Op::Get(_)) | Some(Op::CompareAndSwap(_)) => {
+                self.value_bytes_bound.load(Ordering::Relaxed) + FRAMING
+            }
             _ => FRAMING,
         }
     }
@@ -613,58 +615,69 @@ impl BatchBudget {
 
     /// Takes `bytes` if they fit.
     fn try_charge(&self, bytes: usize) -> bool {
-        let mut held = self.held.lock().expect("budget lock");
-        if !self.fits(*held, bytes) {
-            return false;
+        let taken = self
+            .held
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |held| {
+                self.fits(held, bytes).then_some(held + bytes)
+            });
+        match taken {
+            Ok(held) => {
+                self.show(held + bytes);
+                true
+            }
+            Err(_) => false,
         }
-        let value = *held + bytes;
-        self.set_held(&mut held, value);
-        true
     }
 
-    /// Waits until `bytes` more fit (it takes nothing). Cancel-safe.
+    /// Waits until `ready(held)` (it takes nothing). Cancel-safe.
+    async fn wait_until(&self, ready: impl Fn(usize) -> bool) {
+        if ready(self.held()) {
+            return;
+        }
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        struct Leave<'a>(&'a AtomicUsize);
+        impl Drop for Leave<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let _leave = Leave(&self.waiting);
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if ready(self.held()) {
+                return;
+            }
+            released.await;
+        }
+    }
+
+    /// Waits until `bytes` more fit.
     async fn room_for(&self, bytes: usize) {
-        loop {
-            let released = self.released.notified();
-            tokio::pin!(released);
-            released.as_mut().enable();
-            if self.fits(self.held(), bytes) {
-                return;
-            }
-            released.await;
-        }
+        self.wait_until(|held| self.fits(held, bytes)).await
     }
 
-    /// Waits until the node holds less than its limit. Cancel-safe.
+    /// Waits until the node holds less than its limit.
     async fn under_limit(&self) {
-        loop {
-            let released = self.released.notified();
-            tokio::pin!(released);
-            released.as_mut().enable();
-            if self.held() < self.limit {
-                return;
-            }
-            released.await;
-        }
+        self.wait_until(|held| held < self.limit).await
     }
 
     /// Takes `bytes` whatever the total.
     fn charge(&self, bytes: usize) {
-        let mut held = self.held.lock().expect("budget lock");
-        let value = *held + bytes;
-        self.set_held(&mut held, value);
+        let held = self.held.fetch_add(bytes, Ordering::SeqCst) + bytes;
+        self.show(held);
     }
 
     fn release(&self, bytes: usize) {
         if bytes == 0 {
             return;
         }
-        {
-            let mut held = self.held.lock().expect("budget lock");
-            let value = held.checked_sub(bytes).expect("released more than held");
-            self.set_held(&mut held, value);
+        let held = self.held.fetch_sub(bytes, Ordering::SeqCst) - bytes;
+        self.show(held);
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.released.notify_waiters();
         }
-        self.released.notify_waiters();
     }
 }
 

@@ -103,10 +103,9 @@ impl DiskLatency {
 pub enum DiskError {
     /// fsync fails with EIO, and the writes it was to make durable never
     /// reach the disk (the 2018 "fsyncgate": Linux marks them clean, so a
-    /// retried fsync succeeds and holds nothing). Here they are dropped at
-    /// once; Linux keeps them readable in the page cache until power is
-    /// lost, which a process restarted on the same kernel would read back
-    /// (not modelled yet).
+    /// retried fsync succeeds and holds nothing). They stay readable, as in
+    /// Linux's page cache: a process restarted on the same kernel reads
+    /// them back, and a power loss drops them (`SimDisk::cached`).
     SyncEio,
     /// A write fails with ENOSPC: the disk is full, nothing of it is written.
     WriteEnospc,
@@ -130,6 +129,11 @@ pub struct SimDisk {
     /// Unsynced appends, oldest first: (when, entries). Each truncates from
     /// its first index, then extends.
     pending: Vec<(Duration, Vec<Entry>)>,
+    /// Appends whose fsync failed: in the page cache only, marked clean, so
+    /// no later sync writes them. A restarted process reads them over the
+    /// durable log (until `Storage::resync_recovered` writes them again); a
+    /// power loss drops them.
+    cached: BTreeMap<LogIndex, Entry>,
     /// Appends made durable by the "operating system" this long after they
     /// were written even without a sync (writeback); `None`: only `sync` does.
     writeback_after: Option<Duration>,
@@ -154,6 +158,7 @@ impl SimDisk {
             snapshots: Arc::new(MemSnapshots::default()),
             durable: BTreeMap::new(),
             pending: Vec::new(),
+            cached: BTreeMap::new(),
             writeback_after,
         }))
     }
@@ -166,11 +171,27 @@ impl SimDisk {
         self.rng.random_range(Duration::ZERO..=latency.sync_max)
     }
 
-    /// The machine lost power: unsynced writes are gone.
+    /// The machine lost power: unsynced writes are gone, and so are the
+    /// pages a failed fsync left in the cache.
     pub fn crash(&mut self) -> usize {
-        let lost = self.pending.iter().map(|(_, e)| e.len()).sum();
+        let lost = self.pending.iter().map(|(_, e)| e.len()).sum::<usize>() + self.cached.len();
         self.pending.clear();
+        self.cached.clear();
         lost
+    }
+
+    /// Entries whose fsync failed, still readable (tests).
+    pub fn cached_entries(&self) -> usize {
+        self.cached.len()
+    }
+
+    /// Durable entries from `entries[0].index` on are replaced, and cached
+    /// ones too (their pages now hold the new bytes).
+    fn make_durable(&mut self, entries: &[Entry]) {
+        if let Some(first) = entries.first() {
+            self.cached.split_off(&first.index);
+        }
+        apply_append(&mut self.durable, entries);
     }
 
     fn flush_older_than(&mut self, now: Duration) {
@@ -182,14 +203,15 @@ impl SimDisk {
             .iter()
             .take_while(|(at, _)| *at + after <= now)
             .count();
-        for (_, entries) in self.pending.drain(..cut) {
-            apply_append(&mut self.durable, &entries);
+        for (_, entries) in self.pending.drain(..cut).collect::<Vec<_>>() {
+            self.make_durable(&entries);
         }
     }
 
     /// The disk is wiped (a replaced machine): nothing survives.
     pub fn wipe(&mut self) {
         self.pending.clear();
+        self.cached.clear();
         self.durable.clear();
         self.hard_state = HardState::default();
         self.snapshots = Arc::new(MemSnapshots::default());
@@ -206,21 +228,28 @@ pub struct SimStorage {
 }
 
 impl SimStorage {
-    /// Opens the disk as a restarted process would: durable state only. A
-    /// gap between the snapshot and the log fails, as `FileStorage` does.
+    /// Opens the disk as a restarted process would: what is durable, with
+    /// what a failed fsync left in the cache read over it (a process restart
+    /// keeps the kernel's cache; unsynced writes it drops, as if they never
+    /// made it). A gap between the snapshot and the log fails, as
+    /// `FileStorage` does.
     pub fn open(disk: Arc<Mutex<SimDisk>>) -> lattice::Result<SimStorage> {
         let recovered = {
             let mut d = disk.lock().expect("disk");
-            d.crash();
+            d.pending.clear();
             d.failed_since_open = false;
             let snapshot = d.snapshots.get().map(|s| (*s).clone());
             let meta = snapshot
                 .as_ref()
                 .map_or(SnapshotMeta::default(), SnapshotFile::meta);
-            let entries = d.durable.values().cloned().collect();
+            let mut visible = d.durable.clone();
+            let cached: Vec<Entry> = d.cached.values().cloned().collect();
+            apply_append(&mut visible, &cached);
+            let entries = visible.into_values().collect();
             let (entries, is_reset) = resume_log(meta, entries, "the simulated disk")?;
             if is_reset {
                 d.durable.clear();
+                d.cached.clear();
             }
             if let Some(last) = entries.last().filter(|e| e.term > d.hard_state.term) {
                 return Err(lattice::Error::Storage {
@@ -259,6 +288,13 @@ impl Storage for SimStorage {
     fn recovered(&mut self) -> Recovered {
         self.recovered.take().unwrap_or_default()
     }
+    /// What the cache held is written again and synced: durable now.
+    fn resync_recovered(&mut self) -> lattice::Result<()> {
+        let mut d = self.disk.lock().expect("disk");
+        let cached: Vec<Entry> = std::mem::take(&mut d.cached).into_values().collect();
+        d.make_durable(&cached);
+        Ok(())
+    }
     fn save_hard_state(&mut self, hard_state: HardState) -> lattice::Result<()> {
         self.disk.lock().expect("disk").hard_state = hard_state;
         Ok(())
@@ -296,7 +332,10 @@ impl Storage for SimStorage {
             d.fail_next = None;
             d.errors_returned += 1;
             d.failed_since_open = true;
-            d.pending.clear();
+            // Never written, but readable until power is lost.
+            for (_, entries) in std::mem::take(&mut d.pending) {
+                apply_append(&mut d.cached, &entries);
+            }
             return Err(lattice::Error::io(
                 "syncing the simulated disk",
                 io::Error::from_raw_os_error(libc::EIO),
@@ -304,7 +343,7 @@ impl Storage for SimStorage {
         }
         let pending = std::mem::take(&mut d.pending);
         for (_, entries) in pending {
-            apply_append(&mut d.durable, &entries);
+            d.make_durable(&entries);
         }
         Ok(())
     }
@@ -320,11 +359,12 @@ impl Storage for SimStorage {
         // appends are written out first, as a sync would).
         let pending = std::mem::take(&mut d.pending);
         for (_, entries) in pending {
-            apply_append(&mut d.durable, &entries);
+            d.make_durable(&entries);
         }
         let meta = file.meta();
         if d.durable.get(&meta.index).map(|e| e.term) != Some(meta.term) {
             d.durable.clear();
+            d.cached.clear();
             self.last_index = meta.index;
         }
         self.log_base = meta.index;
@@ -334,6 +374,7 @@ impl Storage for SimStorage {
     fn compact(&mut self, index: LogIndex) -> lattice::Result<()> {
         let mut d = self.disk.lock().expect("disk");
         d.durable = d.durable.split_off(&index.next());
+        d.cached = d.cached.split_off(&index.next());
         Ok(())
     }
     fn snapshot_store(&self) -> Arc<dyn SnapshotStore> {
