@@ -143,8 +143,8 @@ impl Metrics {
             ),
             proposals_failed: counter(
                 "lattice_server_proposals_failed_total",
-                "Commands proposed here that failed: refused (not the leader, shutting down) or \
-                 lost to a new leader.",
+                "Commands proposed here that failed: refused (not the leader, shutting down, \
+                 overloaded), lost to a new leader, or timed out before they committed.",
             ),
             proposals_pending: gauge(
                 "lattice_server_proposals_pending",
@@ -213,7 +213,7 @@ impl Metrics {
                 IntCounterVec::new(
                     Opts::new(
                         "lattice_network_peer_sent_failures_total",
-                        "Messages to a peer that failed (connection lost, refused, timed out).",
+                        "Failures sending to a peer: a vote or snapshot call, or the replication stream (opening, breaking, or an answer overdue), each counted once however many messages it carried.",
                     ),
                     &["to"],
                 )

@@ -689,8 +689,11 @@ impl Node {
             kv_server,
             kv_listener,
             inbox_tx.clone(),
-            config.request_timeout,
-            batch_budget.clone(),
+            service::KvConfig {
+                request_timeout: config.request_timeout,
+                budget: batch_budget.clone(),
+                proposals_failed: metrics.proposals_failed.clone(),
+            },
             service::AdminConfig {
                 id: config.id,
                 status: status_rx.clone(),

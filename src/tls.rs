@@ -607,8 +607,7 @@ mod tests {
             (&cert_path, &files.ca_key(), &files.ca()),
         ] {
             let error = PeerTls::from_files(cert, key, ca)
-                .err()
-                .expect("refused")
+                .expect_err("refused")
                 .to_string();
             assert!(error.contains(".pem"), "{error}");
         }

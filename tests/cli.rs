@@ -163,3 +163,93 @@ fn wrong_flags_get_clear_errors() -> Result<()> {
     assert!(stderr.contains("<KEY>"), "{stderr}");
     Ok(())
 }
+
+fn lattice(args: &[&str]) -> Result<Output> {
+    Ok(Command::new(LATTICE)
+        .args(args)
+        .env_remove("LATTICE_CACERT")
+        .env_remove("LATTICE_CERT")
+        .env_remove("LATTICE_KEY")
+        .stdin(Stdio::null())
+        .output()?)
+}
+
+/// `lattice cert` makes a CA once (and refuses to replace it), then node and
+/// client certificates; a node refuses plaintext beyond loopback without
+/// `--insecure`, and a certificate that does not match its key, naming the
+/// files.
+#[test]
+fn certificates_and_the_refusal_of_plaintext_beyond_loopback() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let certs = dir.path().join("certs");
+    let certs = certs.to_str().context("utf-8 path")?;
+    let made = lattice(&["cert", "ca", "--dir", certs])?;
+    ensure!(made.status.success(), "{made:?}");
+    let again = lattice(&["cert", "ca", "--dir", certs])?;
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    ensure!(
+        !again.status.success() && stderr.contains("--force"),
+        "a second CA replaced the first: {stderr}"
+    );
+    for args in [
+        &[
+            "cert", "node", "--dir", certs, "--id", "1", "--host", "10.0.0.1",
+        ][..],
+        &["cert", "node", "--dir", certs, "--id", "2"][..],
+        &["cert", "client", "--dir", certs, "--name", "alice"][..],
+    ] {
+        let made = lattice(args)?;
+        ensure!(made.status.success(), "{args:?}: {made:?}");
+    }
+    for file in ["ca.pem", "node-1.pem", "node-1-key.pem", "client-alice.pem"] {
+        ensure!(Path::new(certs).join(file).is_file(), "{file} missing");
+    }
+
+    let data = dir.path().join("data");
+    let data = data.to_str().context("utf-8 path")?;
+    let node = |extra: &[&str]| -> Result<Output> {
+        let mut args = vec!["node", "--id", "1", "--data-dir", data];
+        args.extend_from_slice(extra);
+        lattice(&args)
+    };
+    let refused = node(&["--raft-addr", "0.0.0.0:0", "--kv-addr", "0.0.0.0:0"])?;
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    ensure!(
+        !refused.status.success()
+            && stderr.contains("refusing to listen in plaintext on 0.0.0.0:0")
+            && stderr.contains("--insecure"),
+        "plaintext on 0.0.0.0 was not refused: {stderr}"
+    );
+    let node_1 = format!("{certs}/node-1.pem");
+    let node_2_key = format!("{certs}/node-2-key.pem");
+    let mismatched = node(&[
+        "--raft-addr",
+        "127.0.0.1:0",
+        "--kv-addr",
+        "127.0.0.1:0",
+        "--cert",
+        &node_1,
+        "--key",
+        &node_2_key,
+    ])?;
+    let stderr = String::from_utf8_lossy(&mismatched.stderr);
+    ensure!(
+        !mismatched.status.success()
+            && stderr.contains("node-1.pem")
+            && stderr.contains("node-2-key.pem"),
+        "a certificate with another's key was not refused by name: {stderr}"
+    );
+    let only_cert = node(&[
+        "--raft-addr",
+        "127.0.0.1:0",
+        "--kv-addr",
+        "127.0.0.1:0",
+        "--peer-cert",
+        &node_1,
+    ])?;
+    ensure!(
+        !only_cert.status.success(),
+        "--peer-cert alone was accepted"
+    );
+    Ok(())
+}

@@ -195,11 +195,14 @@ struct ScheduledFault {
     /// had not synced), and restart it `.1` later: crashes composed with
     /// every other fault.
     crash_leader: Option<(Duration, Duration)>,
-    /// The leader's disk fails its next sync (EIO, dropping the writes it
-    /// was to make durable) or write (ENOSPC) this long into the window:
-    /// the node must stop, lose no acknowledged write, and come back when
-    /// its supervisor restarts it.
-    disk_error: Option<(Duration, DiskError)>,
+    /// The leader's disk fails its next sync (EIO: the writes it was to
+    /// make durable stay readable until power is lost) or write (ENOSPC)
+    /// this long into the window: the node must stop, lose no acknowledged
+    /// write, and come back when its supervisor restarts it. With `.2`, that
+    /// machine loses power this long after the error (once it is back), and
+    /// restarts: what it read back after the error must have been made
+    /// durable.
+    disk_error: Option<(Duration, DiskError, Option<Duration>)>,
 }
 
 /// How likely the disk-error overlay is in a fault window (drawn from an
@@ -261,7 +264,11 @@ fn schedule(seed: u64) -> Vec<ScheduledFault> {
             } else {
                 DiskError::WriteEnospc
             };
-            (duration.mul_f64(disk_rng.random_range(0.1..0.8)), error)
+            let after = duration.mul_f64(disk_rng.random_range(0.1..0.8));
+            let power_loss = disk_rng.random_bool(0.5).then(|| {
+                DISK_ERROR_RESTART_AFTER + Duration::from_millis(disk_rng.random_range(1000..3000))
+            });
+            (after, error, power_loss)
         });
         faults.push(ScheduledFault {
             at,
@@ -631,6 +638,7 @@ async fn client_host(
         backoff_min: Duration::from_millis(20),
         backoff_max: Duration::from_millis(400),
         follow_leader_hints: true,
+        tls: None,
     };
     let shared = Client::with_config(&all, leader_config.clone(), Arc::new(TurmoilTransport))?;
     let mut sessions = Vec::new();
@@ -1116,12 +1124,12 @@ fn run_seed_planted(seed: u64, variant: Variant) -> SeedRun {
         counts[0] += white_box
             .installed_at
             .iter()
-            .filter(|t| window.contains(t))
+            .filter(|&&t| window.contains(&t))
             .count() as u64;
         counts[1] += white_box
             .compacted_at
             .iter()
-            .filter(|t| window.contains(t))
+            .filter(|&&t| window.contains(&t))
             .count() as u64;
     }
 
@@ -1331,6 +1339,7 @@ async fn operator(seed: u64, faults: Vec<ScheduledFault>) -> turmoil::Result {
         backoff_min: Duration::from_millis(20),
         backoff_max: Duration::from_millis(400),
         follow_leader_hints: true,
+        tls: None,
     };
     let client = Client::with_config(&all, config, Arc::new(TurmoilTransport))?;
     let mut rng = StdRng::seed_from_u64(seed ^ 0x0FE4_A702);
@@ -1431,6 +1440,10 @@ struct Controller {
     paused: Option<u64>,
     /// The node the crash overlay killed.
     crashed: Option<u64>,
+    /// The node whose disk an error was last armed on, and the one down
+    /// after losing power.
+    disk_error_node: Option<u64>,
+    power_lost: Option<u64>,
     /// The links the current fault cut, as (from, to) node pairs.
     cuts: std::collections::BTreeSet<(u64, u64)>,
     /// StrandNewLeader: the side of the old leader (while the fault waits
@@ -1476,6 +1489,10 @@ enum Action {
     /// The disk-error overlay: the leader's disk fails its next write or
     /// sync.
     DiskError(DiskError),
+    /// The machine whose disk failed last loses power (and is down).
+    PowerLossAfterDiskError,
+    /// It comes back.
+    RestartPowerLost,
     /// Repair every node link (the disks, latency and message chaos stay).
     HealCuts,
     /// Part of "crash and restart all": all but one node come back halfway
@@ -1529,8 +1546,13 @@ impl Controller {
                 let at = fault.at + Duration::from_millis(rng.random_range(800..1200));
                 actions.push((at.min(end), Action::JoinOtherSide));
             }
-            if let Some((after, error)) = fault.disk_error {
+            if let Some((after, error, power_loss)) = fault.disk_error {
                 actions.push((fault.at + after, Action::DiskError(error)));
+                if let Some(later) = power_loss {
+                    let at = fault.at + after + later;
+                    actions.push((at, Action::PowerLossAfterDiskError));
+                    actions.push((at + DISK_ERROR_RESTART_AFTER, Action::RestartPowerLost));
+                }
             }
             if let Some((after, down)) = fault.crash_leader {
                 actions.push((fault.at + after, Action::CrashLeader));
@@ -1582,6 +1604,8 @@ impl Controller {
             next: 0,
             paused: None,
             crashed: None,
+            disk_error_node: None,
+            power_lost: None,
             cuts: Default::default(),
             old_side: Vec::new(),
             stranded: None,
@@ -2191,6 +2215,20 @@ impl Controller {
             Action::DiskError(error) => {
                 let node = self.leader_or_any(observer);
                 disks[&node].lock().expect("disk").fail_next = Some(error);
+                self.disk_error_node = Some(node);
+            }
+            Action::PowerLossAfterDiskError => {
+                if let Some(node) = self.disk_error_node.take() {
+                    if sim.is_host_running(host(node)) && self.paused != Some(node) {
+                        self.crash(sim, disks, node);
+                        self.power_lost = Some(node);
+                    }
+                }
+            }
+            Action::RestartPowerLost => {
+                if let Some(node) = self.power_lost.take() {
+                    self.restart(sim, node);
+                }
             }
             Action::Heal => {
                 self.churn_leader = None;
@@ -2319,8 +2357,11 @@ fn report_failure(run: &SeedRun) {
                 down.as_secs_f64()
             );
         }
-        if let Some((after, error)) = fault.disk_error {
+        if let Some((after, error, power_loss)) = fault.disk_error {
             overlays += &format!(" +{error:?}(at +{:.2}s)", after.as_secs_f64());
+            if let Some(later) = power_loss {
+                overlays += &format!(" +PowerLoss(at +{:.2}s)", (after + later).as_secs_f64());
+            }
         }
         eprintln!(
             "  at {:>6.2}s for {:.2}s: {:?}{overlays}",

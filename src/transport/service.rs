@@ -124,12 +124,20 @@ pub(crate) struct AdminConfig {
     pub request_timeout: Duration,
 }
 
+/// What the KV service needs besides the driver's inbox.
+pub(crate) struct KvConfig {
+    /// How long a request may wait for its command to commit.
+    pub request_timeout: Duration,
+    pub budget: std::sync::Arc<BatchBudget>,
+    /// Counts the proposals that time out here.
+    pub proposals_failed: prometheus::IntCounter,
+}
+
 pub(crate) fn spawn_kv_server(
     server: tonic::transport::Server,
     listener: Listener,
     inbox: mpsc::Sender<Input>,
-    request_timeout: Duration,
-    budget: std::sync::Arc<BatchBudget>,
+    kv: KvConfig,
     admin: AdminConfig,
     shutdown: watch::Receiver<bool>,
     span: Span,
@@ -140,8 +148,9 @@ pub(crate) fn spawn_kv_server(
     });
     let service = KvServer::new(KvService {
         inbox,
-        request_timeout,
-        budget,
+        request_timeout: kv.request_timeout,
+        budget: kv.budget,
+        proposals_failed: kv.proposals_failed,
         shutdown: shutdown.clone(),
     })
     .max_decoding_message_size(KV_MESSAGE_BYTES_MAX)
@@ -521,6 +530,9 @@ struct KvService {
     request_timeout: Duration,
     /// Bytes all `Batch` streams of the node hold.
     budget: std::sync::Arc<BatchBudget>,
+    /// Proposals that timed out here (`lattice_server_proposals_failed_total`,
+    /// which the driver counts for those it refused or lost).
+    proposals_failed: prometheus::IntCounter,
     /// Ends the `Batch` streams, so an idle one does not hold the server's
     /// graceful shutdown open.
     shutdown: watch::Receiver<bool>,
@@ -727,14 +739,20 @@ impl KvService {
         match tokio::time::timeout_at(deadline, self.inbox.send(Input::Propose { command, reply }))
             .await
         {
-            Err(_) => return Err(Error::Unavailable("node overloaded".into())),
+            Err(_) => {
+                self.proposals_failed.inc();
+                return Err(Error::Unavailable("node overloaded".into()));
+            }
             Ok(Err(_)) => return Err(Error::Unavailable("node stopped".into())),
             Ok(Ok(())) => {}
         }
         let outcome = match tokio::time::timeout_at(deadline, answer).await {
-            Err(_) => Err(Error::Indeterminate(
-                "timed out waiting for the command to commit".into(),
-            )),
+            Err(_) => {
+                self.proposals_failed.inc();
+                Err(Error::Indeterminate(
+                    "timed out waiting for the command to commit".into(),
+                ))
+            }
             Ok(Err(_)) => Err(Error::Indeterminate(
                 "node stopped with the command in flight".into(),
             )),
