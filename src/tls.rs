@@ -284,18 +284,21 @@ impl PeerIdentity {
             // rustls verified it; x509-parser cannot read it. Name no one.
             return PeerIdentity::Nodes(Vec::new());
         };
-        let names: Vec<&str> = match cert.subject_alternative_name() {
+        // DNS names compare without regard to case.
+        let names: Vec<String> = match cert.subject_alternative_name() {
             Ok(Some(san)) => san
                 .value
                 .general_names
                 .iter()
                 .filter_map(|name| match name {
-                    GeneralName::DNSName(name) => Some(*name),
+                    GeneralName::DNSName(name) => Some(name.to_ascii_lowercase()),
                     _ => None,
                 })
                 .filter(|name| name.starts_with(NAMESPACE))
                 .collect(),
-            _ => Vec::new(),
+            Ok(None) => Vec::new(),
+            // A SAN that does not parse names no one.
+            Err(_) => return PeerIdentity::Nodes(Vec::new()),
         };
         if names.is_empty() {
             return PeerIdentity::Unnamed;

@@ -1483,3 +1483,43 @@ async fn batch_streams_that_never_read_hold_no_more_than_the_node_budget() -> Re
     node.shutdown().await;
     Ok(())
 }
+
+/// A value larger than the whole `Batch` budget is still read (alone), and
+/// writes from many sessions at once all go through: requests waiting to
+/// start never block each other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_smaller_than_a_value_still_serves_it() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let addrs = free_addrs(1);
+    let mut config = node_config(1, &addrs, dir.path());
+    config.metrics_addr = None;
+    config.batch_bytes_max = 64 << 10;
+    let node = Node::start(config).await?;
+    let endpoints = vec![addrs[0].kv.clone()];
+    let client = tls_client(&endpoints, None, Duration::from_secs(10))?;
+    let big = vec![b'y'; lattice::kv::VALUE_BYTES_MAX];
+    client.new_session().put("big", big.clone()).await?;
+    let mut tasks = Vec::new();
+    for i in 0..32 {
+        let mut session = client.new_session();
+        let big = big.clone();
+        tasks.push(tokio::spawn(async move {
+            session.put(format!("k{i}"), vec![b'z'; 48 << 10]).await?;
+            let read = session.get("big").await?;
+            anyhow::ensure!(read == Some(big), "the big value read back wrong");
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    wait_until(
+        Duration::from_secs(5),
+        || async { batch_bytes_held(&node).unwrap_or(1.0) as usize },
+        |held| held == 0,
+    )
+    .await
+    .context("everything is given back")?;
+    node.shutdown().await;
+    Ok(())
+}

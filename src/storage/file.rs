@@ -56,6 +56,10 @@ struct Segment {
     offsets: Vec<u64>,
     /// Where the next record goes.
     end: u64,
+    /// CRC-32 of the segment's bytes up to `end` as recovery read them (0
+    /// for a segment started since): `resync_recovered` writes back only
+    /// what recovery read.
+    recovered_crc: u32,
 }
 
 impl Segment {
@@ -325,6 +329,7 @@ impl FileStorage {
             path,
             offsets: Vec::new(),
             end: WAL_MAGIC.len() as u64,
+            recovered_crc: 0,
         });
         self.file = Some(file);
         Ok(())
@@ -522,11 +527,25 @@ impl std::io::Write for WritebackWriter<'_> {
         if self.offset - self.started_to >= WRITEBACK_BYTES {
             use std::os::fd::AsRawFd;
             let fd = self.file.as_raw_fd();
-            // SAFETY: plain syscalls on an open descriptor; a failure only
-            // means the final fsync does more of the work.
-            unsafe {
-                // Wait for the previous range, then start this one.
-                let previous = self.started_to.saturating_sub(WRITEBACK_BYTES);
+            // A write-back error must fail the snapshot: Linux reports it
+            // once, to whichever call asks first, so ignoring it here would
+            // let the final fsync succeed over pages it never wrote. A file
+            // system without sync_file_range only leaves the final fsync
+            // more to do.
+            let checked = |rc: libc::c_int| -> std::io::Result<()> {
+                if rc == 0 {
+                    return Ok(());
+                }
+                let error = std::io::Error::last_os_error();
+                match error.raw_os_error() {
+                    Some(libc::EINVAL | libc::ENOSYS | libc::ESPIPE | libc::EOPNOTSUPP) => Ok(()),
+                    _ => Err(error),
+                }
+            };
+            // Wait for the previous range, then start this one.
+            let previous = self.started_to.saturating_sub(WRITEBACK_BYTES);
+            // SAFETY: plain syscalls on an open descriptor.
+            checked(unsafe {
                 libc::sync_file_range(
                     fd,
                     previous as libc::off64_t,
@@ -534,14 +553,17 @@ impl std::io::Write for WritebackWriter<'_> {
                     libc::SYNC_FILE_RANGE_WAIT_BEFORE
                         | libc::SYNC_FILE_RANGE_WRITE
                         | libc::SYNC_FILE_RANGE_WAIT_AFTER,
-                );
+                )
+            })?;
+            // SAFETY: as above.
+            checked(unsafe {
                 libc::sync_file_range(
                     fd,
                     self.started_to as libc::off64_t,
                     (self.offset - self.started_to) as libc::off64_t,
                     libc::SYNC_FILE_RANGE_WRITE,
-                );
-            }
+                )
+            })?;
             self.started_to = self.offset;
             let due = std::time::Duration::from_secs_f64(
                 self.offset as f64 / SNAPSHOT_WRITE_BYTES_PER_S as f64,
@@ -625,11 +647,18 @@ fn recover_segments(log_dir: &Path) -> Result<(Vec<Segment>, Vec<Entry>)> {
                 .and_then(|()| file.sync_all())
                 .map_err(|e| Error::io(format!("truncating {}", path.display()), e))?;
         }
+        // What the file holds now (a torn tail cut, or only the magic).
+        let content = if recovery.valid_bytes >= WAL_MAGIC.len() as u64 {
+            &bytes[..recovery.valid_bytes as usize]
+        } else {
+            &WAL_MAGIC[..]
+        };
         segments.push(Segment {
             first,
             path: path.clone(),
             offsets: recovery.offsets,
-            end: recovery.valid_bytes.max(WAL_MAGIC.len() as u64),
+            end: content.len() as u64,
+            recovered_crc: crc32fast::hash(content),
         });
         entries.extend(recovery.entries);
     }
@@ -658,6 +687,17 @@ impl Storage for FileStorage {
             bytes.resize(segment.end as usize, 0);
             file.read_exact_at(&mut bytes, 0)
                 .map_err(|e| io("reading", e))?;
+            // Pages evicted since recovery read them would read back as what
+            // the disk holds: then what the node recovered is not on disk.
+            if crc32fast::hash(&bytes) != segment.recovered_crc {
+                return Err(Error::Storage {
+                    path: segment.path.display().to_string(),
+                    offset: None,
+                    reason: "the segment reads back differently than at recovery (pages a failed \
+                             write-back left in the cache were dropped): restart to recover again"
+                        .into(),
+                });
+            }
             file.write_all_at(&bytes, 0)
                 .map_err(|e| io("rewriting", e))?;
             file.sync_all().map_err(|e| io("syncing", e))?;

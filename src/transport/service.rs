@@ -556,21 +556,28 @@ const BATCH_ANSWER_BYTES_MAX: usize = KV_MESSAGE_BYTES_MAX / 2;
 
 /// The bytes all `Batch` streams of a node hold: requests read and not
 /// answered, and answers not yet sent. An operation starts only once the
-/// budget has room for its largest answer (a read's: the largest value the
-/// store may hold, [`BatchBudget::note_value_bytes_bound`]); when its answer
-/// lands, the answer's bytes take the place of that bound, and they are
-/// given back as the answer leaves. No stream reads a new message while the
-/// node holds its limit or more. The node can go over the limit by the
-/// requests of the messages read at once while it was under (one per
-/// stream, at most [`KV_MESSAGE_BYTES_MAX`] each), by an operation started
-/// on an idle node, and by answers larger than their bound (a value written
-/// after the read started). An idle stream holds nothing.
+/// operations started node-wide (in progress, or answered and unsent) leave
+/// room for its largest answer (a read's: the largest value the store may
+/// hold, [`BatchBudget::note_value_bytes_bound`]), or when none are: so
+/// requests read but not started never block each other, and something can
+/// always start. When its answer lands, the answer's bytes take the place of
+/// that bound, and they are given back as the answer leaves. No stream reads
+/// a new message while the node holds its limit or more, requests waiting
+/// to start included. The node can go over the limit by the messages read
+/// at once while it was under (one per stream, at most
+/// [`KV_MESSAGE_BYTES_MAX`] each), by an operation started when none were,
+/// and by answers larger than their bound (a value written after the read
+/// started). An idle stream holds nothing.
 pub struct BatchBudget {
     limit: usize,
+    /// Everything held: requests waiting to start, and what `started` holds.
     held: AtomicUsize,
+    /// Operations started: their bounds while in progress, their answers
+    /// until sent.
+    started: AtomicUsize,
     /// Streams waiting for room: releases wake them only if there are any
-    /// (sequentially consistent with `held`: a release either sees a new
-    /// waiter, or that waiter sees the release).
+    /// (sequentially consistent with the counters: a release either sees a
+    /// new waiter, or that waiter sees the release).
     waiting: AtomicUsize,
     released: tokio::sync::Notify,
     /// No value in the store is larger (the driver keeps it).
@@ -584,6 +591,7 @@ impl BatchBudget {
         BatchBudget {
             limit,
             held: AtomicUsize::new(0),
+            started: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             released: tokio::sync::Notify::new(),
             value_bytes_bound: AtomicUsize::new(0),
@@ -595,10 +603,8 @@ impl BatchBudget {
         self.held.load(Ordering::SeqCst)
     }
 
-    fn show(&self, held: usize) {
-        if let Some(gauge) = &self.gauge {
-            gauge.set(held as i64);
-        }
+    fn started(&self) -> usize {
+        self.started.load(Ordering::SeqCst)
     }
 
     /// The largest value the store may hold now (it only grows).
@@ -619,31 +625,14 @@ impl BatchBudget {
         }
     }
 
-    /// Whether `bytes` more fit: under the limit, or the node holds nothing
-    /// (an operation larger than the whole budget still runs, alone).
-    fn fits(&self, held: usize, bytes: usize) -> bool {
-        held + bytes <= self.limit || held == 0
+    /// Whether an operation whose answer may take `bound` can start.
+    fn fits(&self, started: usize, bound: usize) -> bool {
+        started + bound <= self.limit || started == 0
     }
 
-    /// Takes `bytes` if they fit.
-    fn try_charge(&self, bytes: usize) -> bool {
-        let taken = self
-            .held
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |held| {
-                self.fits(held, bytes).then_some(held + bytes)
-            });
-        match taken {
-            Ok(held) => {
-                self.show(held + bytes);
-                true
-            }
-            Err(_) => false,
-        }
-    }
-
-    /// Waits until `ready(held)` (it takes nothing). Cancel-safe.
-    async fn wait_until(&self, ready: impl Fn(usize) -> bool) {
-        if ready(self.held()) {
+    /// Waits until `ready()` (it takes nothing). Cancel-safe.
+    async fn wait_until(&self, ready: impl Fn() -> bool) {
+        if ready() {
             return;
         }
         self.waiting.fetch_add(1, Ordering::SeqCst);
@@ -658,36 +647,40 @@ impl BatchBudget {
             let released = self.released.notified();
             tokio::pin!(released);
             released.as_mut().enable();
-            if ready(self.held()) {
+            if ready() {
                 return;
             }
             released.await;
         }
     }
 
-    /// Waits until `bytes` more fit.
-    async fn room_for(&self, bytes: usize) {
-        self.wait_until(|held| self.fits(held, bytes)).await
+    /// Waits until an operation whose answer may take `bound` can start.
+    async fn room_for(&self, bound: usize) {
+        self.wait_until(|| self.fits(self.started(), bound)).await
     }
 
     /// Waits until the node holds less than its limit.
     async fn under_limit(&self) {
-        self.wait_until(|held| held < self.limit).await
+        self.wait_until(|| self.held() < self.limit).await
     }
 
-    /// Takes `bytes` whatever the total.
-    fn charge(&self, bytes: usize) {
-        let held = self.held.fetch_add(bytes, Ordering::SeqCst) + bytes;
-        self.show(held);
-    }
-
-    fn release(&self, bytes: usize) {
-        if bytes == 0 {
-            return;
+    /// Adds to (or, negative, takes from) both counters.
+    fn add(&self, held: isize, started: isize) {
+        let apply = |counter: &AtomicUsize, delta: isize| {
+            if delta >= 0 {
+                counter.fetch_add(delta as usize, Ordering::SeqCst) + delta as usize
+            } else {
+                counter.fetch_sub(delta.unsigned_abs(), Ordering::SeqCst) - delta.unsigned_abs()
+            }
+        };
+        if started != 0 {
+            apply(&self.started, started);
         }
-        let held = self.held.fetch_sub(bytes, Ordering::SeqCst) - bytes;
-        self.show(held);
-        if self.waiting.load(Ordering::SeqCst) > 0 {
+        let now = apply(&self.held, held);
+        if let Some(gauge) = &self.gauge {
+            gauge.set(now as i64);
+        }
+        if (held < 0 || started < 0) && self.waiting.load(Ordering::SeqCst) > 0 {
             self.released.notify_waiters();
         }
     }
@@ -696,24 +689,58 @@ impl BatchBudget {
 /// What one stream holds of the node's budget; given back when dropped.
 struct Held<'a> {
     budget: &'a BatchBudget,
-    bytes: usize,
+    /// All it holds, and the part of it its started operations hold.
+    held: usize,
+    started: usize,
 }
 
 impl Held<'_> {
-    fn charge(&mut self, bytes: usize) {
-        self.budget.charge(bytes);
-        self.bytes += bytes;
+    /// A request was read.
+    fn read(&mut self, request_bytes: usize) {
+        self.budget.add(request_bytes as isize, 0);
+        self.held += request_bytes;
     }
 
-    fn release(&mut self, bytes: usize) {
-        self.bytes -= bytes;
-        self.budget.release(bytes);
+    /// Starts an operation (its request read, its answer up to `bound`) if
+    /// the budget has room for it.
+    fn try_start(&mut self, request_bytes: usize, bound: usize) -> bool {
+        let budget = self.budget;
+        let taken = budget
+            .started
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |started| {
+                budget.fits(started, bound).then_some(started + bound)
+            });
+        if taken.is_err() {
+            return false;
+        }
+        self.started += bound;
+        // The request's bytes become part of the bound.
+        let more = bound as isize - request_bytes as isize;
+        budget.add(more, 0);
+        self.held = (self.held as isize + more) as usize;
+        true
+    }
+
+    /// An answer of `answer` bytes landed in place of `bound`.
+    fn land(&mut self, bound: usize, answer: usize) {
+        let delta = answer as isize - bound as isize;
+        self.budget.add(delta, delta);
+        self.held = (self.held as isize + delta) as usize;
+        self.started = (self.started as isize + delta) as usize;
+    }
+
+    /// An answer of `answer` bytes left.
+    fn sent(&mut self, answer: usize) {
+        self.budget.add(-(answer as isize), -(answer as isize));
+        self.held -= answer;
+        self.started -= answer;
     }
 }
 
 impl Drop for Held<'_> {
     fn drop(&mut self) {
-        self.budget.release(self.bytes);
+        self.budget
+            .add(-(self.held as isize), -(self.started as isize));
     }
 }
 
@@ -886,7 +913,8 @@ impl KvService {
         // operation in progress counted at its largest answer.
         let mut held = Held {
             budget: &self.budget,
-            bytes: 0,
+            held: 0,
+            started: 0,
         };
         let mut is_reading = true;
         // Until the client has closed its side and had every answer.
@@ -894,8 +922,8 @@ impl KvService {
             let operations = waiting.len() + in_progress.len() + ready.len();
             let has_room = operations + BATCH_OPERATIONS_MAX <= BATCH_PENDING_MAX
                 && pending_bytes + KV_MESSAGE_BYTES_MAX <= BATCH_PENDING_BYTES_MAX;
-            let next_extra = waiting.front().map_or(0, |(request, bytes)| {
-                self.budget.answer_bound(request).saturating_sub(*bytes)
+            let next_bound = waiting.front().map_or(0, |(request, bytes)| {
+                self.budget.answer_bound(request).max(*bytes)
             });
             tokio::select! {
                 biased;
@@ -905,16 +933,15 @@ impl KvService {
                     let _ = responses.try_send(Err(Status::unavailable("node shutting down")));
                     return;
                 }
+                // The client went away: whatever this stream holds, and
+                // waits for, goes (answers nobody will read).
+                () = responses.closed() => return,
                 Some((answer, request_bytes, charged)) = in_progress.next(), if !in_progress.is_empty() => {
                     let answer_bytes = proto::KvResponse::encoded_len(&answer);
                     pending_bytes = pending_bytes - request_bytes + answer_bytes;
                     // The answer takes the place of what its start charged
                     // (more, if a larger value was written since).
-                    if answer_bytes > charged {
-                        held.charge(answer_bytes - charged);
-                    } else {
-                        held.release(charged - answer_bytes);
-                    }
+                    held.land(charged, answer_bytes);
                     ready.push_back((answer, answer_bytes));
                 }
                 permit = responses.reserve(), if !ready.is_empty() => match permit {
@@ -928,7 +955,7 @@ impl KvService {
                                 break;
                             }
                             pending_bytes -= answer_bytes;
-                            held.release(answer_bytes);
+                            held.sent(answer_bytes);
                             message.responses.push(answer);
                         }
                         permit.send(Ok(message));
@@ -937,14 +964,13 @@ impl KvService {
                     Err(_) => return,
                 },
                 // Start the operations the budget has room for, in order.
-                () = self.budget.room_for(next_extra), if !waiting.is_empty() => {
+                () = self.budget.room_for(next_bound), if !waiting.is_empty() => {
                     while let Some((request, request_bytes)) = waiting.pop_front() {
                         let bound = self.budget.answer_bound(&request).max(request_bytes);
-                        if !self.budget.try_charge(bound - request_bytes) {
+                        if !held.try_start(request_bytes, bound) {
                             waiting.push_front((request, request_bytes));
                             break;
                         }
-                        held.bytes += bound - request_bytes;
                         let answer = self.answer(request);
                         in_progress.push(async move { (answer.await, request_bytes, bound) });
                     }
@@ -968,7 +994,7 @@ impl KvService {
                             for request in batch.requests {
                                 let request_bytes = request.encoded_len();
                                 pending_bytes += request_bytes;
-                                held.charge(request_bytes);
+                                held.read(request_bytes);
                                 waiting.push_back((request, request_bytes));
                             }
                         }

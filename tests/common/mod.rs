@@ -242,10 +242,21 @@ impl SimStorage {
             let meta = snapshot
                 .as_ref()
                 .map_or(SnapshotMeta::default(), SnapshotFile::meta);
+            // The cache's pages over the disk's; the log is read up to its
+            // first hole (as `FileStorage` stops at the first record that
+            // does not decode), so a hole a power loss left shortens it.
             let mut visible = d.durable.clone();
-            let cached: Vec<Entry> = d.cached.values().cloned().collect();
-            apply_append(&mut visible, &cached);
-            let entries = visible.into_values().collect();
+            visible.extend(d.cached.iter().map(|(i, e)| (*i, e.clone())));
+            let mut entries: Vec<Entry> = Vec::new();
+            for entry in visible.into_values() {
+                if entries
+                    .last()
+                    .is_some_and(|last| last.index.next() != entry.index)
+                {
+                    break;
+                }
+                entries.push(entry);
+            }
             let (entries, is_reset) = resume_log(meta, entries, "the simulated disk")?;
             if is_reset {
                 d.durable.clear();
@@ -332,8 +343,13 @@ impl Storage for SimStorage {
             d.fail_next = None;
             d.errors_returned += 1;
             d.failed_since_open = true;
-            // Never written, but readable until power is lost.
+            // Never written, but readable until power is lost; the
+            // truncation each append made of the entries it replaced did
+            // happen.
             for (_, entries) in std::mem::take(&mut d.pending) {
+                if let Some(first) = entries.first() {
+                    d.durable.split_off(&first.index);
+                }
                 apply_append(&mut d.cached, &entries);
             }
             return Err(lattice::Error::io(

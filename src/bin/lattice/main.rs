@@ -512,6 +512,16 @@ async fn run_node(args: NodeArgs) -> Result<()> {
             );
         }
     }
+    if config.kv_tls.is_some()
+        && !args.client_cert_auth
+        && !lattice::tls::is_loopback(&args.kv_addr)
+    {
+        tracing::warn!(
+            kv_addr = %args.kv_addr,
+            "the KV port encrypts but asks clients for no certificate: anyone who reaches it can \
+             read and write (give --client-cert-auth with --cacert)"
+        );
+    }
     if args.insecure && (config.kv_tls.is_none() || config.peer_tls.is_none()) {
         tracing::warn!(
             "--insecure: a port serves plaintext; anyone who reaches it can read and write"
