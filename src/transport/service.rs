@@ -933,9 +933,10 @@ impl KvService {
                     let _ = responses.try_send(Err(Status::unavailable("node shutting down")));
                     return;
                 }
-                // The client went away: whatever this stream holds, and
-                // waits for, goes (answers nobody will read).
-                () = responses.closed() => return,
+                // The client went away while nothing here can notice (no
+                // answer to send or to come: the stream may be waiting on
+                // the budget): whatever it holds goes.
+                () = responses.closed(), if ready.is_empty() && in_progress.is_empty() => return,
                 Some((answer, request_bytes, charged)) = in_progress.next(), if !in_progress.is_empty() => {
                     let answer_bytes = proto::KvResponse::encoded_len(&answer);
                     pending_bytes = pending_bytes - request_bytes + answer_bytes;
