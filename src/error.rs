@@ -42,6 +42,21 @@ pub enum Error {
     Transport(String),
 }
 
+/// `text` followed by each source of `error` it does not already say
+/// ("transport error" alone hides a refused certificate, say).
+pub(crate) fn with_sources(error: &dyn std::error::Error, mut text: String) -> String {
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 impl Error {
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io {

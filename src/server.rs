@@ -704,27 +704,19 @@ impl Node {
             span.clone(),
         ));
         span.in_scope(|| {
-            let tls = |on: bool, what: &'static str| if on { what } else { "plaintext" };
-            info!(
-                "Raft server listening on {} ({})",
-                config.raft_addr,
-                tls(config.peer_tls.is_some(), "mutual TLS")
-            );
-            info!(
-                "KV server listening on {} ({})",
-                config.kv_addr,
-                match &config.kv_tls {
-                    Some(kv) => tls(
-                        true,
-                        if kv.requires_client_certificate() {
-                            "TLS, client certificates required"
-                        } else {
-                            "TLS"
-                        }
-                    ),
-                    None => "plaintext",
+            let peer = match &config.peer_tls {
+                Some(_) => "mutual TLS",
+                None => "plaintext",
+            };
+            info!("Raft server listening on {} ({peer})", config.raft_addr);
+            let kv = match &config.kv_tls {
+                Some(tls) if tls.requires_client_certificate() => {
+                    "TLS, client certificates required"
                 }
-            );
+                Some(_) => "TLS",
+                None => "plaintext",
+            };
+            info!("KV server listening on {} ({kv})", config.kv_addr);
         });
 
         if config.unsafe_local_reads || config.unsafe_no_fsync {

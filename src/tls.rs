@@ -96,7 +96,7 @@ impl KeyedCertificate {
                     "{} with {}: unusable as a TLS identity ({})",
                     cert.display(),
                     key.display(),
-                    error_chain(&e)
+                    crate::error::with_sources(&e, e.to_string())
                 ))
             })?;
         Ok(keyed)
@@ -118,17 +118,6 @@ fn warn_if_expired(der: &[u8], path: &Path) {
             );
         }
     }
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// A CA's certificates (PEM), checked to parse.

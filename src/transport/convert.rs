@@ -71,24 +71,14 @@ pub fn status_to_error(status: &Status) -> Error {
             .map(str::to_string)
     };
     let class = metadata(ERROR_KEY).unwrap_or_default();
-    let mut message = status.message().to_string();
-    // A transport failure says what failed only in its sources ("transport
-    // error" alone hides a refused certificate, say).
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
-    while let Some(error) = source {
-        let text = error.to_string();
-        if !message.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = error.source();
-    }
+    // A transport failure says what failed only in its sources.
+    let message = crate::error::with_sources(status, status.message().to_string());
     if let Some(error) = error_of_class(&class, message.clone(), metadata(LEADER_KEY)) {
         return error;
     }
     if status.code() == Code::InvalidArgument {
         Error::InvalidArgument(message)
-    } else if is_connect_failure(status) {
+    } else if is_connect_failure(status.code(), &message) {
         Error::Unavailable(format!("cannot connect: {message}"))
     } else {
         Error::Indeterminate(format!("{:?}: {message}", status.code()))
@@ -118,18 +108,13 @@ pub fn error_from_proto(error: proto::KvError) -> Error {
     error_of_class(&error.class, error.message, leader).unwrap_or(Error::Indeterminate(unknown))
 }
 
-/// Whether the request certainly never left: the connection could not be made.
-fn is_connect_failure(status: &Status) -> bool {
-    if status.code() != Code::Unavailable {
+/// Whether the request certainly never left: the connection could not be
+/// made (`message`: the status's, with its sources).
+fn is_connect_failure(code: Code, message: &str) -> bool {
+    if code != Code::Unavailable {
         return false;
     }
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
-    let mut text = status.message().to_lowercase();
-    while let Some(error) = source {
-        text.push(' ');
-        text.push_str(&error.to_string().to_lowercase());
-        source = error.source();
-    }
+    let text = message.to_lowercase();
     text.contains("connect") && !text.contains("connection reset") && !text.contains("closed")
 }
 

@@ -599,7 +599,7 @@ impl BatchBudget {
         }
     }
 
-    pub fn held(&self) -> usize {
+    fn held(&self) -> usize {
         self.held.load(Ordering::SeqCst)
     }
 

@@ -491,24 +491,25 @@ async fn run_node(args: NodeArgs) -> Result<()> {
         ),
         _ => None,
     };
-    for (addr, is_tls, flags) in [
-        (&args.kv_addr, config.kv_tls.is_some(), "--cert and --key"),
+    for (addr, is_tls, flags, also) in [
+        (
+            &args.kv_addr,
+            config.kv_tls.is_some(),
+            "--cert and --key",
+            "",
+        ),
         (
             &args.raft_addr,
             config.peer_tls.is_some(),
             "--peer-cert, --peer-key and --peer-cacert",
+            " and take part in the cluster's consensus",
         ),
     ] {
         if !is_tls && !args.insecure && !lattice::tls::is_loopback(addr) {
             bail!(
                 "refusing to listen in plaintext on {addr}, which is not a loopback address: \
-                 anyone who reaches it could read and write every key{}. Give {flags} \
-                 (`lattice cert` makes a development CA), or --insecure to accept that",
-                if std::ptr::eq(addr, &args.raft_addr) {
-                    " and take part in the cluster's consensus"
-                } else {
-                    ""
-                }
+                 anyone who reaches it could read and write every key{also}. Give {flags} \
+                 (`lattice cert` makes a development CA), or --insecure to accept that"
             );
         }
     }
