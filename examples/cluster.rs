@@ -1,5 +1,5 @@
-//! The cluster demo (see `../shared/seed/EXAMPLES.md` in the project's shared
-//! folder): real Lattice nodes on localhost (three, as `node_configs` lists
+//! The cluster demo (its user document is `examples/EXAMPLES.md`, in this
+//! repository): real Lattice nodes on localhost (three, as `node_configs` lists
 //! them) talking gRPC, electing a leader, and serving PUT / GET / DELETE /
 //! CAS through consensus.
 //!

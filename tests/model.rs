@@ -2,7 +2,9 @@
 //! with stateright: every interleaving up to a bound, where the Jepsen
 //! simulation samples some.
 //!
-//! - `cargo test --test model` runs the bounded check (counts printed).
+//! - `cargo test --test model` runs the quick bounded check (counts printed;
+//!   about 25 s and 1.5 GB); `LATTICE_MODEL=full` runs CI's bounds (about 4
+//!   minutes and 8 GB).
 //! - `cargo test --features planted-bugs --test model -- --nocapture` also
 //!   runs the planted-bug catalogue against the model: each bug that lives in
 //!   the core or in the `Ready` contract must be caught, and its shortest
@@ -101,7 +103,7 @@ struct Bounds {
 }
 
 impl Bounds {
-    /// The run inside `cargo test`.
+    /// `LATTICE_MODEL=full` (CI): 18 steps; 20 with PreVote and CheckQuorum.
     fn bounded() -> Bounds {
         Bounds {
             terms: 3,
@@ -120,6 +122,16 @@ impl Bounds {
         }
     }
 
+    /// The run inside a plain `cargo test`, sized for a laptop (about 25 s
+    /// and 1.5 GB on two cores): 15 steps; 22 with PreVote and CheckQuorum,
+    /// with 2 messages in flight instead of 3.
+    fn quick() -> Bounds {
+        Bounds {
+            depth: 15,
+            ..Bounds::bounded()
+        }
+    }
+
     /// `scripts/model-check.sh`: deeper.
     fn deep() -> Bounds {
         Bounds {
@@ -133,21 +145,26 @@ impl Bounds {
     /// (PreVote, CheckQuorum, a transfer), at the bounds `LATTICE_MODEL`
     /// names; `LATTICE_MODEL_CONFIG=base|liveness` picks one.
     fn from_env() -> Vec<Bounds> {
-        let deep = std::env::var("LATTICE_MODEL").as_deref() == Ok("deep");
-        let base = if deep {
-            Bounds::deep()
-        } else {
-            Bounds::bounded()
+        let level = std::env::var("LATTICE_MODEL").unwrap_or_default();
+        let base = match level.as_str() {
+            "deep" => Bounds::deep(),
+            "full" => Bounds::bounded(),
+            "" | "quick" => Bounds::quick(),
+            other => panic!("LATTICE_MODEL={other}: expected quick (the default), full or deep"),
         };
+        let is_quick = base.depth < Bounds::bounded().depth;
         // Elections take a pre-vote round more: deeper, without the
-        // crashes, snapshots and reads the base run covers.
+        // crashes, snapshots and reads the base run covers. Two leaders in
+        // one run take 20 steps here: the quick run reaches them (and 22)
+        // with 2 messages in flight.
         let liveness = Bounds {
             transfers: 1,
             liveness: true,
             crashes: 0,
             snapshots: 0,
             reads: 0,
-            depth: base.depth + 2,
+            depth: if is_quick { 22 } else { base.depth + 2 },
+            in_flight: if is_quick { 2 } else { base.in_flight },
             ..base
         };
         // Membership: a learner beside two voters, and two changes

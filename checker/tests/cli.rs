@@ -14,7 +14,7 @@ fn run(args: &[&str]) -> (i32, String) {
 
 fn corpus(file: &str) -> String {
     format!(
-        "{}/../../shared/data/porcupine/{file}",
+        "{}/tests/data/porcupine/{file}",
         env!("CARGO_MANIFEST_DIR")
     )
 }

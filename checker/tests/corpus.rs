@@ -1,4 +1,4 @@
-//! The external corpus (Porcupine's test data, `shared/data/porcupine`): every
+//! The external corpus (Porcupine's test data, `tests/data/porcupine`): every
 //! history parses to exactly the counts `expected.tsv` lists, and every verdict
 //! agrees with the expected one.
 
@@ -12,7 +12,7 @@ fn corpus() -> PathBuf {
     let dir = std::env::var_os("LATTICE_PORCUPINE_DATA")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/porcupine")
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/porcupine")
         });
     assert!(
         dir.join("expected.tsv").exists(),

@@ -38,7 +38,8 @@ generate): --seeds N histories of 3,000 operations (4 keys, 8 clients) and one
 of 100,000 (100 keys, 20 clients), each also with one stale read; prints
 parse and search time apart, and peak memory. --write DIR also writes the
 crash-class histories there (to time other checkers on the same files).
-The corpus defaults to ../shared/data/porcupine (from the project root).
+The corpus defaults to checker/tests/data/porcupine (Porcupine's test data,
+kept in the repository with its licence).
 
 generate: writes a generated history (JSON Lines) to standard output,
 linearizable by construction; --stale makes one read return an overwritten
@@ -424,7 +425,7 @@ fn timed_check_with(model: &KvModel, history: &History, options: &CheckOptions) 
 }
 
 fn bench(args: &[String]) -> ExitCode {
-    let mut corpus = PathBuf::from("../shared/data/porcupine");
+    let mut corpus = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/porcupine"));
     let mut runs = 5usize;
     let mut crash_seeds = 5u64;
     let mut write_dir: Option<PathBuf> = None;
