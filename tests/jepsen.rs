@@ -2496,6 +2496,15 @@ fn jepsen_seeds() {
             runs.len()
         );
     }
+    let is_default_variant = variant.bug.is_none()
+        && !variant.liveness_off
+        && !variant.unsafe_options.local_reads
+        && !variant.unsafe_options.no_fsync;
+    let digests_differ = if is_default_variant {
+        compare_recorded_digests(&runs)
+    } else {
+        Vec::new()
+    };
     println!("violations: {} seed(s)", failed.len());
     for run in &failed {
         report_failure(run);
@@ -2505,6 +2514,13 @@ fn jepsen_seeds() {
         "{} of {} seeds failed (see above)",
         failed.len(),
         runs.len()
+    );
+    assert!(
+        digests_differ.is_empty(),
+        "seeds gave histories other than the recorded ones: {}\n\
+         a change meant to keep behaviour broke it; a change meant to alter it \
+         re-records RECORDED_DIGESTS (LATTICE_DIGESTS=print prints the table)",
+        digests_differ.join("; ")
     );
     assert!(
         ok > 100 * runs.len(),
@@ -2571,6 +2587,63 @@ fn jepsen_seeds() {
             stats.snapshots_installed
         );
     }
+}
+
+/// FNV-1a (64 bits) of a seed's history: a fingerprint of everything the
+/// clients saw, in order, with simulated times.
+fn history_digest(history: &str) -> u64 {
+    history.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The history digests of seeds 1-16 in the default variant, recorded at
+/// 3fc8dfd before the architecture work of issue 27 (which must change no
+/// behaviour): `jepsen_seeds` fails when one of these seeds gives another
+/// history. A change that means to alter behaviour re-records the table:
+/// `LATTICE_DIGESTS=print cargo test --test jepsen -- jepsen_seeds --nocapture`.
+const RECORDED_DIGESTS: [(u64, u64); 16] = [
+    (1, 0x184d1cbb633216fe),
+    (2, 0x6ea67cbcfa7e71ac),
+    (3, 0xbd88866197c591e9),
+    (4, 0xf6fecca9b24b22de),
+    (5, 0x06d0f62f11debbdc),
+    (6, 0xecda0849e1d40b25),
+    (7, 0x1435eace56c7943f),
+    (8, 0xabe03fa2c5de037f),
+    (9, 0xc7212532ac539cb5),
+    (10, 0x52a0a39cf7786d49),
+    (11, 0xfc0d3383b481c563),
+    (12, 0x1aed4ea8c30bf115),
+    (13, 0x6ae9c3cacd3814a0),
+    (14, 0x7880c24a9e218342),
+    (15, 0xe1e4ab444c53e2d2),
+    (16, 0x3ce9338f2c0b2fd3),
+];
+
+/// The seeds of `runs` whose history differs from the recorded digest, as
+/// "seed N: recorded R, now D".
+fn compare_recorded_digests(runs: &[SeedRun]) -> Vec<String> {
+    let is_printing = std::env::var("LATTICE_DIGESTS").as_deref() == Ok("print");
+    if is_printing {
+        println!("recorded digests (seed, FNV-1a of the history):");
+    }
+    let mut differ = Vec::new();
+    for run in runs {
+        let digest = history_digest(&run.history_jsonl);
+        if is_printing {
+            println!("    ({}, 0x{digest:016x}),", run.seed);
+        }
+        let recorded = RECORDED_DIGESTS.iter().find(|(seed, _)| *seed == run.seed);
+        if let Some(&(seed, recorded)) = recorded {
+            if recorded != digest && !is_printing {
+                differ.push(format!(
+                    "seed {seed}: recorded 0x{recorded:016x}, now 0x{digest:016x}"
+                ));
+            }
+        }
+    }
+    differ
 }
 
 #[test]
