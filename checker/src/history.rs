@@ -24,6 +24,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::model::{KvInput, KvOp, KvOutput};
+pub use crate::operation::{Completion, Operation};
 use crate::{Error, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,34 +49,6 @@ pub struct Event {
     pub value: Value,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time: Option<u64>,
-}
-
-/// How an operation ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Completion {
-    Ok,
-    /// Certainly took no effect (a failed compare-and-swap is `Ok` with
-    /// "not swapped" instead: a definite outcome the checker verifies).
-    Fail,
-    /// Unknown: may have taken effect any time after its invocation, or never.
-    Info,
-}
-
-/// An invocation paired with its completion.
-#[derive(Clone, Debug)]
-pub struct Operation<I, O> {
-    pub process: u64,
-    pub input: I,
-    /// `None` when the outcome is unknown (and for definite failures).
-    pub output: Option<O>,
-    pub completion: Completion,
-    /// Position of the invocation among the history's events.
-    pub call: u64,
-    /// Position of the completion; `u64::MAX` if unknown (info).
-    pub ret: u64,
-    /// The line numbers (1-based) of the invocation and completion.
-    pub call_line: usize,
-    pub ret_line: Option<usize>,
 }
 
 /// A parsed history: its operations and what was counted on the way.

@@ -4,6 +4,8 @@
 //! The crate map:
 //! - [`history`]: the JSON Lines history format (a contract), events, and the
 //!   pairing of events into operations; [`recorder`] writes it as clients run.
+//! - [`operation`]: an invocation paired with its completion, generic over the
+//!   model's input and output (below both `history` and `model`).
 //! - [`jepsen`]: parsers for Jepsen's etcd register logs and EDN KV histories.
 //! - [`model`]: the [`Model`] trait, the KV / register model, and (feature
 //!   `stateright`) an adapter for any stateright `SequentialSpec`.
@@ -19,6 +21,7 @@ pub mod generate;
 pub mod history;
 pub mod jepsen;
 pub mod model;
+pub mod operation;
 pub mod recorder;
 pub mod report;
 pub mod search;

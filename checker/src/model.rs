@@ -7,7 +7,7 @@
 use std::fmt::Debug;
 use std::hash::Hash;
 
-use crate::history::Operation;
+use crate::operation::{Completion, Operation};
 
 /// A sequential specification.
 pub trait Model: Sync {
@@ -422,7 +422,7 @@ impl Model for KvModel {
             for (i, seen_by) in proven {
                 let op = &mut ops[i];
                 op.ret = seen_by;
-                op.completion = crate::history::Completion::Ok;
+                op.completion = Completion::Ok;
                 if let KvOp::Cas { expected, .. } = &op.input.op {
                     op.output = Some(KvOutput::Cas(true));
                     if let Some(s) = expected.as_deref().and_then(|e| values.get_mut(e)) {

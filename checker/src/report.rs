@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
-use crate::history::{Completion, Operation};
+use crate::operation::{Completion, Operation};
 use crate::model::Model;
 use crate::search::{Outcome, PartitionReport, Verdict};
 

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::history::{Completion, Operation};
+use crate::operation::{Completion, Operation};
 use crate::model::Model;
 
 #[derive(Clone, Debug)]
