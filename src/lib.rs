@@ -7,11 +7,14 @@
 //!   the CRC-checked file WAL, an in-memory store.
 //! - [`kv`]: the replicated state machine (put, get, delete, compare-and-swap)
 //!   and the client sessions that make retries apply at most once.
+//! - [`mailbox`]: the driver's vocabulary (its inputs, its status, the
+//!   request helpers), imported by the transport, the metrics and the driver.
 //! - [`transport`]: the gRPC services (Raft peers, KV clients) on tonic, and the
 //!   [`transport::Transport`] seam (bind / accept / connect) that lets the same
 //!   code run over real TCP or a simulated network.
 //! - [`server`]: the driver: one task owns a raft core, ticks it, persists,
-//!   sends, applies and answers clients. [`server::Node`] starts one node.
+//!   sends, applies and answers clients, one file per concern.
+//!   [`server::Node`] starts one node.
 //! - [`planted`]: the catalogue of classic bugs the test suite must catch,
 //!   compiled in only with the `planted-bugs` feature (tests).
 //! - [`metrics`]: `/metrics` (Prometheus) and `/health` for operators.
@@ -25,6 +28,7 @@
 pub mod client;
 mod error;
 pub mod kv;
+pub mod mailbox;
 pub mod metrics;
 #[cfg(test)]
 mod mutate;

@@ -23,8 +23,8 @@ use prometheus::{
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::mailbox::Status;
 use crate::raft::{NodeId, Role};
-use crate::server::Status;
 
 /// `/health` fails when the state machine is further behind the commit
 /// index than this (etcd's check compares the same two indexes).

@@ -9,7 +9,7 @@
 //! runs a whole cluster on one thread, so seeds running side by side on
 //! other threads are not affected.
 //!
-//! `tests/jepsen.rs` (`planted_bugs_are_caught`) runs the default seeds with
+//! `tests/jepsen/catalogue.rs` (`planted_bugs_are_caught`) runs the default seeds with
 //! each bug planted in turn and fails unless every one is caught;
 //! `tests/README.md` has the table of what caught each, and when.
 

@@ -534,7 +534,7 @@ async fn clients_find_the_leader_and_bad_requests_fail_cleanly() -> Result<()> {
 
         // A message over the operation limit ends its stream, nothing done.
         let too_many = BatchRequest {
-            requests: (0..=lattice::transport::service::BATCH_OPERATIONS_MAX as u64)
+            requests: (0..=lattice::transport::limits::BATCH_OPERATIONS_MAX as u64)
                 .map(|id| KvRequest {
                     id,
                     operation: Some(Operation::Get(GetRequest {

@@ -13,7 +13,7 @@
 //!
 //! # The model
 //! Three nodes, each a real `Raft` plus the driver's duties from `Ready`
-//! split into steps (as `src/server.rs` does them): a `Ready`'s writes go to
+//! split into steps (as `src/server/driver.rs` does them): a `Ready`'s writes go to
 //! a per-node disk queue; a step `sync` makes the oldest write durable, calls
 //! `Raft::persisted` and releases the messages held for it. Answers to peers
 //! and the messages of a `Ready` that changed term or vote wait for the
@@ -560,9 +560,11 @@ impl RaftModel {
     fn process_ready(&self, state: &mut State, n: usize, answer: Option<Envelope>) {
         let node = &mut state.nodes[n];
         let ready = node.raft.ready();
-        let is_sent_now = ready.hard_state.is_none() && node.raft.role() == Role::Leader;
         let mut held: Vec<Envelope> = answer.into_iter().collect();
-        for (to, message) in ready.messages {
+        // The core says which messages may leave before the write.
+        let sent_now = ready.messages.len();
+        let messages = ready.messages.into_iter().chain(ready.persisted_messages);
+        for (position, (to, message)) in messages.enumerate() {
             let payload = match message {
                 // The driver streams its durable snapshot.
                 Message::InstallSnapshot(m) => {
@@ -576,7 +578,7 @@ impl RaftModel {
                 to: index_of(to),
                 payload,
             };
-            if is_sent_now {
+            if position < sent_now {
                 state.network.push(envelope);
             } else {
                 held.push(envelope);

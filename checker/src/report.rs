@@ -5,8 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
-use crate::operation::{Completion, Operation};
 use crate::model::Model;
+use crate::operation::{Completion, Operation};
 use crate::search::{Outcome, PartitionReport, Verdict};
 
 /// Operations drawn at most in one timeline; a larger partition is shown

@@ -23,8 +23,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::operation::{Completion, Operation};
 use crate::model::Model;
+use crate::operation::{Completion, Operation};
 
 #[derive(Clone, Debug)]
 pub struct CheckOptions {

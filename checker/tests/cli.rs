@@ -13,10 +13,7 @@ fn run(args: &[&str]) -> (i32, String) {
 }
 
 fn corpus(file: &str) -> String {
-    format!(
-        "{}/tests/data/porcupine/{file}",
-        env!("CARGO_MANIFEST_DIR")
-    )
+    format!("{}/tests/data/porcupine/{file}", env!("CARGO_MANIFEST_DIR"))
 }
 
 #[test]

@@ -11,9 +11,7 @@ use checker::{jepsen, KvModel};
 fn corpus() -> PathBuf {
     let dir = std::env::var_os("LATTICE_PORCUPINE_DATA")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/porcupine")
-        });
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/porcupine"));
     assert!(
         dir.join("expected.tsv").exists(),
         "the corpus is missing at {} (set LATTICE_PORCUPINE_DATA)",

@@ -24,7 +24,7 @@ use crate::proto::kv_client::KvClient;
 use crate::proto::kv_request::Operation;
 use crate::proto::kv_response::Result as Answer;
 use crate::proto::{self};
-use crate::transport::service::{BATCH_OPERATIONS_MAX, KV_MESSAGE_BYTES_MAX};
+use crate::transport::limits::{BATCH_OPERATIONS_MAX, KV_MESSAGE_BYTES_MAX};
 use crate::transport::{error_from_proto, status_to_error};
 use crate::Error;
 

@@ -2,6 +2,19 @@
 //! async and no clock. The driver (`crate::server`) feeds it inputs and carries
 //! out what it asks for.
 //!
+//! # Files
+//! - `node.rs`: [`Raft`], the roles and every input (`tick`, the
+//!   `handle_*` methods, `propose`, `read_index`), and [`Ready`], which
+//!   says what to persist, what may be sent now and what only once the
+//!   write is durable, and what to apply.
+//! - `tracker.rs`: what a node tracks of the others (each follower's
+//!   progress, the votes granted); `progress.rs`: one follower's progress.
+//! - `quorum.rs`: majority questions as plain functions (the commit index,
+//!   a confirmed read round, a won election), with table tests.
+//! - `read_only.rs`: ReadIndex rounds and the reads waiting on them.
+//! - `log.rs`: the in-memory log view; `membership.rs`: configurations and
+//!   single-server changes; `message.rs`: every message between peers.
+//!
 //! # The protocol (Ongaro & Ousterhout, "In Search of an Understandable
 //! # Consensus Algorithm", 2014; section numbers refer to it)
 //!
@@ -132,6 +145,9 @@ mod membership;
 mod message;
 mod node;
 mod progress;
+mod quorum;
+mod read_only;
+mod tracker;
 
 pub use log::RaftLog;
 pub use membership::{ConfChange, ConfChangeRejected, Member, Membership, CONFIG_ENTRY_MARKER};

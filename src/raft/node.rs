@@ -2,7 +2,7 @@
 //! `read_index`, `transfer_leadership`; then `ready` hands the driver what to
 //! persist, send and apply, and `advance` tells the core it was done.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::BTreeSet;
 use std::hash::{Hash, Hasher};
 
 use rand::rngs::StdRng;
@@ -11,6 +11,8 @@ use tracing::{debug, info, warn};
 
 use super::membership::{ConfChange, ConfChangeRejected, Membership};
 use super::progress::{Progress, ProgressState};
+use super::read_only::ReadOnly;
+use super::tracker::Tracker;
 use super::{
     AppendEntries, AppendEntriesResponse, Entry, HardState, InstallSnapshot, LogIndex, Message,
     NodeId, RaftLog, RequestVote, RequestVoteResponse, SnapshotMeta, Term, TimeoutNow,
@@ -137,14 +139,6 @@ pub struct ReadState {
     pub index: LogIndex,
 }
 
-#[derive(Clone, Debug, Hash)]
-struct PendingRead {
-    context: u64,
-    index: LogIndex,
-    /// The heartbeat round whose majority acknowledgement confirms this read.
-    round: u64,
-}
-
 /// What the driver must do with a `Ready`. Storage may work in the
 /// background (etcd's asynchronous storage writes): the core hands each entry
 /// to storage once and learns what is durable from [`Raft::persisted`].
@@ -155,13 +149,17 @@ struct PendingRead {
 ///    the snapshot's last entry, and the state machine is reset from it
 ///    (at once: it is committed). Storage first truncates any stored suffix
 ///    from `entries[0].index`.
-/// 2. `messages`: if `hard_state` is `None` and this node leads, send them at
-///    once (a leader's own copy need not be durable before its followers
-///    get the entries, thesis 10.2.1: the core counts it only once
-///    persisted). Otherwise hold them until this write is durable. Answers
-///    to peer requests (`handle_request_vote`, `handle_append_entries`) are
-///    held until the first write handed out after they were made (and so
-///    every write before it) is durable.
+/// 2. Send `messages` at once. Hold `persisted_messages` until this write
+///    is durable. The core sorts them: a leader's messages of a `Ready`
+///    that changes no term or vote go at once (its own copy of the entries
+///    need not be durable before its followers get them, thesis 10.2.1:
+///    the core counts it only once persisted); every other message (a
+///    candidate's RequestVote, anything in a `Ready` that raises the term
+///    or casts a vote, anything a node that does not lead sends) depends
+///    on the write. Answers to peer requests
+///    (`handle_request_vote`, `handle_append_entries`) are held until the
+///    first write handed out after they were made (and so every write
+///    before it) is durable.
 /// 3. Apply `committed` in order (committed means durable on a majority, so
 ///    this node's own copy need not be durable yet); serve `read_states`
 ///    once applied; fail the reads in `reads_dropped`.
@@ -172,7 +170,11 @@ pub struct Ready {
     pub hard_state: Option<HardState>,
     pub snapshot: Option<SnapshotMeta>,
     pub entries: Vec<Entry>,
+    /// May leave now, before this `Ready`'s write is durable.
     pub messages: Vec<(NodeId, Message)>,
+    /// May leave only once this `Ready`'s write (and every earlier one) is
+    /// durable.
+    pub persisted_messages: Vec<(NodeId, Message)>,
     pub committed: Vec<Entry>,
     pub read_states: Vec<ReadState>,
     pub reads_dropped: Vec<u64>,
@@ -209,14 +211,10 @@ pub struct Raft {
     election_elapsed_ticks: u32,
     election_timeout_ticks: u32,
     heartbeat_elapsed_ticks: u32,
-    /// Candidate: who granted its vote this term (self included).
-    votes_granted: BTreeSet<NodeId>,
-    /// Leader: each follower's replication state.
-    progress: BTreeMap<NodeId, Progress>,
-    /// Leader: the current ReadIndex round, carried by every AppendEntries.
-    read_round: u64,
-    is_read_round_wanted: bool,
-    pending_reads: VecDeque<PendingRead>,
+    /// Each follower's progress (leader) and the votes granted (candidate).
+    tracker: Tracker,
+    /// Leader: ReadIndex rounds and the reads waiting on them.
+    read_only: ReadOnly,
     /// Leader: new entries were proposed; send them at the next `ready`.
     is_broadcast_wanted: bool,
     messages: Vec<(NodeId, Message)>,
@@ -311,11 +309,8 @@ impl Raft {
             election_elapsed_ticks: 0,
             election_timeout_ticks: 0,
             heartbeat_elapsed_ticks: 0,
-            votes_granted: BTreeSet::new(),
-            progress: BTreeMap::new(),
-            read_round: 0,
-            is_read_round_wanted: false,
-            pending_reads: VecDeque::new(),
+            tracker: Tracker::default(),
+            read_only: ReadOnly::default(),
             is_broadcast_wanted: false,
             messages: Vec::new(),
             read_states: Vec::new(),
@@ -455,19 +450,18 @@ impl Raft {
         self.applied.hash(state);
         self.snapshot.hash(state);
         self.snapshot_accepted.hash(state);
-        let mut votes: Vec<NodeId> = self.votes_granted.iter().copied().map(rename).collect();
+        let mut votes: Vec<NodeId> = self.tracker.votes.iter().copied().map(rename).collect();
         votes.sort_unstable();
         votes.hash(state);
         let mut progress: Vec<(NodeId, &Progress)> = self
+            .tracker
             .progress
             .iter()
             .map(|(&peer, progress)| (rename(peer), progress))
             .collect();
         progress.sort_unstable_by_key(|&(peer, _)| peer);
         progress.hash(state);
-        self.read_round.hash(state);
-        self.is_read_round_wanted.hash(state);
-        self.pending_reads.hash(state);
+        self.read_only.hash(state);
         self.is_broadcast_wanted.hash(state);
         let mut messages: Vec<(NodeId, Message)> = self
             .messages
@@ -527,6 +521,7 @@ impl Raft {
             let index = self.membership_index();
             let is_committed = index <= self.log.commit();
             let leaving: Vec<(NodeId, bool)> = self
+                .tracker
                 .progress
                 .iter()
                 .filter(|(peer, _)| !peers.contains(peer))
@@ -556,9 +551,10 @@ impl Raft {
             let next = self.log.last_index().next();
             let inflight_max = self.config.inflight_appends_max;
             let peers = &self.peers;
-            self.progress.retain(|peer, _| peers.contains(peer));
+            self.tracker.progress.retain(|peer, _| peers.contains(peer));
             for &peer in &self.peers {
-                self.progress
+                self.tracker
+                    .progress
                     .entry(peer)
                     .or_insert_with(|| Progress::new(next, inflight_max));
             }
@@ -641,9 +637,14 @@ impl Raft {
         let active = usize::from(self.is_voter())
             + self
                 .voter_peers()
-                .filter(|peer| self.progress.get(peer).is_some_and(|p| p.recent_active))
+                .filter(|peer| {
+                    self.tracker
+                        .progress
+                        .get(peer)
+                        .is_some_and(|p| p.recent_active)
+                })
                 .count();
-        for progress in self.progress.values_mut() {
+        for progress in self.tracker.progress.values_mut() {
             progress.was_active = progress.recent_active;
             progress.recent_active = false;
         }
@@ -684,10 +685,10 @@ impl Raft {
         self.role = Role::PreCandidate;
         self.leader = None;
         self.drop_leader_state();
-        self.votes_granted = BTreeSet::from([self.config.id]);
+        self.tracker.votes = BTreeSet::from([self.config.id]);
         self.reset_election_timer();
         info!(term = self.term.0, "election timeout: asking for pre-votes");
-        if self.votes_granted.len() >= self.quorum() {
+        if self.tracker.is_vote_won(self.quorum()) {
             self.campaign(false);
             return;
         }
@@ -711,12 +712,12 @@ impl Raft {
         self.leader = None;
         self.drop_leader_state();
         if !is_planted(Bug::PreVotesCountedInElection) {
-            self.votes_granted.clear();
+            self.tracker.votes.clear();
         }
-        self.votes_granted.insert(self.config.id);
+        self.tracker.votes.insert(self.config.id);
         self.reset_election_timer();
         info!(term = self.term.0, transfer, "campaigning");
-        if self.votes_granted.len() >= self.quorum() {
+        if self.tracker.is_vote_won(self.quorum()) {
             self.become_leader();
             return;
         }
@@ -802,7 +803,7 @@ impl Raft {
         self.election_elapsed_ticks = 0;
         let next = self.log.last_index().next();
         let inflight_max = self.config.inflight_appends_max;
-        self.progress = self
+        self.tracker.progress = self
             .peers
             .iter()
             .map(|&peer| (peer, Progress::new(next, inflight_max)))
@@ -824,12 +825,10 @@ impl Raft {
 
     /// Forgets what only a leader keeps; reads waiting on a round are dropped.
     fn drop_leader_state(&mut self) {
-        self.progress.clear();
+        self.tracker.progress.clear();
         self.transfer_target = None;
         self.is_broadcast_wanted = false;
-        self.is_read_round_wanted = false;
-        self.reads_dropped
-            .extend(self.pending_reads.drain(..).map(|r| r.context));
+        self.read_only.drop_all(&mut self.reads_dropped);
     }
 
     // ------------------------------------------------------------ voting
@@ -946,8 +945,8 @@ impl Raft {
             );
             return;
         }
-        self.votes_granted.insert(from);
-        if self.votes_granted.len() >= self.quorum() {
+        self.tracker.votes.insert(from);
+        if self.tracker.is_vote_won(self.quorum()) {
             if self.role == Role::PreCandidate {
                 self.campaign(false);
             } else {
@@ -1187,7 +1186,7 @@ impl Raft {
             return;
         }
         let last_index = self.log.last_index();
-        let Some(progress) = self.progress.get_mut(&from) else {
+        let Some(progress) = self.tracker.progress.get_mut(&from) else {
             warn!(
                 from = from.0,
                 "AppendEntries response from a node that is not a peer: ignored"
@@ -1197,7 +1196,7 @@ impl Raft {
         // Any answer in our term proves `from` accepted us as leader then.
         progress.read_round_acked = progress
             .read_round_acked
-            .max(response.read_round.min(self.read_round));
+            .max(response.read_round.min(self.read_only.round()));
         progress.recent_active = true;
         if progress.snapshot_pending().is_some()
             && (!response.success || response.match_index < self.log.offset().index)
@@ -1268,7 +1267,7 @@ impl Raft {
     /// A snapshot being sent is not affected: it has its own report,
     /// [`Raft::report_snapshot_failed`].
     pub fn report_unreachable(&mut self, peer: NodeId) {
-        if let Some(progress) = self.progress.get_mut(&peer) {
+        if let Some(progress) = self.tracker.progress.get_mut(&peer) {
             if progress.state == ProgressState::Replicate {
                 let next = progress.match_index.next();
                 progress.probe_from(next);
@@ -1282,7 +1281,7 @@ impl Raft {
     /// connections was otherwise sent snapshots as fast as the leader had
     /// reasons to send (thousands a second under writes, seen live).
     pub fn report_snapshot_failed(&mut self, peer: NodeId) {
-        if let Some(progress) = self.progress.get_mut(&peer) {
+        if let Some(progress) = self.tracker.progress.get_mut(&peer) {
             if progress.snapshot_pending().is_some() {
                 let next = progress.match_index.next();
                 progress.probe_from(next);
@@ -1295,7 +1294,7 @@ impl Raft {
     /// whether a message was queued.
     fn send_append(&mut self, peer: NodeId) -> bool {
         let last_index = self.log.last_index();
-        let Some(progress) = self.progress.get_mut(&peer) else {
+        let Some(progress) = self.tracker.progress.get_mut(&peer) else {
             return false;
         };
         if progress.is_paused() {
@@ -1324,7 +1323,7 @@ impl Raft {
                 Message::InstallSnapshot(InstallSnapshot {
                     term: self.term,
                     leader: self.config.id,
-                    read_round: self.read_round,
+                    read_round: self.read_only.round(),
                 }),
             ));
             return true;
@@ -1346,7 +1345,7 @@ impl Raft {
                 prev_log_term: prev_term,
                 entries,
                 leader_commit: self.log.commit(),
-                read_round: self.read_round,
+                read_round: self.read_only.round(),
             }),
         ));
         true
@@ -1356,7 +1355,7 @@ impl Raft {
     /// always succeeds on a healthy follower (or, if that was compacted away,
     /// at the compaction point).
     fn send_heartbeat(&mut self, peer: NodeId) {
-        let Some(progress) = self.progress.get(&peer) else {
+        let Some(progress) = self.tracker.progress.get(&peer) else {
             return;
         };
         let prev = progress.match_index.max(self.log.offset().index);
@@ -1373,14 +1372,14 @@ impl Raft {
                 prev_log_term: prev_term,
                 entries: Vec::new(),
                 leader_commit: self.log.commit(),
-                read_round: self.read_round,
+                read_round: self.read_only.round(),
             }),
         ));
     }
 
     fn broadcast_heartbeat(&mut self) {
         for peer in self.peers.clone() {
-            if let Some(progress) = self.progress.get_mut(&peer) {
+            if let Some(progress) = self.tracker.progress.get_mut(&peer) {
                 progress.heartbeat();
             }
             if !self.send_append(peer) {
@@ -1414,6 +1413,7 @@ impl Raft {
             // The most up-to-date voter heard from lately (the lowest id
             // among equals): a crashed one may still show a full match.
             None => match self
+                .tracker
                 .progress
                 .iter()
                 .filter(|(&peer, p)| membership.is_voter(peer) && (p.recent_active || p.was_active))
@@ -1451,7 +1451,7 @@ impl Raft {
         let Some(target) = self.transfer_target else {
             return;
         };
-        let Some(progress) = self.progress.get(&target) else {
+        let Some(progress) = self.tracker.progress.get(&target) else {
             return;
         };
         if progress.match_index == self.log.last_index() {
@@ -1523,7 +1523,7 @@ impl Raft {
     /// after: the driver compacts storage to the same point.
     pub fn compact(&mut self, keep: u64) -> LogIndex {
         let mut to = LogIndex(self.snapshot.index.0.saturating_sub(keep));
-        for progress in self.progress.values() {
+        for progress in self.tracker.progress.values() {
             if let Some(pending) = progress.snapshot_pending() {
                 to = to.min(pending);
             }
@@ -1556,21 +1556,11 @@ impl Raft {
         };
         let membership = self.membership();
         let is_learner_counted = is_planted(Bug::LearnerCountedInCommit);
-        let mut matched: Vec<LogIndex> = self
-            .peers
-            .iter()
-            .filter(|&&peer| {
-                membership.is_voter(peer) || (is_learner_counted && membership.is_learner(peer))
-            })
-            .map(|peer| {
-                self.progress
-                    .get(peer)
-                    .map_or(LogIndex(0), |p| p.match_index)
-            })
-            .chain(self.is_voter().then_some(own))
-            .collect();
-        matched.sort_unstable_by(|a, b| b.cmp(a));
-        let Some(&candidate) = matched.get(self.quorum() - 1) else {
+        let counted = self.peers.iter().copied().filter(|&peer| {
+            membership.is_voter(peer) || (is_learner_counted && membership.is_learner(peer))
+        });
+        let own = self.is_voter().then_some(own);
+        let Some(candidate) = self.tracker.committed_index(counted, own, self.quorum()) else {
             return false;
         };
         if candidate > self.log.commit()
@@ -1599,6 +1589,7 @@ impl Raft {
         let last = self.log.last_index();
         let membership = self.membership();
         let successor = self
+            .tracker
             .progress
             .iter()
             .filter(|(&peer, p)| membership.is_voter(peer) && p.match_index == last)
@@ -1687,7 +1678,7 @@ impl Raft {
         }
         let membership = self.membership().changed(change)?;
         if let ConfChange::Promote(id) = change {
-            let matched = self.progress.get(id).map_or(0, |p| p.match_index.0);
+            let matched = self.tracker.progress.get(id).map_or(0, |p| p.match_index.0);
             let leader = self.log.last_index().0;
             if matched.saturating_mul(10) < leader.saturating_mul(9) {
                 return Err(ConfChangeRejected::LearnerBehind {
@@ -1743,41 +1734,20 @@ impl Raft {
             self.read_states.push(ReadState { context, index });
             return Ok(());
         }
-        self.pending_reads.push_back(PendingRead {
-            context,
-            index,
-            round: self.read_round + 1,
-        });
-        self.is_read_round_wanted = true;
+        self.read_only.add(context, index);
         Ok(())
     }
 
     /// Releases every read whose round a majority (counting us) acknowledged.
     fn release_reads(&mut self) {
-        let Some(front) = self.pending_reads.front() else {
-            return;
-        };
-        let mut acked: Vec<u64> = self
-            .voter_peers()
-            .map(|peer| self.progress.get(&peer).map_or(0, |p| p.read_round_acked))
-            .chain(self.is_voter().then_some(u64::MAX))
-            .collect();
-        acked.sort_unstable_by(|a, b| b.cmp(a));
-        let Some(&confirmed) = acked.get(self.quorum() - 1) else {
-            return;
-        };
-        if front.round > confirmed {
+        if !self.read_only.has_pending() {
             return;
         }
-        while let Some(read) = self.pending_reads.front() {
-            if read.round > confirmed {
-                break;
-            }
-            let read = self.pending_reads.pop_front().expect("front exists");
-            self.read_states.push(ReadState {
-                context: read.context,
-                index: read.index,
-            });
+        let confirmed =
+            self.tracker
+                .read_round_confirmed(self.voter_peers(), self.is_voter(), self.quorum());
+        if let Some(confirmed) = confirmed {
+            self.read_only.release(confirmed, &mut self.read_states);
         }
     }
 
@@ -1795,17 +1765,10 @@ impl Raft {
             || self.is_read_round_startable()
     }
 
-    /// Reads wait for a round, and none is in flight. One round at a time:
-    /// the reads that arrive while a round is out all share the next one, so
-    /// a heavy read load costs one heartbeat per peer per round trip, not one
-    /// per driver batch. A lost round is retried by the periodic heartbeat,
-    /// which carries the current round.
+    /// A leader whose reads wait for a round, none in flight (see
+    /// [`ReadOnly::is_round_startable`]).
     fn is_read_round_startable(&self) -> bool {
-        let is_in_flight = self
-            .pending_reads
-            .front()
-            .is_some_and(|read| read.round <= self.read_round);
-        self.role == Role::Leader && self.is_read_round_wanted && !is_in_flight
+        self.role == Role::Leader && self.read_only.is_round_startable()
     }
 
     /// Hands out what to persist, send and apply (see [`Ready`]); each entry
@@ -1815,7 +1778,7 @@ impl Raft {
         if self.role == Role::Leader {
             let mut is_sent = BTreeSet::new();
             if is_read_round_starting {
-                self.read_round += 1;
+                self.read_only.start_round();
             }
             if self.is_broadcast_wanted {
                 for peer in self.peers.clone() {
@@ -1834,7 +1797,7 @@ impl Raft {
         }
         self.is_broadcast_wanted = false;
         if is_read_round_starting || self.role != Role::Leader {
-            self.is_read_round_wanted = false;
+            self.read_only.clear_wanted();
         }
 
         let hard_state = self.hard_state();
@@ -1849,11 +1812,21 @@ impl Raft {
         self.applied = commit;
         let hard_state_changed = (hard_state != self.hard_state_handed).then_some(hard_state);
         self.hard_state_handed = hard_state;
+        // The sending rule (see `Ready`): only a leader's messages that
+        // depend on no new term or vote may leave before the write.
+        let messages = std::mem::take(&mut self.messages);
+        let (messages, persisted_messages) =
+            if hard_state_changed.is_none() && self.role == Role::Leader {
+                (messages, Vec::new())
+            } else {
+                (Vec::new(), messages)
+            };
         Ready {
             hard_state: hard_state_changed,
             snapshot: self.snapshot_accepted.take(),
             entries: self.log.take_unpersisted(),
-            messages: std::mem::take(&mut self.messages),
+            messages,
+            persisted_messages,
             committed,
             read_states: std::mem::take(&mut self.read_states),
             reads_dropped: std::mem::take(&mut self.reads_dropped),

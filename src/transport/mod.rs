@@ -7,6 +7,7 @@
 //! [`Transport::connect`].
 
 mod convert;
+pub mod limits;
 pub(crate) mod peer;
 pub mod service;
 

@@ -20,13 +20,13 @@ use tonic::{Status, Streaming};
 use tracing::{info, warn, Instrument, Span};
 
 use super::convert::*;
-use super::service::RAFT_MESSAGE_BYTES_MAX;
+use super::limits::{removed_message, RAFT_MESSAGE_BYTES_MAX};
+use crate::mailbox::{Input, PeerConfig};
 use crate::metrics::Metrics;
 use crate::planted::{is_planted, Bug};
 use crate::proto::raft_client::RaftClient;
 use crate::proto::{self};
 use crate::raft::{InstallSnapshot, Message, NodeId};
-use crate::server::{Input, PeerConfig};
 use crate::storage::snapshot::CHUNK_BYTES;
 use crate::storage::SnapshotStore;
 
@@ -555,10 +555,4 @@ fn check_sender(expected: NodeId, actual: u64) -> Result<(), Status> {
         )));
     }
     Ok(())
-}
-
-/// How a node refuses a message from a node whose removal it applied; the
-/// sender recognises it (`PermissionDenied` with this message) and stops.
-pub(crate) fn removed_message(node: NodeId) -> String {
-    format!("node {node} was removed from the cluster")
 }

@@ -14,39 +14,18 @@ use tonic::{Request, Response, Status};
 use tracing::{warn, Instrument, Span};
 
 use super::convert::*;
+use super::limits::*;
 use super::{error_to_proto, error_to_status, Listener};
 use crate::kv::{self, Command, Operation, Outcome};
+use crate::mailbox::{Input, MemberRole, Members, Status as NodeStatus};
 use crate::proto::admin_server::{Admin, AdminServer};
 use crate::proto::kv_server::{Kv, KvServer};
 use crate::proto::raft_server::{Raft, RaftServer};
 use crate::proto::{self};
 use crate::raft::{ConfChange, InstallSnapshot, NodeId, Role, Term};
-use crate::server::{Input, MemberRole, Members, Status as NodeStatus};
 use crate::storage::SnapshotFile;
 use crate::tls::{PeerIdentity, ServerTls};
 use crate::{Error, Result};
-
-/// Largest peer message: a batch of entries (`append_bytes_max`) plus one
-/// maximal entry and framing.
-pub const RAFT_MESSAGE_BYTES_MAX: usize = 16 << 20;
-/// Terms beyond this are refused: no real cluster gets near it, and a forged
-/// one could otherwise overflow the term counter.
-pub const TERM_MAX: u64 = 1 << 62;
-
-/// Largest snapshot a follower accepts (it is held in memory while it
-/// arrives).
-pub const SNAPSHOT_BYTES_MAX: u64 = 4 << 30;
-
-/// Largest client message: a compare-and-swap with two maximal values.
-pub const KV_MESSAGE_BYTES_MAX: usize =
-    2 * kv::VALUE_BYTES_MAX + 2 * kv::KEY_BYTES_MAX + (64 << 10);
-
-/// Calls and streams one connection may have open at once: HTTP/2 refuses
-/// more streams, and more calls in progress wait. With a `Batch` stream's
-/// own bound ([`BATCH_PENDING_MAX`] operations), a connection has at most
-/// `64 * 4096` operations in progress; the node-wide [`BatchBudget`] bounds
-/// their bytes.
-pub const CALLS_PER_CONNECTION_MAX: usize = 64;
 
 /// The server of one port: HTTP/2 keepalive, a cap on calls per connection,
 /// and TLS when configured. Fails (naming the reason) if rustls refuses the
@@ -323,7 +302,7 @@ impl RaftService {
                 from,
                 "Raft message from a node removed from the cluster: rejected"
             );
-            return Err(Status::permission_denied(super::peer::removed_message(
+            return Err(Status::permission_denied(super::limits::removed_message(
                 NodeId(from),
             )));
         }
@@ -538,17 +517,6 @@ struct KvService {
     shutdown: watch::Receiver<bool>,
 }
 
-/// Operations one `Batch` message may carry; more ends the stream.
-pub const BATCH_OPERATIONS_MAX: usize = 1024;
-/// Operations a `Batch` stream may have in progress or answered and unsent,
-/// and the bytes of the requests in progress and of the answers unsent: the
-/// stream is read only while a whole message more fits under both (else
-/// HTTP/2 flow control pushes back on the client). Reads already in progress
-/// when the bytes run out still land their answers, so a client that asks
-/// for many large values and never reads can make a stream hold up to
-/// `BATCH_PENDING_MAX` of them; the node-wide [`BatchBudget`] stops every
-/// stream from reading more while the node holds too much.
-pub const BATCH_PENDING_MAX: usize = 4 * BATCH_OPERATIONS_MAX;
 const BATCH_PENDING_BYTES_MAX: usize = 4 * KV_MESSAGE_BYTES_MAX;
 /// One answer message's bytes, beyond its first answer (which always fits:
 /// no answer is larger than a request can be).
@@ -1079,7 +1047,7 @@ impl AdminService {
         change: ConfChange,
     ) -> Result<Response<proto::MemberListResponse>, Status> {
         let result =
-            crate::server::change_membership(&self.inbox, change, self.config.request_timeout)
+            crate::mailbox::change_membership(&self.inbox, change, self.config.request_timeout)
                 .await;
         unary(result.map(members_response))
     }
@@ -1145,7 +1113,7 @@ impl Admin for AdminService {
         _request: Request<proto::MemberListRequest>,
     ) -> Result<Response<proto::MemberListResponse>, Status> {
         unary(
-            crate::server::members(&self.inbox)
+            crate::mailbox::members(&self.inbox)
                 .await
                 .map(members_response),
         )
@@ -1187,7 +1155,7 @@ impl Admin for AdminService {
     ) -> Result<Response<proto::MoveLeaderResponse>, Status> {
         let target = request.into_inner().target;
         let target = (target != 0).then_some(NodeId(target));
-        let result = crate::server::transfer_leadership(
+        let result = crate::mailbox::transfer_leadership(
             self.config.id,
             &self.inbox,
             self.config.status.clone(),
