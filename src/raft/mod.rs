@@ -81,7 +81,7 @@
 //! an election timeout steps down (its clients go elsewhere), and every node
 //! keeps a *vote lease*: having heard from a live leader within the minimum
 //! election timeout, it ignores (pre-)votes. The known deadlocks of the
-//! pair, each a rule test in `tests.rs`:
+//! pair, each a rule test in `tests/liveness.rs`:
 //! - a pre-candidate forgets its leader, or two followers of a dead leader
 //!   refuse each other's pre-votes forever (etcd PR #8334);
 //! - a pre-vote rejection carries the receiver's term, so a longer log on a

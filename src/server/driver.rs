@@ -1,7 +1,7 @@
 //! The driver loop: one task owns the raft core. It ticks it, feeds it what
 //! arrives in the inbox (peer messages, client requests, the disk task's
 //! reports), and carries out each `Ready` in the order the core states:
-//! hand the write to the disk task, send what may leave now, hold the rest
+//! send what may leave now, hand the write to the disk task, hold the rest
 //! until the disk says it is durable, apply and answer. The parts it hands
 //! off live beside it: `apply` (proposals and their answers), `reads`
 //! (linearizable reads), `membership` (configuration changes and peer
@@ -336,8 +336,9 @@ impl Driver {
         }
     }
 
-    /// Carries out one `Ready` (see [`Ready`] for the order): hand the write
-    /// to the disk task, send or hold messages and answers, apply, answer.
+    /// Carries out one `Ready` (see [`Ready`] for the order): send what may
+    /// leave now, hand the write to the disk task, hold the other messages
+    /// and the answers until it is durable, apply, answer.
     /// Fails only if the disk task has stopped.
     async fn process_ready(&mut self) -> std::result::Result<(), ()> {
         let mut ready: Ready = self.raft.ready();

@@ -165,7 +165,11 @@ struct Machines {
 }
 
 /// Why a simulation stopped early, and what it found on the way.
-struct Simulated {
+struct Simulated<'a> {
+    /// The simulation, kept until the seed's checks are done (as before the
+    /// split: tearing its hosts down first could record a panic against
+    /// this seed); `None` if a panic left it half torn down (leaked).
+    sim: Option<turmoil::Sim<'a>>,
     failures: Vec<String>,
     panic_at: Option<Duration>,
     is_restart_refused: bool,
@@ -225,7 +229,8 @@ fn run_seed_planted(seed: u64, variant: Variant) -> SeedRun {
         controls: &machines.controls,
         stopped: &machines.stopped,
     };
-    let simulated = simulate(sim, &mut controller, &nemesis, &observer);
+    let mut simulated = simulate(sim, &mut controller, &nemesis, &observer);
+    let simulated_world = simulated.sim.take();
     let panics = panics::take_panics();
     let is_asserted = !panics.is_empty();
     let is_cut_short = observer.has_violations() || is_asserted;
@@ -323,6 +328,7 @@ fn run_seed_planted(seed: u64, variant: Variant) -> SeedRun {
     if !run.failures.is_empty() {
         write_artifacts(&run, &history, &verdict);
     }
+    drop(simulated_world);
     run
 }
 
@@ -490,12 +496,12 @@ fn start_machines(
 
 /// Steps the simulation, with the nemesis acting as time passes, until the
 /// end, a white-box violation, or a node's panic.
-fn simulate(
-    mut sim: turmoil::Sim<'_>,
+fn simulate<'a>(
+    mut sim: turmoil::Sim<'a>,
     controller: &mut Controller,
     nemesis: &Nemesis<'_>,
     observer: &WhiteBoxObserver,
-) -> Simulated {
+) -> Simulated<'a> {
     let mut failures = Vec::new();
     let mut panic_at = None;
     let mut is_restart_refused = false;
@@ -528,11 +534,17 @@ fn simulate(
                 // Its hosts may be half torn down: leak it rather than run
                 // their destructors outside the simulation.
                 std::mem::forget(sim);
-                break;
+                return Simulated {
+                    sim: None,
+                    failures,
+                    panic_at,
+                    is_restart_refused,
+                };
             }
         }
     }
     Simulated {
+        sim: Some(sim),
         failures,
         panic_at,
         is_restart_refused,
