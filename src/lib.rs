@@ -15,6 +15,8 @@
 //! - [`server`]: the driver: one task owns a raft core, ticks it, persists,
 //!   sends, applies and answers clients, one file per concern.
 //!   [`server::Node`] starts one node.
+//! - [`probe`]: coverage markers on rare paths (`probe!`), counted by the
+//!   simulation with the `probes` feature, nothing without it.
 //! - [`planted`]: the catalogue of classic bugs the test suite must catch,
 //!   compiled in only with the `planted-bugs` feature (tests).
 //! - [`metrics`]: `/metrics` (Prometheus) and `/health` for operators.
@@ -33,6 +35,7 @@ pub mod metrics;
 #[cfg(test)]
 mod mutate;
 pub mod planted;
+pub mod probe;
 pub mod raft;
 pub mod server;
 pub mod storage;

@@ -97,10 +97,24 @@ pub enum Bug {
     /// readable until power is lost, so a process restarted on the same
     /// kernel votes and acknowledges with entries its disk does not hold.
     RecoveredLogNotResynced,
+    /// A leader counts any answer of its term toward a read round, also one
+    /// sent before the round began (even before the read arrived): a late
+    /// answer from before a partition confirms a read after it, and a
+    /// deposed leader serves stale reads.
+    ReadConfirmedByEarlierAnswers,
+    /// Snapshot data leaves the session table out: a node that restarts from
+    /// a snapshot, or installs one, forgets which writes it applied, and a
+    /// retried write applies twice.
+    SessionsLeftOutOfSnapshot,
+    /// A read is served once its round is confirmed, before the state
+    /// machine has applied up to its read index. Harmless while the driver
+    /// applies synchronously (it always has by then); a live bug the day
+    /// applying moves to its own task.
+    ReadServedBeforeApplied,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 24] = [
+    pub const ALL: [Bug; 27] = [
         Bug::ReadWithoutQuorumRound,
         Bug::ReadBeforeOwnTermCommit,
         Bug::CommitOlderTermByCounting,
@@ -125,6 +139,9 @@ impl Bug {
         Bug::RemovedNodeIgnoresRefusal,
         Bug::FsyncRetriedAfterError,
         Bug::RecoveredLogNotResynced,
+        Bug::ReadConfirmedByEarlierAnswers,
+        Bug::SessionsLeftOutOfSnapshot,
+        Bug::ReadServedBeforeApplied,
     ];
 }
 

@@ -1503,6 +1503,11 @@ fn check_configuration(bounds: Bounds) {
 /// would stop finding it). Not here:
 /// - `RetriedWriteAppliedTwice` lives in the KV state machine, which the
 ///   model leaves out;
+/// - `SessionsLeftOutOfSnapshot` lives in the KV state machine and
+///   `ReadServedBeforeApplied` in the driver, outside the model;
+///   `ReadConfirmedByEarlierAnswers` is not tried here yet (its
+///   counterexample needs two leaders, a write the second commits and a
+///   late answer to the first);
 /// - `CommitPastVerifiedMatch` needs a follower holding a stale entry past
 ///   an index the leader has verified, with the leader's commit beyond it:
 ///   no path within 3 terms, 1 proposal, 1 duplicate and 32 steps (3

@@ -214,6 +214,31 @@ pub struct KvStore {
     /// or deleted since count). What a read may answer, for the KV port's
     /// budget of answers held.
     value_bytes_bound: usize,
+    /// The index this store was restored at from a snapshot (0: it was
+    /// not): a retry answered from a session no newer than it is answered
+    /// from restored state (a coverage marker; not part of the state).
+    #[cfg_attr(not(feature = "probes"), allow(dead_code))]
+    restored_index: LogIndex,
+    /// The session table's digest, kept as rows come and go: the wrapping
+    /// sum of each row's hash (`session_row_hash`), so equal tables have
+    /// equal digests whatever their history. Nodes at the same applied
+    /// index must agree on it (the simulation checks that they do).
+    sessions_digest: u64,
+}
+
+/// One session row's part of [`KvStore::sessions_digest`]: its client,
+/// sequence number, command and index, mixed (splitmix64's finalizer).
+fn session_row_hash(client_id: u64, session: &Session) -> u64 {
+    let mix = |mut x: u64| {
+        x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        x ^ (x >> 31)
+    };
+    let row = mix(client_id)
+        ^ mix(session.sequence.rotate_left(17))
+        ^ mix(u64::from(session.command_crc).rotate_left(41))
+        ^ mix(session.last_index.0.rotate_left(5) ^ 0x5E55_1045);
+    mix(row)
 }
 
 impl KvStore {
@@ -256,6 +281,13 @@ impl KvStore {
     }
 
     /// A checksum of the whole map, equal on nodes that applied the same log.
+    /// A digest of the session table (see the field): equal on nodes that
+    /// applied the same commands, so a table lost or changed in a snapshot
+    /// shows at the next index compared.
+    pub fn sessions_digest(&self) -> u64 {
+        self.sessions_digest
+    }
+
     pub fn digest(&self) -> u32 {
         let mut hasher = crc32fast::Hasher::new();
         for (key, value) in &self.data {
@@ -323,6 +355,11 @@ impl KvStore {
                         command.client_id, command.sequence
                     )));
                 }
+                crate::probe!(RetryAnsweredFromSession);
+                crate::probe!(
+                    RetryAnsweredFromRestoredSession,
+                    if session.last_index <= self.restored_index
+                );
                 return Some(session.outcome.clone());
             }
             if command.sequence < session.sequence {
@@ -382,16 +419,20 @@ impl KvStore {
         outcome: Outcome,
         index: LogIndex,
     ) {
-        if let Some(old) = self.sessions.insert(
-            client_id,
-            Session {
-                sequence,
-                command_crc,
-                outcome,
-                last_index: index,
-            },
-        ) {
+        let session = Session {
+            sequence,
+            command_crc,
+            outcome,
+            last_index: index,
+        };
+        self.sessions_digest = self
+            .sessions_digest
+            .wrapping_add(session_row_hash(client_id, &session));
+        if let Some(old) = self.sessions.insert(client_id, session) {
             self.sessions_by_index.remove(&old.last_index);
+            self.sessions_digest = self
+                .sessions_digest
+                .wrapping_sub(session_row_hash(client_id, &old));
         }
         self.sessions_by_index.insert(index, client_id);
         while self.sessions.len() > SESSIONS_MAX {
@@ -401,7 +442,11 @@ impl KvStore {
                 .map(|(index, client)| (index, client))
                 .expect("the index holds one row per session");
             self.sessions_by_index.remove(&index);
-            self.sessions.remove(&oldest);
+            if let Some(evicted) = self.sessions.remove(&oldest) {
+                self.sessions_digest = self
+                    .sessions_digest
+                    .wrapping_sub(session_row_hash(oldest, &evicted));
+            }
         }
     }
 }
@@ -435,8 +480,11 @@ impl KvStore {
             write_bytes(out, key)?;
             write_bytes(out, value)?;
         }
-        out.write_all(&(self.sessions.len() as u64).to_le_bytes())?;
-        for (client_id, session) in &self.sessions {
+        // Planted: the table left out (the snapshot says it had none).
+        let is_left_out = is_planted(Bug::SessionsLeftOutOfSnapshot);
+        let sessions = if is_left_out { 0 } else { self.sessions.len() };
+        out.write_all(&(sessions as u64).to_le_bytes())?;
+        for (client_id, session) in self.sessions.iter().filter(|_| !is_left_out) {
             out.write_all(&client_id.to_le_bytes())?;
             out.write_all(&session.sequence.to_le_bytes())?;
             out.write_all(&session.command_crc.to_le_bytes())?;
@@ -464,9 +512,11 @@ impl KvStore {
     /// a panic and never a partial store.
     pub fn restore(data: &[u8]) -> Result<KvStore> {
         let mut reader = SnapshotData { data, at: 0 };
+        let applied = LogIndex(reader.u64()?);
         let mut store = KvStore {
-            applied: LogIndex(reader.u64()?),
+            applied,
             applied_term: Term(reader.u64()?),
+            restored_index: applied,
             ..KvStore::default()
         };
         let keys = reader.u64()?;
@@ -510,15 +560,16 @@ impl KvStore {
             {
                 return Err(reader.bad("two sessions with one last index"));
             }
-            store.sessions.insert(
-                client_id,
-                Session {
-                    sequence,
-                    command_crc,
-                    outcome,
-                    last_index,
-                },
-            );
+            let session = Session {
+                sequence,
+                command_crc,
+                outcome,
+                last_index,
+            };
+            store.sessions_digest = store
+                .sessions_digest
+                .wrapping_add(session_row_hash(client_id, &session));
+            store.sessions.insert(client_id, session);
         }
         if store.sessions.len() as u64 != sessions || store.data.len() as u64 != keys {
             return Err(reader.bad("duplicate keys or sessions"));
@@ -808,6 +859,32 @@ mod tests {
         );
         assert!(log.store.sessions.contains_key(&(SESSIONS_MAX as u64 + 10)));
         assert_eq!(log.store.sessions_by_index.len(), SESSIONS_MAX);
+    }
+
+    /// The session digest kept as rows come, change and go (evictions
+    /// included) equals the one a restore computes from the rows alone, and
+    /// tells tables apart.
+    #[test]
+    fn the_session_digest_follows_the_table() {
+        let mut log = Log::new();
+        let empty = log.store.sessions_digest();
+        for client in 1..=(SESSIONS_MAX as u64 + 10) {
+            log.apply(client, 1, put("k", "v"));
+        }
+        log.apply(SESSIONS_MAX as u64 + 10, 2, put("k", "w"));
+        let mut data = Vec::new();
+        log.store.write_snapshot(&mut data).expect("write");
+        let restored = KvStore::restore(&data).expect("restore");
+        assert_eq!(restored.sessions_digest(), log.store.sessions_digest());
+        assert_ne!(log.store.sessions_digest(), empty);
+        let before = log.store.sessions_digest();
+        let outcome = log.apply(SESSIONS_MAX as u64 + 100, 1, put("k", "x"));
+        assert_ne!(
+            log.store.sessions_digest(),
+            before,
+            "a new row changes it: {outcome:?}, {} rows",
+            log.store.sessions.len()
+        );
     }
 
     #[test]

@@ -595,6 +595,7 @@ impl Raft {
                             target = self.transfer_target.map_or(0, |t| t.0),
                             "leadership transfer timed out: aborted, taking proposals again"
                         );
+                        crate::probe!(TransferAborted);
                         self.transfer_target = None;
                     }
                 }
@@ -658,6 +659,7 @@ impl Raft {
                 quorum = self.quorum(),
                 "CheckQuorum: a majority has not answered within an election timeout: stepping down"
             );
+            crate::probe!(CheckQuorumStepDown);
             self.become_follower(self.term, None);
         }
     }
@@ -851,6 +853,7 @@ impl Raft {
                 pre_vote = request.pre_vote,
                 "vote requested while a leader is live: ignored (vote lease)"
             );
+            crate::probe!(VoteIgnoredInLease);
             return reject(self.term);
         }
         if request.pre_vote {
@@ -860,6 +863,7 @@ impl Raft {
             // longer log on a lower term and a shorter one on a higher term
             // refuse each other forever).
             let granted = request.term > self.term && self.is_log_up_to_date(&request);
+            crate::probe!(PreVoteRefused, if !granted);
             debug!(
                 candidate = request.candidate.0,
                 term = request.term.0,
@@ -936,6 +940,7 @@ impl Raft {
                 && (response.term == self.term || is_planted(Bug::StaleVoteCounted))
         };
         if !is_counted {
+            crate::probe!(StaleVoteResponseIgnored);
             return;
         }
         if from == self.config.id || !self.membership().is_voter(from) {
@@ -970,6 +975,7 @@ impl Raft {
             rejected_index: request.prev_log_index,
         };
         if request.term < self.term {
+            crate::probe!(StaleAppendEntriesRefused);
             return response;
         }
         if request.term == self.term && self.role == Role::Leader {
@@ -1062,6 +1068,7 @@ impl Raft {
         }
         let is_older = snapshot.index <= self.log.commit();
         if is_older && !is_planted(Bug::InstallSnapshotOlderThanCommit) {
+            crate::probe!(SnapshotOlderThanCommitRefused);
             debug!(
                 index = snapshot.index.0,
                 commit = self.log.commit().0,
@@ -1084,6 +1091,14 @@ impl Raft {
             term = snapshot.term.0,
             commit = self.log.commit().0,
             "installing the leader's snapshot"
+        );
+        crate::probe!(
+            SnapshotInstalledKeepingLog,
+            if self.log.term(snapshot.index) == Some(snapshot.term)
+        );
+        crate::probe!(
+            SnapshotInstalledReplacingLog,
+            if self.log.term(snapshot.index) != Some(snapshot.term)
         );
         self.log.install(snapshot);
         let log = &self.log;
@@ -1194,9 +1209,20 @@ impl Raft {
             return;
         };
         // Any answer in our term proves `from` accepted us as leader then.
-        progress.read_round_acked = progress
-            .read_round_acked
-            .max(response.read_round.min(self.read_only.round()));
+        crate::probe!(
+            ReadRoundAnswerOutdated,
+            if self
+                .read_only
+                .oldest_waiting_round()
+                .is_some_and(|round| response.read_round < round)
+        );
+        progress.read_round_acked = if is_planted(Bug::ReadConfirmedByEarlierAnswers) {
+            self.read_only.round()
+        } else {
+            progress
+                .read_round_acked
+                .max(response.read_round.min(self.read_only.round()))
+        };
         progress.recent_active = true;
         if progress.snapshot_pending().is_some()
             && (!response.success || response.match_index < self.log.offset().index)
@@ -1459,6 +1485,7 @@ impl Raft {
                 target = target.0,
                 "transfer target is up to date: TimeoutNow"
             );
+            crate::probe!(TransferTimeoutNowSent);
             self.messages.push((
                 target,
                 Message::TimeoutNow(TimeoutNow {
@@ -1486,6 +1513,7 @@ impl Raft {
                 term = request.term.0,
                 "TimeoutNow from a node that is not my current leader: ignored"
             );
+            crate::probe!(TimeoutNowIgnored);
             return;
         }
         if (self.log.last_index(), self.log.last_term())
@@ -1495,6 +1523,7 @@ impl Raft {
                 from = request.leader.0,
                 "TimeoutNow for a log other than mine (a late one): ignored"
             );
+            crate::probe!(TimeoutNowIgnored);
             return;
         }
         info!(
@@ -1502,6 +1531,7 @@ impl Raft {
             term = self.term.0,
             "leadership handed to me: campaigning"
         );
+        crate::probe!(TransferTargetCampaigned);
         self.campaign(true);
     }
 

@@ -76,11 +76,19 @@ impl ReadOnly {
                 break;
             }
             let read = self.pending.pop_front().expect("front exists");
+            crate::probe!(ReadConfirmedByRound);
             out.push(ReadState {
                 context: read.context,
                 index: read.index,
             });
         }
+    }
+
+    /// The round the oldest waiting read needs (a coverage marker's
+    /// condition: an answer of an older round cannot confirm it).
+    #[cfg_attr(not(feature = "probes"), allow(dead_code))]
+    pub(super) fn oldest_waiting_round(&self) -> Option<u64> {
+        self.pending.front().map(|read| read.round)
     }
 
     pub(super) fn has_pending(&self) -> bool {
@@ -90,6 +98,7 @@ impl ReadOnly {
     /// The node stops leading: no round is wanted, and every waiting read's
     /// context goes to `dropped`.
     pub(super) fn drop_all(&mut self, dropped: &mut Vec<u64>) {
+        crate::probe!(ReadsDroppedOnStepDown, if !self.pending.is_empty());
         self.is_round_wanted = false;
         dropped.extend(self.pending.drain(..).map(|r| r.context));
     }

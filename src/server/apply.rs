@@ -61,6 +61,9 @@ impl Driver {
             let outcome = self.kv.apply(&entry);
             if let Some(observer) = &self.observer {
                 observer.0.applied(self.raft.id(), &entry);
+                observer
+                    .0
+                    .sessions_at(self.raft.id(), entry.index, self.kv.sessions_digest());
             }
             if let Some(waiter) = self.conf_changes.remove(&entry.index) {
                 let answer = if waiter.term == entry.term {

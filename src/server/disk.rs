@@ -126,7 +126,9 @@ async fn write_batch(
         compact = compact.max(write.compact);
         if let Some(entry) = write.entries.last() {
             let started = Instant::now();
-            storage.append(&write.entries)?;
+            let appended = storage.append(&write.entries);
+            crate::probe!(StorageWriteFailed, if appended.is_err());
+            appended?;
             metrics.wal_append.observe(started.elapsed().as_secs_f64());
             last = Some((entry.index, entry.term));
         }
@@ -142,6 +144,7 @@ async fn write_batch(
             if synced.is_err() && is_planted(Bug::FsyncRetriedAfterError) {
                 synced = storage.sync();
             }
+            crate::probe!(StorageSyncFailed, if synced.is_err());
             synced?;
             metrics.wal_fsync.observe(started.elapsed().as_secs_f64());
         }

@@ -430,7 +430,12 @@ impl Driver {
                             response.match_index,
                         );
                     }
-                    let _ = reply.send(response);
+                    let term = response.term;
+                    // Only an answer that reached the service (not the void
+                    // a chaos copy is answered into) can reach the leader.
+                    if let (Ok(()), Some(observer)) = (reply.send(response), &self.observer) {
+                        observer.0.answered_leader(self.raft.id(), term);
+                    }
                 }
                 Held::Messages(messages) => self.send(messages),
             }

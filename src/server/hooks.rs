@@ -60,6 +60,19 @@ pub trait Observer: Send + Sync {
     /// The node's answer acknowledging its log up to `match_index` to the
     /// leader of `term` left it (the entries are durable).
     fn acknowledged(&self, _node: NodeId, _term: Term, _match_index: LogIndex) {}
+    /// The node's answer to an AppendEntries or InstallSnapshot of the
+    /// leader of `term` left it (accepting or not: any answer of the term
+    /// tells that leader it still leads).
+    fn answered_leader(&self, _node: NodeId, _term: Term) {}
+    /// As leader of `term` the node started the linearizable read
+    /// `context` (its ReadIndex round is to come).
+    fn read_started(&self, _node: NodeId, _term: Term, _context: u64) {}
+    /// It served that read, confirmed.
+    fn read_served(&self, _node: NodeId, _term: Term, _context: u64) {}
+    /// The digest of the node's session table once it is at `index` (after
+    /// applying the entry there, restoring a snapshot there, or installing
+    /// one).
+    fn sessions_at(&self, _node: NodeId, _index: LogIndex, _digest: u64) {}
 }
 
 /// An [`Observer`] in a [`NodeConfig`].

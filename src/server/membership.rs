@@ -182,6 +182,18 @@ impl Driver {
                     .insert(index, ConfChangeWaiter { term, reply });
             }
             Err(rejected) => {
+                match rejected {
+                    Rejected::NotLeader(_) => crate::probe!(ConfChangeRefusedNotLeader),
+                    Rejected::ChangePending => crate::probe!(ConfChangeRefusedChangePending),
+                    Rejected::NotReady => crate::probe!(ConfChangeRefusedBeforeOwnTermCommit),
+                    Rejected::TransferInProgress => {
+                        crate::probe!(ConfChangeRefusedDuringTransfer)
+                    }
+                    Rejected::LearnerBehind { .. } => crate::probe!(ConfChangeRefusedLearnerBehind),
+                    Rejected::IdTaken(_) | Rejected::UnknownNode(_) | Rejected::Invalid(_) => {
+                        crate::probe!(ConfChangeRefusedInvalid)
+                    }
+                }
                 let error = match rejected {
                     Rejected::NotLeader(_) => self.not_leader(),
                     Rejected::ChangePending

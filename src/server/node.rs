@@ -114,6 +114,11 @@ impl Node {
             observer
                 .0
                 .log_recovered(config.id, snapshot, &recovered.entries);
+            if snapshot.index.0 > 0 {
+                observer
+                    .0
+                    .sessions_at(config.id, snapshot.index, kv.sessions_digest());
+            }
         }
         span.in_scope(|| {
             info!(

@@ -6,12 +6,17 @@ use tokio::sync::oneshot;
 
 use super::driver::Driver;
 use crate::mailbox::ReadValue;
-use crate::raft::{self, ReadState};
+use crate::planted::{is_planted, Bug};
+use crate::raft::{self, ReadState, Term};
 use crate::{Error, Result};
 
 pub(super) struct PendingRead {
     pub(super) key: Vec<u8>,
     pub(super) reply: oneshot::Sender<Result<ReadValue>>,
+    /// The read's ReadIndex context and the term it arrived in (for the
+    /// observer, which checks what confirmed it).
+    pub(super) context: u64,
+    pub(super) term: Term,
 }
 
 impl Driver {
@@ -27,7 +32,19 @@ impl Driver {
         self.read_context_next += 1;
         match self.raft.read_index(context) {
             Ok(()) => {
-                self.reads.insert(context, PendingRead { key, reply });
+                let term = self.raft.term();
+                if let Some(observer) = &self.observer {
+                    observer.0.read_started(self.raft.id(), term, context);
+                }
+                self.reads.insert(
+                    context,
+                    PendingRead {
+                        key,
+                        reply,
+                        context,
+                        term,
+                    },
+                );
             }
             Err(raft::ReadRejected::NotLeader(raft::NotLeader { leader })) => {
                 self.metrics.read_indexes_failed.inc();
@@ -67,10 +84,15 @@ impl Driver {
     pub(super) fn serve_reads(&mut self) {
         let applied = self.kv.applied();
         while let Some(entry) = self.reads_waiting.first_entry() {
-            if *entry.key() > applied {
+            if *entry.key() > applied && !is_planted(Bug::ReadServedBeforeApplied) {
                 break;
             }
             for read in entry.remove() {
+                if let Some(observer) = &self.observer {
+                    observer
+                        .0
+                        .read_served(self.raft.id(), read.term, read.context);
+                }
                 let value = self.kv.get(&read.key).map(<[u8]>::to_vec);
                 let _ = read.reply.send(Ok(ReadValue {
                     value,

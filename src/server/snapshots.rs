@@ -101,6 +101,9 @@ impl Driver {
                 observer
                     .0
                     .snapshot_installed(self.raft.id(), meta, self.kv.digest());
+                observer
+                    .0
+                    .sessions_at(self.raft.id(), meta.index, self.kv.sessions_digest());
             }
         }
         // Answered like an append: it acknowledges up to `match_index`.

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use checker::search::{check, CheckOptions, Outcome};
 use checker::{EventType, KvModel, Recorder};
+use lattice::probe::Probe;
 use lattice::{Node, NodeId};
 use tokio::sync::watch;
 
@@ -64,6 +65,9 @@ pub(crate) struct SeedRun {
     /// Windows the liveness assertions checked: isolated followers (with a
     /// leader at the start), partial partitions.
     pub(crate) liveness_checked: [u64; 2],
+    /// Hits of each coverage marker (`lattice::probe`), in `Probe::ALL`'s
+    /// order.
+    pub(crate) probes: [u64; Probe::ALL.len()],
 }
 
 /// What one fault window did to leadership and availability, from its
@@ -84,6 +88,8 @@ pub(crate) const AFTER_HEAL: Duration = Duration::from_secs(2);
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct RunStats {
     pub(crate) reads_checked: u64,
+    /// Reads served by a leader whose confirmation the white box checked.
+    pub(crate) reads_confirmation_checked: u64,
     pub(crate) messages_delayed: u64,
     pub(crate) messages_duplicated: u64,
     pub(crate) snapshots_taken: u64,
@@ -199,6 +205,7 @@ fn run_seed_planted(seed: u64, variant: Variant) -> SeedRun {
     }
     panics::capture_panics();
     panics::take_panics();
+    lattice::probe::take();
     let faults = schedule(seed);
     let mut sim = turmoil::Builder::new()
         .simulation_duration(WORKLOAD_END + Duration::from_secs(30))
@@ -231,6 +238,7 @@ fn run_seed_planted(seed: u64, variant: Variant) -> SeedRun {
     };
     let mut simulated = simulate(sim, &mut controller, &nemesis, &observer);
     let simulated_world = simulated.sim.take();
+    let probes = lattice::probe::take();
     let panics = panics::take_panics();
     let is_asserted = !panics.is_empty();
     let is_cut_short = observer.has_violations() || is_asserted;
@@ -277,6 +285,7 @@ fn run_seed_planted(seed: u64, variant: Variant) -> SeedRun {
     let chaos_state = chaos.0.lock().expect("chaos");
     let stats = RunStats {
         reads_checked: white_box.reads_checked,
+        reads_confirmation_checked: white_box.reads_confirmation_checked,
         messages_delayed: chaos_state.delayed,
         messages_duplicated: chaos_state.duplicated,
         snapshots_taken: white_box.snapshots_taken,
@@ -324,6 +333,7 @@ fn run_seed_planted(seed: u64, variant: Variant) -> SeedRun {
         windows,
         is_liveness_violated: findings.is_liveness_violated,
         liveness_checked,
+        probes,
     };
     if !run.failures.is_empty() {
         write_artifacts(&run, &history, &verdict);

@@ -1,5 +1,6 @@
 //! The log and what is applied from it: the same entry applied at each
-//! index everywhere (state machine safety), leader completeness as a state
+//! index everywhere (state machine safety), the same session table there
+//! (so no snapshot loses or changes one, and no write applies twice), leader completeness as a state
 //! invariant, a node keeps what it acknowledged for the term (durability),
 //! and a leader commits only entries of its own term (figure 8).
 
@@ -180,5 +181,22 @@ impl WhiteBox {
             }
         }
         self.configs.insert(node, configs);
+    }
+}
+
+/// Every node at `index` has the session table the first one there had: a
+/// snapshot that lost it, or a write applied twice, shows at once.
+pub(super) fn sessions_at(w: &mut WhiteBox, node: NodeId, index: LogIndex, digest: u64) {
+    match w.sessions_at.get(&index) {
+        Some(&(first, by)) if first != digest => {
+            let message = format!(
+                "sessions: node {node}'s session table at index {index} (digest {digest:016x}) differs from node {by}'s there ({first:016x})"
+            );
+            w.violate(message);
+        }
+        Some(_) => {}
+        None => {
+            w.sessions_at.insert(index, (digest, node));
+        }
     }
 }

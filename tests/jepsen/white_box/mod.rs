@@ -1,9 +1,10 @@
 //! The white box: every node reports what it applies, writes, answers and
 //! how its role changes (`lattice::server::Observer`), and the invariants
 //! across nodes are checked as the reports arrive, one file per invariant
-//! family: `elections`, `log` (state machine safety, leader completeness,
-//! durability, the commit rule), `snapshots`, `membership` and `reads` (the
-//! read oracle). A violation records the simulated time it was found.
+//! family: `elections`, `log` (state machine safety, the same session table
+//! at each index, leader completeness, durability, the commit rule),
+//! `snapshots`, `membership` and `reads` (the read oracle, and what confirmed
+//! each read a leader served). A violation records the simulated time it was found.
 
 mod elections;
 mod log;
@@ -76,6 +77,16 @@ pub struct WhiteBox {
     pub elections: Vec<(Duration, Term, NodeId)>,
     /// When some node first reached each higher term.
     pub term_rises: Vec<(Duration, Term)>,
+    /// (leader, term, context) -> when each read it started arrived, and
+    /// the leader's configuration then.
+    pub reads_started: BTreeMap<(NodeId, Term, u64), (Duration, Membership)>,
+    /// (node, term) -> when its last answer to that term's leader left it.
+    pub last_answer: BTreeMap<(NodeId, Term), Duration>,
+    /// Reads whose confirmation the white box checked.
+    pub reads_confirmation_checked: u64,
+    /// Index -> the digest of the session table there, and who reported it
+    /// first: every node at an index must have the same table.
+    pub sessions_at: BTreeMap<LogIndex, (u64, NodeId)>,
 }
 
 impl WhiteBox {
@@ -154,6 +165,22 @@ impl Observer for WhiteBoxObserver {
             term,
             last_index,
         );
+    }
+
+    fn answered_leader(&self, node: NodeId, term: Term) {
+        reads::answered_leader(&mut self.0.lock().expect("white box"), node, term);
+    }
+
+    fn read_started(&self, node: NodeId, term: Term, context: u64) {
+        reads::read_started(&mut self.0.lock().expect("white box"), node, term, context);
+    }
+
+    fn read_served(&self, node: NodeId, term: Term, context: u64) {
+        reads::read_served(&mut self.0.lock().expect("white box"), node, term, context);
+    }
+
+    fn sessions_at(&self, node: NodeId, index: LogIndex, digest: u64) {
+        log::sessions_at(&mut self.0.lock().expect("white box"), node, index, digest);
     }
 
     fn committed(&self, node: NodeId, index: LogIndex, led: Option<Term>) {
