@@ -63,6 +63,10 @@ probes! {
     /// A leader stepped down with reads waiting on a round: they are failed,
     /// never served from a deposed leader's state.
     ReadsDroppedOnStepDown,
+    /// An AppendEntries answer arrived after the leadership it answered
+    /// changed (an older term, or a node no longer leading): it must confirm
+    /// and commit nothing.
+    AnswerAfterLeadershipChange,
     /// A retried write was answered from its client's session instead of
     /// being applied again (at-most-once).
     RetryAnsweredFromSession,

@@ -1198,6 +1198,7 @@ impl Raft {
             return;
         }
         if self.role != Role::Leader || response.term != self.term {
+            crate::probe!(AnswerAfterLeadershipChange);
             return;
         }
         let last_index = self.log.last_index();
