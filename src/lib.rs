@@ -15,7 +15,7 @@
 //! - [`server`]: the driver: one task owns a raft core, ticks it, persists,
 //!   sends, applies and answers clients, one file per concern.
 //!   [`server::Node`] starts one node.
-//! - [`probe`]: coverage markers on rare paths (`probe!`), counted by the
+//! - [`probe`](mod@probe): coverage markers on rare paths (`probe!`), counted by the
 //!   simulation with the `probes` feature, nothing without it.
 //! - [`planted`]: the catalogue of classic bugs the test suite must catch,
 //!   compiled in only with the `planted-bugs` feature (tests).

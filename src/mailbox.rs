@@ -1,4 +1,4 @@
-//! The driver's vocabulary: what its inbox takes ([`Input`]), what it
+//! The driver's vocabulary: what its inbox takes (`Input`), what it
 //! publishes about itself ([`Status`]), the answers it gives, and the
 //! request helpers that send an input and wait for its answer. The
 //! transport (services and peer senders), the metrics and the driver

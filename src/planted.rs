@@ -5,7 +5,7 @@
 //! Without the `planted-bugs` cargo feature (every normal build),
 //! [`is_planted`] is the constant `false` and the compiler removes each
 //! guarded branch: the shipped code has no trace of them. With the feature,
-//! a test plants one bug for the current thread ([`plant`]); the simulation
+//! a test plants one bug for the current thread (`plant`); the simulation
 //! runs a whole cluster on one thread, so seeds running side by side on
 //! other threads are not affected.
 //!

@@ -8,7 +8,7 @@
 //! self`), each mutation with the next sequence number, reused by its retries,
 //! so the cluster applies it at most once. Sessions made with
 //! [`Client::new_session`] share one `Batch` stream per endpoint
-//! ([`batcher`]), so many concurrent sessions cost a few messages, not a
+//! (`batcher`), so many concurrent sessions cost a few messages, not a
 //! gRPC call each.
 
 mod admin;

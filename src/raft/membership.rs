@@ -95,7 +95,7 @@ pub enum ConfChangeRejected {
         leader: u64,
     },
     /// The last voter cannot leave, and no configuration grows past
-    /// [`MEMBERS_MAX`].
+    /// `MEMBERS_MAX`.
     Invalid(String),
 }
 

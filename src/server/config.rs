@@ -84,8 +84,8 @@ pub struct NodeConfig {
     /// writes. Exists so the simulation test can show it catches that.
     pub unsafe_no_fsync: bool,
     /// Serve `/metrics` (Prometheus) and `/health` over HTTP here
-    /// (`host:port`; real TCP only). `None`: not served ([`Node::metrics_text`]
-    /// and [`Node::health`] still answer).
+    /// (`host:port`; real TCP only). `None`: not served ([`Node::metrics_text`](super::Node::metrics_text)
+    /// and [`Node::health`](super::Node::health) still answer).
     pub metrics_addr: Option<String>,
     /// Serve the KV port over TLS (and, with a client CA, ask clients for
     /// certificates). `None`: plaintext.

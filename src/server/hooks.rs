@@ -75,7 +75,7 @@ pub trait Observer: Send + Sync {
     fn sessions_at(&self, _node: NodeId, _index: LogIndex, _digest: u64) {}
 }
 
-/// An [`Observer`] in a [`NodeConfig`].
+/// An [`Observer`] in a [`NodeConfig`](super::NodeConfig).
 #[derive(Clone)]
 pub struct ObserverHandle(pub Arc<dyn Observer>);
 
@@ -122,7 +122,7 @@ pub trait MessageChaos: Send + Sync {
     fn arrived(&self, node: NodeId, message: &PeerMessage) -> ChaosVerdict;
 }
 
-/// A [`MessageChaos`] in a [`NodeConfig`].
+/// A [`MessageChaos`] in a [`NodeConfig`](super::NodeConfig).
 #[derive(Clone)]
 pub struct ChaosHandle(pub Arc<dyn MessageChaos>);
 

@@ -59,7 +59,7 @@ pub(crate) fn error_to_status(error: &Error) -> Status {
     status
 }
 
-/// The inverse of [`error_to_status`]. A status not made by a Lattice node
+/// The inverse of `error_to_status`. A status not made by a Lattice node
 /// (a transport failure, a deadline) comes back as `Indeterminate`, or as
 /// `Unavailable` when the connection was never made.
 pub fn status_to_error(status: &Status) -> Error {
@@ -100,7 +100,7 @@ pub(crate) fn error_to_proto(error: &Error) -> proto::KvError {
     }
 }
 
-/// The inverse of [`error_to_proto`]. An unknown class is an answer this
+/// The inverse of `error_to_proto`. An unknown class is an answer this
 /// client cannot read, so whether the operation happened is unknown.
 pub fn error_from_proto(error: proto::KvError) -> Error {
     let leader = (!error.leader.is_empty()).then_some(error.leader);

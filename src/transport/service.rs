@@ -526,7 +526,7 @@ const BATCH_ANSWER_BYTES_MAX: usize = KV_MESSAGE_BYTES_MAX / 2;
 /// answered, and answers not yet sent. An operation starts only once the
 /// operations started node-wide (in progress, or answered and unsent) leave
 /// room for its largest answer (a read's: the largest value the store may
-/// hold, [`BatchBudget::note_value_bytes_bound`]), or when none are: so
+/// hold, `BatchBudget::note_value_bytes_bound`), or when none are: so
 /// requests read but not started never block each other, and something can
 /// always start. When its answer lands, the answer's bytes take the place of
 /// that bound, and they are given back as the answer leaves. No stream reads
