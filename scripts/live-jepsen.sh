@@ -44,7 +44,14 @@ output=${LATTICE_LIVE_DIR:-$root/target/live-jepsen}
 live_setup "$output"
 partition="$root/scripts/partition.sh"
 
+workload=""
 cleanup() {
+    # A run that stops early (a failed check, ^C) ends its workload too, so
+    # no client keeps writing to a cluster that is gone.
+    if [ -n "$workload" ] && kill -0 "$workload" 2>/dev/null; then
+        kill "$workload" 2>/dev/null || true
+        wait "$workload" 2>/dev/null || true
+    fi
     for i in 1 2 3; do "$cluster" resume "$i" >/dev/null 2>&1 || true; done
     "$partition" heal >/dev/null 2>&1 || true
     "$cluster" stop >/dev/null 2>&1 || true
