@@ -6,8 +6,9 @@
 # usage: checker/compare-porcupine.sh PORCUPINE_GIT_DIR [RUNS] [PORCUPINE_TIMEOUT_S]
 #   PORCUPINE_GIT_DIR: a git directory of anishathalye/porcupine (the library's
 #   `fetch github:anishathalye/porcupine` gives one). Needs Go (Debian golang-go).
-# Porcupine's side is ../shared/tools/porcbench (v1.3.0; unknown outcomes return
-# at +infinity). Prints per file: each checker's verdict, and the medians of its
+# Porcupine's side is the script PORCBENCH names (a porcbench run.sh: Porcupine
+# v1.3.0 driven on one history, unknown outcomes returning at +infinity); it
+# lives outside this repository, so the variable is required. Prints per file: each checker's verdict, and the medians of its
 # own parse and search times and of the whole process's wall time and peak RSS.
 set -euo pipefail
 [ $# -ge 1 ] || { sed -n 2,11p "$0" >&2; exit 2; }
@@ -15,7 +16,7 @@ porcupine_git=$1
 runs=${2:-3}
 porcupine_timeout=${3:-60}
 root=$(cd "$(dirname "$0")/.." && pwd)
-porcbench=${PORCBENCH:-$root/../shared/tools/porcbench/run.sh}
+porcbench=${PORCBENCH:?set PORCBENCH to a porcbench run.sh (Porcupine v1.3.0 on one history)}
 cd "$root"
 cargo build --release -q -p checker
 checker=$root/target/release/checker

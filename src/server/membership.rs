@@ -182,25 +182,30 @@ impl Driver {
                     .insert(index, ConfChangeWaiter { term, reply });
             }
             Err(rejected) => {
-                match rejected {
-                    Rejected::NotLeader(_) => crate::probe!(ConfChangeRefusedNotLeader),
-                    Rejected::ChangePending => crate::probe!(ConfChangeRefusedChangePending),
-                    Rejected::NotReady => crate::probe!(ConfChangeRefusedBeforeOwnTermCommit),
-                    Rejected::TransferInProgress => {
-                        crate::probe!(ConfChangeRefusedDuringTransfer)
-                    }
-                    Rejected::LearnerBehind { .. } => crate::probe!(ConfChangeRefusedLearnerBehind),
-                    Rejected::IdTaken(_) | Rejected::UnknownNode(_) | Rejected::Invalid(_) => {
-                        crate::probe!(ConfChangeRefusedInvalid)
-                    }
-                }
+                let unavailable = || Error::Unavailable(rejected.to_string());
                 let error = match rejected {
-                    Rejected::NotLeader(_) => self.not_leader(),
-                    Rejected::ChangePending
-                    | Rejected::NotReady
-                    | Rejected::TransferInProgress
-                    | Rejected::LearnerBehind { .. } => Error::Unavailable(rejected.to_string()),
+                    Rejected::NotLeader(_) => {
+                        crate::probe!(ConfChangeRefusedNotLeader);
+                        self.not_leader()
+                    }
+                    Rejected::ChangePending => {
+                        crate::probe!(ConfChangeRefusedChangePending);
+                        unavailable()
+                    }
+                    Rejected::NotReady => {
+                        crate::probe!(ConfChangeRefusedBeforeOwnTermCommit);
+                        unavailable()
+                    }
+                    Rejected::TransferInProgress => {
+                        crate::probe!(ConfChangeRefusedDuringTransfer);
+                        unavailable()
+                    }
+                    Rejected::LearnerBehind { .. } => {
+                        crate::probe!(ConfChangeRefusedLearnerBehind);
+                        unavailable()
+                    }
                     Rejected::IdTaken(_) | Rejected::UnknownNode(_) | Rejected::Invalid(_) => {
+                        crate::probe!(ConfChangeRefusedInvalid);
                         Error::InvalidArgument(rejected.to_string())
                     }
                 };
