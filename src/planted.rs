@@ -111,10 +111,15 @@ pub enum Bug {
     /// applies synchronously (it always has by then); a live bug the day
     /// applying moves to its own task.
     ReadServedBeforeApplied,
+    /// `Ready` lets every message leave before the write is durable, not
+    /// only a leader's of a `Ready` that changes no term or vote: a
+    /// candidate's RequestVote leaves before its own vote is on disk, and a
+    /// crash then lets it vote again in that term.
+    MessagesSentBeforeDurable,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 27] = [
+    pub const ALL: [Bug; 28] = [
         Bug::ReadWithoutQuorumRound,
         Bug::ReadBeforeOwnTermCommit,
         Bug::CommitOlderTermByCounting,
@@ -142,6 +147,7 @@ impl Bug {
         Bug::ReadConfirmedByEarlierAnswers,
         Bug::SessionsLeftOutOfSnapshot,
         Bug::ReadServedBeforeApplied,
+        Bug::MessagesSentBeforeDurable,
     ];
 }
 

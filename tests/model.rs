@@ -1596,6 +1596,14 @@ fn model_catalogue() -> Vec<(Bug, Bounds)> {
             },
         ),
         (
+            Bug::MessagesSentBeforeDurable,
+            Bounds {
+                crashes: 1,
+                proposals: 0,
+                ..base
+            },
+        ),
+        (
             Bug::AnswerBeforeDurable,
             Bounds {
                 crashes: 1,

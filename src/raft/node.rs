@@ -1846,12 +1846,14 @@ impl Raft {
         // The sending rule (see `Ready`): only a leader's messages that
         // depend on no new term or vote may leave before the write.
         let messages = std::mem::take(&mut self.messages);
-        let (messages, persisted_messages) =
-            if hard_state_changed.is_none() && self.role == Role::Leader {
-                (messages, Vec::new())
-            } else {
-                (Vec::new(), messages)
-            };
+        let (messages, persisted_messages) = if (hard_state_changed.is_none()
+            && self.role == Role::Leader)
+            || is_planted(Bug::MessagesSentBeforeDurable)
+        {
+            (messages, Vec::new())
+        } else {
+            (Vec::new(), messages)
+        };
         Ready {
             hard_state: hard_state_changed,
             snapshot: self.snapshot_accepted.take(),
