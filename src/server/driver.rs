@@ -129,11 +129,34 @@ pub(super) struct Driver {
     pub(super) metrics: Arc<Metrics>,
     /// When the snapshot being written was started.
     pub(super) snapshot_started: Option<tokio::time::Instant>,
+    /// The thread writing a snapshot into the data directory, until it
+    /// reports (`Input::SnapshotSaved`): the node does not stop before it
+    /// ends.
+    pub(super) snapshot_writer: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Driver {
     pub(super) async fn run(
         mut self,
+        inbox: mpsc::Receiver<Input>,
+        tick_interval: Duration,
+        shutdown: watch::Receiver<bool>,
+        pause: Option<watch::Receiver<bool>>,
+    ) {
+        self.run_loop(inbox, tick_interval, shutdown, pause).await;
+        // A snapshot still being written would go on writing into the data
+        // directory after the node stopped, racing a restart on it or an
+        // operator moving it away (seen: a test that removes a stopped
+        // node's directory got "directory not empty").
+        if let Some(writer) = self.snapshot_writer.take() {
+            info!("waiting for the snapshot being written");
+            let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        }
+        info!("Raft loop stopped");
+    }
+
+    async fn run_loop(
+        &mut self,
         mut inbox: mpsc::Receiver<Input>,
         tick_interval: Duration,
         mut shutdown: watch::Receiver<bool>,
@@ -223,7 +246,6 @@ impl Driver {
             }
             self.publish_status();
         }
-        info!("Raft loop stopped");
     }
 
     /// The disk task made more writes durable: tell the core, release what

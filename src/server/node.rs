@@ -308,6 +308,7 @@ impl Node {
             snapshot_base: snapshot.index,
             bytes_since_snapshot: 0,
             is_snapshotting: false,
+            snapshot_writer: None,
             last_snapshot_bytes: 0,
             install_pending: None,
             compact_pending: None,

@@ -163,9 +163,12 @@ impl Driver {
                         result,
                     });
                 });
-            if let Err(e) = spawned {
-                error!(error = %e, "could not start a snapshot thread");
-                self.is_snapshotting = false;
+            match spawned {
+                Ok(writer) => self.snapshot_writer = Some(writer),
+                Err(e) => {
+                    error!(error = %e, "could not start a snapshot thread");
+                    self.is_snapshotting = false;
+                }
             }
         } else {
             tokio::spawn(async move {
@@ -194,6 +197,8 @@ impl Driver {
         result: Result<u64>,
     ) {
         self.is_snapshotting = false;
+        // Its thread has sent this as its last act: let it go.
+        self.snapshot_writer = None;
         if let Some(started) = self.snapshot_started.take() {
             self.metrics
                 .snapshot_save
