@@ -10,13 +10,16 @@
 #   LATTICE_MODEL_TERMS=4 LATTICE_MODEL_CRASHES=2 scripts/model-check.sh
 #   scripts/model-check.sh --catalogue          # the planted bugs, release build
 #
-# Two configurations run one after the other: the base protocol, then PreVote,
-# CheckQuorum and a leadership transfer (2 steps deeper, without crashes,
-# snapshots and reads); LATTICE_MODEL_CONFIG=base|liveness runs one.
+# The broad configurations run one after the other: the base protocol, then
+# PreVote, CheckQuorum and a leadership transfer (2 steps deeper, without
+# crashes, snapshots and reads), then membership changes;
+# LATTICE_MODEL_CONFIG=base|liveness|membership runs one. (The per-family
+# configurations run in every `cargo test`.)
 # Every bound is an environment variable: LATTICE_MODEL_{TERMS,PROPOSALS,
 # IN_FLIGHT,CRASHES,DUPLICATES,READS,SNAPSHOTS,TRANSFERS,DEPTH,APPEND_MAX};
 # LATTICE_MODEL_MAX_STATES stops early after that many generated states (the
-# run then is not exhaustive).
+# run then is not exhaustive); LATTICE_MODEL_SEARCH=dfs searches depth-first
+# (little memory, to hunt deeper, but not exhaustive under a depth bound).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -116,10 +116,14 @@ pub enum Bug {
     /// candidate's RequestVote leaves before its own vote is on disk, and a
     /// crash then lets it vote again in that term.
     MessagesSentBeforeDurable,
+    /// A leader that steps down serves the reads waiting on a round, as if
+    /// confirmed, instead of failing them: a deposed leader answers with
+    /// what it had committed, stale once another leader has committed more.
+    PendingReadsServedOnStepDown,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 28] = [
+    pub const ALL: [Bug; 29] = [
         Bug::ReadWithoutQuorumRound,
         Bug::ReadBeforeOwnTermCommit,
         Bug::CommitOlderTermByCounting,
@@ -148,6 +152,7 @@ impl Bug {
         Bug::SessionsLeftOutOfSnapshot,
         Bug::ReadServedBeforeApplied,
         Bug::MessagesSentBeforeDurable,
+        Bug::PendingReadsServedOnStepDown,
     ];
 }
 

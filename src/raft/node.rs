@@ -830,6 +830,9 @@ impl Raft {
         self.tracker.progress.clear();
         self.transfer_target = None;
         self.is_broadcast_wanted = false;
+        if is_planted(Bug::PendingReadsServedOnStepDown) {
+            self.read_only.release(u64::MAX, &mut self.read_states);
+        }
         self.read_only.drop_all(&mut self.reads_dropped);
     }
 
