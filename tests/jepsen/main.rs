@@ -31,6 +31,8 @@
 //! - `workload.rs`: the client sessions; `operator.rs`: membership changes.
 //! - `white_box/`: invariants across nodes, one file per family.
 //! - `run.rs`: one seed, start to end, and every check on it.
+//! - `swarm.rs`: which fault kinds, overlays and workload features each
+//!   seed enables (swarm testing);
 //! - `summary.rs`: what a run prints; `catalogue.rs`: planted bugs and
 //!   unsafe options the suite must catch; `coverage.rs`: which marked rare
 //!   paths of the node (`lattice::probe`) the seeds reached.
@@ -45,6 +47,7 @@ mod operator;
 mod run;
 mod sim;
 mod summary;
+mod swarm;
 mod white_box;
 mod workload;
 
@@ -238,6 +241,19 @@ fn jepsen_seeds() {
     println!(
         "  overlaid: SlowDisk {}, MessageChaos {}, CrashLeader {}, DiskError {}; ClockSkew in {skewed} seeds",
         overlays[0], overlays[1], overlays[2], overlays[3]
+    );
+    let enabled = |f: fn(&swarm::Swarm) -> bool| runs.iter().filter(|r| f(&r.swarm)).count();
+    println!(
+        "  swarm ({}): {:.1} fault kinds per seed; seeds enabling SlowDisk {}, MessageChaos {}, CrashLeader {}, DiskError {}, deletes {}, CAS {}, fewer than {KEYS} keys {}",
+        if swarm::is_on() { "on" } else { "off: every feature in every seed" },
+        runs.iter().map(|r| r.swarm.kinds.len()).sum::<usize>() as f64 / runs.len().max(1) as f64,
+        enabled(|s| s.slow_disk),
+        enabled(|s| s.chaos),
+        enabled(|s| s.crash_leader),
+        enabled(|s| s.disk_error),
+        enabled(|s| s.mix.delete > 0),
+        enabled(|s| s.mix.cas > 0),
+        enabled(|s| s.keys < KEYS),
     );
     println!(
         "  storage errors: {} returned by the disks, {} nodes stopped by one and restarted",

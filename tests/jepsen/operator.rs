@@ -44,12 +44,21 @@ pub(crate) async fn operator(seed: u64, faults: Vec<ScheduledFault>) -> turmoil:
     };
     let client = Client::with_config(&all, config, Arc::new(TurmoilTransport))?;
     let mut rng = StdRng::seed_from_u64(seed ^ 0x0FE4_A702);
-    for fault in faults
-        .iter()
-        .filter(|f| f.kind == FaultKind::MembershipChurn)
-    {
+    let mut mistakes = StdRng::seed_from_u64(seed ^ 0x0FE4_0BAD);
+    // An operator's mistakes are part of the swarm schedule only
+    // (`crate::swarm`): in the default one they move the two seeds that
+    // catch StaleVoteCounted, and it is missed.
+    let is_mistaken = crate::swarm::is_on();
+    for fault in faults.iter().filter(|f| {
+        f.kind == FaultKind::MembershipChurn
+            || (is_mistaken && f.kind == FaultKind::MoveLeaderRepeatedly)
+    }) {
         let end = fault.at + fault.duration;
         tokio::time::sleep(fault.at.saturating_sub(now())).await;
+        if fault.kind == FaultKind::MoveLeaderRepeatedly {
+            mistaken_promotions(&client, &mut mistakes, end).await?;
+            continue;
+        }
         while now() + Duration::from_millis(500) < end {
             let timeout = (end - now()).min(Duration::from_secs(3));
             let Ok(list) = client.members(timeout).await else {
@@ -86,8 +95,17 @@ pub(crate) async fn operator(seed: u64, faults: Vec<ScheduledFault>) -> turmoil:
                 };
                 options.push((3, ConfChange::Remove(voter)));
             }
+            // An operator's mistake now and then: promoting a voter (it
+            // must be refused as invalid, and change nothing).
+            if is_mistaken && mistakes.random_bool(0.1) {
+                if let Some(&voter) = voters.first() {
+                    let change = ConfChange::Promote(voter);
+                    let result = client.change_membership(change.clone(), timeout).await;
+                    log_change(&change, &result.map(|_| ()));
+                }
+            }
             let total: u32 = options.iter().map(|(w, _)| w).sum();
-            if total == 0 {
+            if total == 0 || now() >= end {
                 break;
             }
             let timeout = (end - now()).min(Duration::from_secs(3));
@@ -127,6 +145,28 @@ pub(crate) async fn operator(seed: u64, faults: Vec<ScheduledFault>) -> turmoil:
             }
             tokio::time::sleep(Duration::from_millis(rng.random_range(100..500))).await;
         }
+    }
+    Ok(())
+}
+
+/// While leadership moves every 0.5-1 s (`MoveLeaderRepeatedly`), an
+/// operator promotes a founder that is a voter already (or was removed),
+/// every 30-100 ms: a mistake that must be refused, as invalid, or as
+/// unavailable while a transfer is under way (the leader takes no change
+/// then), and must change nothing.
+async fn mistaken_promotions(client: &Client, rng: &mut StdRng, end: Duration) -> turmoil::Result {
+    while now() + Duration::from_millis(100) < end {
+        let change = ConfChange::Promote(NodeId(rng.random_range(1..=FOUNDERS)));
+        let result = client
+            .change_membership(change.clone(), Duration::from_millis(300))
+            .await;
+        if result.is_ok() {
+            return Err(
+                format!("operator: the promotion of a voter was accepted: {change:?}").into(),
+            );
+        }
+        log_change(&change, &result.map(|_| ()));
+        tokio::time::sleep(Duration::from_millis(rng.random_range(30..100))).await;
     }
     Ok(())
 }

@@ -30,6 +30,7 @@ use crate::sim::chaos::SimChaos;
 use crate::sim::disk::{SimDisk, SimStorage};
 use crate::sim::network::TurmoilTransport;
 use crate::sim::{now, panics};
+use crate::swarm::{swarm, Swarm};
 use crate::white_box::{WhiteBox, WhiteBoxObserver};
 use crate::workload::{client_host, routing, Routing};
 use crate::{CLIENTS, CLIENT_HOSTS, FOUNDERS, HEAL_AT, LIVENESS_BOUND, POOL, WORKLOAD_END};
@@ -38,6 +39,8 @@ use crate::{CLIENTS, CLIENT_HOSTS, FOUNDERS, HEAL_AT, LIVENESS_BOUND, POOL, WORK
 pub(crate) struct SeedRun {
     pub(crate) seed: u64,
     pub(crate) schedule: Vec<ScheduledFault>,
+    /// The features this seed enabled (`crate::swarm`).
+    pub(crate) swarm: Swarm,
     pub(crate) history_jsonl: String,
     pub(crate) counts: [usize; 3], // ok, fail, info
     pub(crate) elections: usize,
@@ -206,7 +209,8 @@ fn run_seed_planted(seed: u64, variant: Variant) -> SeedRun {
     panics::capture_panics();
     panics::take_panics();
     lattice::probe::take();
-    let faults = schedule(seed);
+    let swarm = swarm(seed);
+    let faults = schedule(seed, &swarm);
     let mut sim = turmoil::Builder::new()
         .simulation_duration(WORKLOAD_END + Duration::from_secs(30))
         .min_message_latency(Duration::from_millis(1))
@@ -223,7 +227,13 @@ fn run_seed_planted(seed: u64, variant: Variant) -> SeedRun {
     for host_index in 0..CLIENT_HOSTS {
         sim.client(
             client_host_name(host_index),
-            client_host(seed, host_index, recorder.clone(), observer.clone()),
+            client_host(
+                seed,
+                host_index,
+                swarm.clone(),
+                recorder.clone(),
+                observer.clone(),
+            ),
         );
     }
     sim.client(OPERATOR, operator(seed, faults.clone()));
@@ -319,6 +329,7 @@ fn run_seed_planted(seed: u64, variant: Variant) -> SeedRun {
     let run = SeedRun {
         seed,
         schedule: faults,
+        swarm,
         history_jsonl: recorder.to_jsonl(),
         counts,
         elections: white_box.leaders.len(),
@@ -532,8 +543,14 @@ fn simulate<'a>(
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sim.step())) {
             Ok(Ok(true)) => break,
             Ok(Ok(false)) => {}
+            Ok(Err(e)) if e.to_string().starts_with("operator:") => {
+                // The operator saw a change accepted that must be refused.
+                failures.push(e.to_string());
+                panic_at.get_or_insert(sim.elapsed());
+                break;
+            }
             Ok(Err(e)) => {
-                // A host's future fails only when its node does not start.
+                // A node's host fails only when its node does not start.
                 is_restart_refused = true;
                 failures.push(format!("a node could not restart: {e}"));
                 panic_at.get_or_insert(sim.elapsed());

@@ -14,6 +14,9 @@ pub(crate) fn report_failure(run: &SeedRun) {
     for failure in &run.failures {
         eprintln!("{failure}");
     }
+    if crate::swarm::is_on() {
+        eprintln!("swarm: {}", run.swarm.describe());
+    }
     eprintln!("fault schedule:");
     for fault in &run.schedule {
         let mut overlays = String::new();

@@ -17,8 +17,9 @@ use serde_json::{json, Value};
 use crate::cluster::host;
 use crate::sim::network::TurmoilTransport;
 use crate::sim::now;
+use crate::swarm::Swarm;
 use crate::white_box::WhiteBoxObserver;
-use crate::{FOUNDERS, KEYS, KV_PORT, POOL, SESSIONS_PER_HOST, WORKLOAD_END};
+use crate::{FOUNDERS, KV_PORT, POOL, SESSIONS_PER_HOST, WORKLOAD_END};
 
 /// How a session picks the node for each attempt.
 #[derive(Clone, Copy, Debug)]
@@ -58,6 +59,7 @@ pub(crate) fn kv_endpoint(node: u64) -> String {
 pub(crate) async fn client_host(
     seed: u64,
     host_index: u64,
+    swarm: Swarm,
     recorder: Recorder,
     observer: WhiteBoxObserver,
 ) -> turmoil::Result {
@@ -95,6 +97,7 @@ pub(crate) async fn client_host(
             seed,
             index,
             routing,
+            &swarm,
             client,
             recorder.clone(),
             observer.clone(),
@@ -112,6 +115,7 @@ pub(crate) async fn session_workload(
     seed: u64,
     index: u64,
     routing: Routing,
+    swarm: &Swarm,
     mut client: Client,
     recorder: Recorder,
     observer: WhiteBoxObserver,
@@ -124,10 +128,12 @@ pub(crate) async fn session_workload(
         if let Routing::Random = routing {
             client.prefer_endpoint(rng.random_range(0..POOL as usize));
         }
-        let key = format!("k{}", rng.random_range(0..KEYS));
+        let key = format!("k{}", rng.random_range(0..swarm.keys));
         let value = format!("c{index}-{n}");
-        let is_failed = match rng.random_range(0..10) {
-            0..=3 => {
+        let mix = swarm.mix;
+        let draw = rng.random_range(0..mix.total());
+        let is_failed = match draw {
+            d if d < mix.get => {
                 let commit_at_invoke = observer.commit_max();
                 let op = recorder.invoke(index, "get", Some(&key), Value::Null);
                 match client.read(key.as_bytes()).await {
@@ -145,7 +151,7 @@ pub(crate) async fn session_workload(
                     }
                 }
             }
-            4..=6 => {
+            d if d < mix.get + mix.put => {
                 let op = recorder.invoke(index, "put", Some(&key), json!(value));
                 match client.put(key.as_bytes(), value.as_bytes()).await {
                     Ok(()) => {
@@ -162,7 +168,7 @@ pub(crate) async fn session_workload(
                     }
                 }
             }
-            7 => {
+            d if d < mix.get + mix.put + mix.delete => {
                 let op = recorder.invoke(index, "delete", Some(&key), Value::Null);
                 match client.delete(key.as_bytes()).await {
                     Ok(_) => {

@@ -26,6 +26,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::nemesis::{Action, Controller, Nemesis};
 use crate::sim::disk::DiskError;
+use crate::swarm::{self, Swarm};
 use crate::{FAULTS_FROM, HEAL_AT};
 
 /// What a fault kind is and does. `DEFAULT` has every hook do nothing.
@@ -175,41 +176,55 @@ pub struct ScheduledFault {
 }
 
 /// How likely the disk-error overlay is in a fault window (drawn from an
-/// RNG of its own, so the rest of each seed's schedule is as it was).
+/// RNG of its own, so the rest of each seed's schedule is as it was), and
+/// in a seed whose swarm enables it.
 const DISK_ERROR_P: f64 = 0.2;
+const DISK_ERROR_SWARM_P: f64 = 0.25;
 
 /// How long a node stopped by a storage error stays down before its
 /// supervisor (systemd's `Restart=on-failure`) starts it again.
 pub const DISK_ERROR_RESTART_AFTER: Duration = Duration::from_millis(500);
 
-/// How likely each overlay is in a fault window.
+/// How likely each overlay is in a fault window, and in a seed whose swarm
+/// enables it (about half the seeds enable each, so a window draws it about
+/// as often as before swarm testing, but the seeds differ more).
 const OVERLAY_P: f64 = 0.4;
+const OVERLAY_SWARM_P: f64 = 0.5;
 
-/// The fault schedule of a seed. The first fault cycles through every kind
-/// across consecutive seeds, so any 25 seeds draw each kind at least once.
-pub fn schedule(seed: u64) -> Vec<ScheduledFault> {
+/// The fault schedule of a seed, from the kinds and overlays its swarm
+/// enables. The first fault cycles through every kind across consecutive
+/// seeds, so any 25 seeds draw each kind at least once.
+pub fn schedule(seed: u64, swarm: &Swarm) -> Vec<ScheduledFault> {
     let mut rng = StdRng::seed_from_u64(seed ^ 0xFA17_5C4E_D01E);
     let mut disk_rng = StdRng::seed_from_u64(seed ^ 0xD15C_E220);
+    let (overlay_p, disk_error_p) = if swarm::is_on() {
+        (OVERLAY_SWARM_P, DISK_ERROR_SWARM_P)
+    } else {
+        (OVERLAY_P, DISK_ERROR_P)
+    };
     let mut faults = Vec::new();
     let mut at = FAULTS_FROM;
     while at < HEAL_AT - Duration::from_secs(2) {
         let kind = if faults.is_empty() {
-            ALL_FAULTS[(seed % ALL_FAULTS.len() as u64) as usize]
+            Swarm::first_kind(seed)
         } else {
-            ALL_FAULTS[rng.random_range(0..ALL_FAULTS.len())]
+            swarm.kinds[rng.random_range(0..swarm.kinds.len())]
         };
         let duration = Duration::from_millis(rng.random_range(1000..4000));
         let duration = (kind.spec().duration)(&mut rng, duration);
         let duration = duration.min(HEAL_AT - at);
-        let slow_disk = rng.random_bool(OVERLAY_P) && !is_clean(kind);
-        let chaos = rng.random_bool(OVERLAY_P) && !is_clean(kind);
-        let crash_leader = (rng.random_bool(OVERLAY_P) && !is_clean(kind)).then(|| {
+        // Each draw is made whether or not the swarm enables the overlay,
+        // so that the rest of the schedule does not depend on it.
+        let slow_disk = rng.random_bool(overlay_p) && swarm.slow_disk && !is_clean(kind);
+        let chaos = rng.random_bool(overlay_p) && swarm.chaos && !is_clean(kind);
+        let crash_leader = (rng.random_bool(overlay_p) && !is_clean(kind)).then(|| {
             (
                 duration.mul_f64(rng.random_range(0.2..0.9)),
                 Duration::from_millis(rng.random_range(100..1500)),
             )
         });
-        let disk_error = (disk_rng.random_bool(DISK_ERROR_P) && !is_clean(kind)).then(|| {
+        let crash_leader = crash_leader.filter(|_| swarm.crash_leader);
+        let disk_error = (disk_rng.random_bool(disk_error_p) && !is_clean(kind)).then(|| {
             let error = if disk_rng.random_bool(0.5) {
                 DiskError::SyncEio
             } else {
@@ -221,6 +236,7 @@ pub fn schedule(seed: u64) -> Vec<ScheduledFault> {
             });
             (after, error, power_loss)
         });
+        let disk_error = disk_error.filter(|_| swarm.disk_error);
         faults.push(ScheduledFault {
             at,
             duration,
