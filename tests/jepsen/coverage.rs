@@ -26,14 +26,14 @@ pub(crate) const NOT_YET_REACHED: [(Probe, &str); 3] = [
         Probe::ConfChangeRefusedDuringTransfer,
         "no operator of the default schedule asks for a membership change while a \
          transfer is under way; the swarm schedule's operator does (LATTICE_SWARM=on: \
-         mistaken promotions while leadership moves, reached in 3 seeds of 64), but in \
+         mistaken promotions while leadership moves, reached in 8 seeds of 64), but in \
          the default schedule those requests move the two seeds that catch \
          StaleVoteCounted, and it is missed",
     ),
     (
         Probe::ConfChangeRefusedInvalid,
         "the operator of the default schedule only asks for valid changes; the swarm \
-         schedule's makes mistakes (promoting a voter: reached in 8 seeds of 64), kept \
+         schedule's makes mistakes (promoting a voter: reached in 17 seeds of 64), kept \
          out of the default schedule for StaleVoteCounted's sake, as above",
     ),
 ];

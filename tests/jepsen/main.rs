@@ -279,14 +279,24 @@ fn jepsen_seeds() {
         && !variant.liveness_off
         && !variant.unsafe_options.local_reads
         && !variant.unsafe_options.no_fsync;
-    let digests_differ = if is_default_variant {
+    // The recorded digests and the coverage requirement are the default
+    // schedule's; a swarm run prints its coverage without requiring it.
+    let digests_differ = if is_default_variant && !swarm::is_on() {
         compare_recorded_digests(&runs)
     } else {
         Vec::new()
     };
     // Every marked rare path reached, over the default seeds.
     let coverage_problems = if is_default_variant && seeds.len() >= DEFAULT_SEEDS as usize {
-        coverage::report(&runs)
+        let problems = coverage::report(&runs);
+        if swarm::is_on() {
+            for problem in &problems {
+                println!("coverage (swarm schedule, not required): {problem}");
+            }
+            Vec::new()
+        } else {
+            problems
+        }
     } else {
         Vec::new()
     };
