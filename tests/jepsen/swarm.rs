@@ -121,7 +121,7 @@ pub(crate) fn swarm(seed: u64) -> Swarm {
     let first = Swarm::first_kind(seed);
     let kinds: Vec<FaultKind> = ALL_FAULTS
         .into_iter()
-        .filter(|&kind| rng.random_bool(KIND_P) || kind == first)
+        .filter(|&kind| rng.random_bool(KIND_ENABLED_P) || kind == first)
         .collect();
     // Every operation in every seed, in proportions of their own.
     let mix = OpMix {
@@ -132,15 +132,16 @@ pub(crate) fn swarm(seed: u64) -> Swarm {
     };
     Swarm {
         kinds,
-        slow_disk: rng.random_bool(OVERLAY_P),
-        chaos: rng.random_bool(OVERLAY_P),
-        crash_leader: rng.random_bool(OVERLAY_P),
-        disk_error: rng.random_bool(OVERLAY_P),
+        slow_disk: rng.random_bool(OVERLAY_ENABLED_P),
+        chaos: rng.random_bool(OVERLAY_ENABLED_P),
+        crash_leader: rng.random_bool(OVERLAY_ENABLED_P),
+        disk_error: rng.random_bool(OVERLAY_ENABLED_P),
         mix,
         keys: rng.random_range(3..=KEYS),
     }
 }
 
-/// How likely a seed is to enable a fault kind, and an overlay.
-const KIND_P: f64 = 0.6;
-const OVERLAY_P: f64 = 0.7;
+/// How likely a seed is to enable a fault kind, and an overlay (a seed-wide
+/// choice; `faults::OVERLAY_SWARM_P` is then each window's odds).
+const KIND_ENABLED_P: f64 = 0.6;
+const OVERLAY_ENABLED_P: f64 = 0.7;
